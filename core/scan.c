@@ -1,0 +1,297 @@
+/*
+ * scan.c - the data-phase scanner.
+ *
+ * Two layers. The exact one is a byte-wise state machine (scan_byte loop in
+ * scan_step) that knows every rule: CRLF, bare CR/LF, the line-start dot, the
+ * end marker, line length. The fast one looks at 64 bytes at a time as three
+ * bit masks (CR, LF, '.') and proves with a few shifts that the block holds
+ * nothing but well-formed CRLF lines of allowed length and no line starting
+ * with a dot; such a block is taken whole without a per-byte branch. A block
+ * that fails the proof goes to the exact layer, so the fast layer can be as
+ * strict as it likes: it only ever decides "nothing to see here".
+ *
+ * The body run returned is always one contiguous piece of the input; anything
+ * that would break contiguity (a dot held back at line start, an insert in
+ * normalize mode) ends the call, and the next call resumes from _state.
+ */
+#include "scan.h"
+
+#include <stdint.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define SCAN_X86 1
+#endif
+
+enum {
+    ST_MID = 0,   /* inside a line */
+    ST_CR,        /* last byte was CR */
+    ST_LINESTART, /* just after CRLF */
+    ST_NLN,       /* just after a newline we inserted (normalize) */
+    ST_DOT,       /* line-start '.' taken, not yet forwarded */
+    ST_DOTCR,     /* line-start ".\r" taken */
+    ST_END,
+};
+
+void scan_init(scan_t *sc, uint64_t size_max, uint32_t line_max, enum scan_bare bare)
+{
+    sc->size = 0;
+    sc->size_max = size_max;
+    sc->line_max = line_max;
+    sc->line_len = 0;
+    sc->bare = (uint8_t)bare;
+    sc->errors = 0;
+    sc->_state = ST_LINESTART;
+}
+
+typedef struct masks {
+    uint64_t cr, lf, dot;
+} masks_t;
+
+#ifdef SCAN_X86
+__attribute__((target("avx2"))) static inline masks_t masks_avx2(const char *p)
+{
+    __m256i a = _mm256_loadu_si256((const __m256i *)p);
+    __m256i b = _mm256_loadu_si256((const __m256i *)(p + 32));
+    __m256i cr = _mm256_set1_epi8('\r'), lf = _mm256_set1_epi8('\n'), dot = _mm256_set1_epi8('.');
+    masks_t m;
+    m.cr = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(a, cr)) |
+           (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(b, cr)) << 32;
+    m.lf = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(a, lf)) |
+           (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(b, lf)) << 32;
+    m.dot = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(a, dot)) |
+            (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(b, dot)) << 32;
+    return m;
+}
+
+static inline uint64_t mask16x4(__m128i v0, __m128i v1, __m128i v2, __m128i v3, __m128i c)
+{
+    return (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v0, c)) |
+           (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v1, c)) << 16 |
+           (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v2, c)) << 32 |
+           (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v3, c)) << 48;
+}
+
+static inline masks_t masks_sse2(const char *p)
+{
+    __m128i v0 = _mm_loadu_si128((const __m128i *)p), v1 = _mm_loadu_si128((const __m128i *)(p + 16));
+    __m128i v2 = _mm_loadu_si128((const __m128i *)(p + 32)), v3 = _mm_loadu_si128((const __m128i *)(p + 48));
+    masks_t m;
+    m.cr = mask16x4(v0, v1, v2, v3, _mm_set1_epi8('\r'));
+    m.lf = mask16x4(v0, v1, v2, v3, _mm_set1_epi8('\n'));
+    m.dot = mask16x4(v0, v1, v2, v3, _mm_set1_epi8('.'));
+    return m;
+}
+#else
+static inline masks_t masks_portable(const char *p)
+{
+    masks_t m = { 0, 0, 0 };
+    for (int i = 0; i < 64; i++) {
+        m.cr |= (uint64_t)(p[i] == '\r') << i;
+        m.lf |= (uint64_t)(p[i] == '\n') << i;
+        m.dot |= (uint64_t)(p[i] == '.') << i;
+    }
+    return m;
+}
+#endif
+
+/*
+ * Take clean 64-byte blocks from p while at least 65 bytes remain (the 65th
+ * tells whether a CR in the last position is followed by LF). Returns the
+ * bytes taken; updates *st and sc->line_len as the exact layer would.
+ */
+#define FAST_BLOCKS(NAME, MASKS, ATTR)                                                                    \
+    ATTR static size_t NAME(scan_t *sc, const char *p, size_t len, uint8_t *st)                           \
+    {                                                                                                     \
+        size_t i = 0;                                                                                     \
+        uint32_t line_len = sc->line_len;                                                                 \
+        uint64_t limit = sc->line_max ? sc->line_max : UINT64_MAX;                                        \
+        uint8_t s = *st;                                                                                  \
+        while (len - i >= 65) {                                                                           \
+            masks_t m = MASKS(p + i);                                                                     \
+            uint64_t prev_cr = s == ST_CR, at_start = s == ST_LINESTART;                                  \
+            uint64_t next_lf = (uint64_t)(p[i + 64] == '\n') << 63;                                       \
+            uint64_t bad = (m.lf & ~((m.cr << 1) | prev_cr)) | (m.cr & ~((m.lf >> 1) | next_lf)) |        \
+                           (((m.lf << 1) | at_start) & m.dot) | (prev_cr & ~m.lf);                         \
+            if (bad)                                                                                      \
+                break;                                                                                    \
+            if (m.lf) {                                                                                   \
+                if ((uint64_t)line_len + (uint64_t)__builtin_ctzll(m.lf) + 1 > limit)                     \
+                    break;                                                                                \
+                line_len = (uint32_t)__builtin_clzll(m.lf);                                               \
+            } else {                                                                                      \
+                if ((uint64_t)line_len + 66 > limit)                                                      \
+                    break;                                                                                \
+                line_len += 64;                                                                           \
+            }                                                                                             \
+            s = (m.cr >> 63) ? ST_CR : (m.lf >> 63) ? ST_LINESTART : ST_MID;                              \
+            i += 64;                                                                                      \
+        }                                                                                                 \
+        sc->line_len = line_len;                                                                          \
+        *st = s;                                                                                          \
+        return i;                                                                                         \
+    }
+
+#ifdef SCAN_X86
+FAST_BLOCKS(fast_avx2, masks_avx2, __attribute__((target("avx2"))))
+FAST_BLOCKS(fast_sse2, masks_sse2, )
+#else
+FAST_BLOCKS(fast_portable, masks_portable, )
+#endif
+
+typedef size_t (*fast_fn)(scan_t *, const char *, size_t, uint8_t *);
+
+static fast_fn pick_fast(void)
+{
+#ifdef SCAN_X86
+    static fast_fn chosen;
+    if (!chosen)
+        chosen = __builtin_cpu_supports("avx2") ? fast_avx2 : fast_sse2;
+    return chosen;
+#else
+    return fast_portable;
+#endif
+}
+
+static const char CRLF[] = "\r\n";
+static const char DOT[] = ".";
+static const char DOTLINE[] = "..\r\n";
+
+/*
+ * Finish a call: account the run (or the insert) and apply the size limit.
+ * Past the limit only the allowed prefix goes out, so the bytes forwarded
+ * before an error never depend on how the input was split.
+ */
+static void finish(scan_t *sc, scan_result_t *res, uint8_t st, slice_t body, size_t consumed)
+{
+    sc->_state = st;
+    res->consumed = consumed;
+    res->body = SLICE_NULL;
+    if (sc->errors || body.len == 0)
+        return;
+    if (sc->size_max && sc->size + body.len > sc->size_max) {
+        body.len = (size_t)(sc->size_max - sc->size);
+        sc->errors |= SCAN_ERR_SIZE;
+    }
+    sc->size += body.len;
+    res->body = body;
+}
+
+void scan_step(scan_t *sc, const char *in, size_t len, scan_result_t *res)
+{
+    /* The run to forward is in[bs, i). A run is cut before any byte that
+     * latches an error, and a CR is held back until the byte after it is
+     * seen, so the forwarded prefix is the same for every split. */
+    size_t i = 0, bs = 0;
+    uint8_t st = sc->_state;
+    bool norm = sc->bare == SCAN_BARE_NORMALIZE;
+    uint64_t text_max = sc->line_max >= 2 ? sc->line_max - 2 : (sc->line_max ? 0 : UINT64_MAX);
+    bool fast_ok = sc->line_max == 0 || sc->line_max >= 67;
+    fast_fn fast = pick_fast();
+    size_t slow_until = 0;
+    res->end = false;
+
+    while (i < len) {
+        if (fast_ok && i >= slow_until && (st == ST_MID || st == ST_LINESTART) && len - i >= 65) {
+            i += fast(sc, in + i, len - i, &st);
+            slow_until = i + 64; /* the block the fast layer refused */
+            if (i >= len)
+                break;
+        }
+        unsigned char c = (unsigned char)in[i];
+        switch (st) {
+        case ST_LINESTART:
+            sc->line_len = 0;
+            if (c == '.') {
+                if (i > bs)
+                    return finish(sc, res, st, slice_make(in + bs, i - bs), i);
+                i++, bs = i, st = ST_DOT; /* not counted: RFC 5321 4.5.3.1.6 */
+                continue;
+            }
+            st = ST_MID;
+            /* fall through */
+        case ST_MID:
+            if (c == '\r') {
+                sc->line_len++;
+                st = ST_CR, i++;
+                continue;
+            }
+            if (c != '\n') {
+                if (sc->line_len + 1 > text_max) {
+                    if (i > bs)
+                        return finish(sc, res, st, slice_make(in + bs, i - bs), i);
+                    sc->errors |= SCAN_ERR_LINE_TOO_LONG;
+                }
+                sc->line_len++, i++;
+                continue;
+            }
+            if (i > bs) /* a bare LF: cut first */
+                return finish(sc, res, st, slice_make(in + bs, i - bs), i);
+            sc->line_len = 0;
+            if (norm)
+                return finish(sc, res, ST_NLN, SLICE_LIT(CRLF), i + 1);
+            sc->errors |= SCAN_ERR_BARE_LF;
+            i++, bs = i;
+            continue;
+        case ST_CR:
+            if (i == bs) { /* the CR is held from an earlier call */
+                sc->line_len = 0;
+                if (c == '\n')
+                    return finish(sc, res, ST_LINESTART, SLICE_LIT(CRLF), i + 1);
+                if (norm)
+                    return finish(sc, res, ST_NLN, SLICE_LIT(CRLF), i);
+                sc->errors |= SCAN_ERR_BARE_CR;
+                st = ST_MID;
+                continue;
+            }
+            if (c == '\n') {
+                sc->line_len = 0;
+                st = ST_LINESTART, i++;
+                continue;
+            }
+            /* a bare CR: forward what came before it, hold it */
+            return finish(sc, res, ST_CR, slice_make(in + bs, i - 1 - bs), i);
+        case ST_NLN:
+            sc->line_len = 0;
+            if (c == '.') /* it starts a line now: stuff it */
+                return finish(sc, res, ST_MID, SLICE_LIT(DOT), i);
+            st = ST_MID;
+            continue;
+        case ST_DOT:
+            if (c == '\r') {
+                i++, bs = i, st = ST_DOTCR;
+                continue;
+            }
+            if (c != '\n')
+                return finish(sc, res, ST_MID, SLICE_LIT(DOT), i);
+            if (norm) /* ".\n" would become ".\r\n", an end marker: forward "..\r\n" */
+                return finish(sc, res, ST_NLN, SLICE_LIT(DOTLINE), i + 1);
+            sc->errors |= SCAN_ERR_BARE_LF;
+            i++, bs = i, st = ST_MID;
+            continue;
+        case ST_DOTCR:
+            if (c == '\n') {
+                sc->_state = ST_END;
+                res->end = true;
+                res->consumed = i + 1;
+                res->body = SLICE_NULL;
+                return;
+            }
+            if (norm)
+                return finish(sc, res, ST_NLN, SLICE_LIT(DOTLINE), i);
+            sc->errors |= SCAN_ERR_BARE_CR;
+            st = ST_MID;
+            continue;
+        default: /* ST_END: nothing more belongs to this body */
+            res->consumed = 0;
+            res->body = SLICE_NULL;
+            res->end = true;
+            return;
+        }
+    }
+    /* A CR at the very end waits for its LF in the next call. */
+    size_t run = i - bs;
+    if (st == ST_CR && run)
+        run--;
+    finish(sc, res, st, slice_make(in + bs, run), i);
+}
