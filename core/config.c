@@ -1,0 +1,876 @@
+/*
+ * config.c - the key table and the value parsers behind config.h.
+ *
+ * Each row of `rows` says everything about one key: name, default text, type,
+ * where it lives in mx_config_t, its range and its help line. Numeric rows
+ * carry a compile-time check that the field has the type the parser writes,
+ * so a field changed from uint32_t to uint64_t cannot be half-written.
+ *
+ * Parsers work on a trimmed slice of the value and write the field only once
+ * the whole value has passed, so a refused value leaves the old one in place.
+ * Error texts quote the value (cut short, control bytes masked): the person
+ * reading the error needs to see which of their values was refused.
+ *
+ * INI text goes through libinih's ini_parse_stream() with our own line reader
+ * rather than ini_parse_string(): the reader knows the line number of every
+ * handler call (inih only reports the first failing line, and only the one it
+ * found itself), it sees the raw line so indented continuation lines can be
+ * told apart from new keys, and it refuses a line longer than inih's line
+ * buffer, which inih itself would cut silently (a truncated relay_domains
+ * line would be a different list of domains).
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <ini.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "scan.h"
+
+enum key_type {
+    K_UINT,     /* uint32_t, plain decimal */
+    K_SIZE,     /* uint64_t octets, suffix k/m/g (powers of 1024) */
+    K_SECS,     /* uint32_t seconds, suffix s/m/h */
+    K_MSECS,    /* uint32_t milliseconds, suffix ms/s */
+    K_BOOL,     /* bool */
+    K_ENUM,     /* uint8_t index into names */
+    K_LISTEN,   /* listen[], nlisten */
+    K_HOSTNAME, /* char[CONFIG_DOMAIN_MAX + 1] */
+    K_DOMAINS,  /* relay_* and the arena */
+    K_HOSTPORT, /* char[CONFIG_ADDR_MAX], may be empty */
+    K_PATH,     /* char[CONFIG_PATH_MAX] */
+};
+
+typedef struct key_row {
+    config_key_t pub;
+    uint8_t type;
+    size_t off;
+    uint64_t min, max;
+    const char *const *names; /* K_ENUM: NULL-terminated, value = index */
+} key_row_t;
+
+/* offsetof(mx_config_t, f), refused at compile time unless f has type T. */
+#define FIELD(f, T)                                                                                                    \
+    (offsetof(mx_config_t, f) +                                                                                        \
+     0 * sizeof(char[__builtin_types_compatible_p(__typeof__(((mx_config_t *)0)->f), T) ? 1 : -1]))
+
+#define ROW(name, def, type, T, lo, hi, names, help)                                                                   \
+    {                                                                                                                  \
+        {#name, def, help}, type, FIELD(name, T), lo, hi, names                                                        \
+    }
+#define U32(name, def, lo, hi, help) ROW(name, def, K_UINT, uint32_t, lo, hi, NULL, help)
+#define SECS(name, def, lo, hi, help) ROW(name, def, K_SECS, uint32_t, lo, hi, NULL, help)
+#define ENUM(name, def, names, help) ROW(name, def, K_ENUM, uint8_t, 0, 0, names, help)
+
+/* The limit on message_size_limit only keeps the arithmetic far from
+ * overflow; 1 TiB is not a sensible message size either. */
+#define SIZE_MAX_OCTETS (1ull << 40)
+
+static const char *const bare_names[] = {"reject", "normalize", NULL};
+static const char *const proto_names[] = {"smtp", "lmtp", NULL};
+static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+
+_Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
+_Static_assert(CONFIG_PROTO_SMTP == 0 && CONFIG_PROTO_LMTP == 1, "proto_names follows enum config_proto");
+_Static_assert(CONFIG_LOG_DEBUG == 0 && CONFIG_LOG_ERROR == 3, "level_names follows enum config_log_level");
+_Static_assert(CONFIG_RELAY_MAX < UINT16_MAX, "relay_index holds domain index + 1 in a uint16_t");
+
+static const key_row_t rows[] = {
+    ROW(listen, "127.0.0.1:2525", K_LISTEN, char[CONFIG_LISTEN_MAX][CONFIG_ADDR_MAX], 1, CONFIG_LISTEN_MAX, NULL,
+        "addresses to accept SMTP on, IPv4:port or [IPv6]:port, comma-separated (at most 8)"),
+    U32(workers, "0", 0, 256, "worker threads; 0: one per online CPU"),
+    ROW(hostname, "", K_HOSTNAME, char[CONFIG_DOMAIN_MAX + 1], 0, 0, NULL,
+        "name in the greeting and in EHLO replies; empty: the system host name"),
+    ROW(relay_domains, "", K_DOMAINS, const slice_t *, 0, CONFIG_RELAY_MAX, NULL,
+        "domains to accept mail for, comma-separated (at most 1024); empty: localhost and the host name"),
+    ROW(message_size_limit, "10m", K_SIZE, uint64_t, 0, SIZE_MAX_OCTETS, NULL,
+        "largest message in octets; 0: no limit"),
+    U32(recipient_limit, "100", 1, 100000, "recipients per message"),
+    U32(smtp_line_limit, "512", 512, 65535, "command line length in octets, CRLF included"),
+    U32(text_line_limit, "1000", 1000, 1000000, "message line length in octets, CRLF included"),
+    U32(error_limit, "20", 1, 1000, "error replies in a session before it is closed with 421"),
+    ENUM(bare_newline, "reject", bare_names, "bare CR or LF in a message: reject (554) or normalize to CRLF"),
+    ROW(smtputf8, "yes", K_BOOL, bool, 0, 0, NULL, "advertise and accept SMTPUTF8 (yes or no)"),
+    SECS(command_timeout, "300", 1, 3600, "seconds to wait for a command"),
+    SECS(data_timeout, "600", 1, 3600, "seconds to wait for message data"),
+    ROW(greeting_delay, "0", K_MSECS, uint32_t, 0, 60000, NULL,
+        "milliseconds to wait before the greeting; a client that talks first is refused"),
+    SECS(downstream_timeout, "120", 1, 3600, "seconds to wait for the downstream server"),
+    U32(max_connections, "10000", 1, 1000000, "client connections, all workers together"),
+    U32(max_connections_per_ip, "50", 0, 1000000, "client connections from one address; 0: no limit"),
+    ROW(downstream, "", K_HOSTPORT, char[CONFIG_ADDR_MAX], 0, 0, NULL,
+        "server to relay to, host:port or [IPv6]:port; empty: deliver to maildir"),
+    ENUM(downstream_protocol, "smtp", proto_names, "protocol spoken to the downstream: smtp or lmtp"),
+    U32(downstream_connections, "8", 1, 1000, "downstream connections per worker"),
+    U32(downstream_max_messages, "1000", 1, 1000000, "messages per downstream connection before it is retired"),
+    SECS(downstream_max_lifetime, "300", 1, 86400, "seconds a downstream connection is used before it is retired"),
+    U32(downstream_queue_limit, "1000", 0, 1000000, "transactions per worker waiting for a downstream connection"),
+    SECS(downstream_queue_timeout, "30", 1, 3600, "seconds a transaction may wait for a downstream connection"),
+    ROW(maildir, "./mail", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
+        "Maildir to deliver to when no downstream is set"),
+    SECS(drain_timeout, "30", 0, 3600, "seconds sessions get to finish on shutdown; 0: close at once"),
+    ENUM(log_level, "info", level_names, "debug, info, warn or error"),
+};
+
+#define NROWS (sizeof rows / sizeof rows[0])
+
+/* ---- small helpers ---- */
+
+static inline char lower(char ch)
+{
+    return ch >= 'A' && ch <= 'Z' ? (char)(ch + ('a' - 'A')) : ch;
+}
+
+static inline bool blank(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '\v' || ch == '\f';
+}
+
+static slice_t trim(const char *p, size_t n)
+{
+    while (n && blank(*p))
+        p++, n--;
+    while (n && blank(p[n - 1]))
+        n--;
+    return slice_make(p, n);
+}
+
+/* The value as an error message shows it: at most 64 bytes, no control
+ * bytes (the text ends up in a terminal or a log line). */
+static const char *shown(slice_t v, char out[static 72])
+{
+    size_t n = v.len > 64 ? 61 : v.len, i;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)v.ptr[i];
+        out[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+    }
+    if (n < v.len)
+        memcpy(out + i, "...", 3), i += 3;
+    out[i] = '\0';
+    return out;
+}
+
+__attribute__((format(printf, 3, 4))) static int fail(char *why, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Decimal digits from v[*i]; saturates at UINT64_MAX so the range check
+ * refuses an overflow. Returns how many digits it read. */
+static size_t digits(slice_t v, size_t *i, uint64_t *out)
+{
+    uint64_t x = 0;
+    size_t start = *i;
+    for (; *i < v.len && v.ptr[*i] >= '0' && v.ptr[*i] <= '9'; (*i)++) {
+        unsigned d = (unsigned)(v.ptr[*i] - '0');
+        x = x > (UINT64_MAX - d) / 10 ? UINT64_MAX : x * 10 + d;
+    }
+    *out = x;
+    return *i - start;
+}
+
+static uint64_t mul_sat(uint64_t x, uint64_t m)
+{
+    return x > UINT64_MAX / m ? UINT64_MAX : x * m;
+}
+
+/*
+ * RFC 1035/1123 host name: letters, digits, hyphens; labels of 1 to 63 that
+ * neither start nor end with a hyphen; at most 253 octets; no trailing dot.
+ * A last label of digits only is refused: that is an IPv4 address written
+ * where a name belongs.
+ */
+static bool domain_valid(const char *p, size_t n)
+{
+    if (n == 0 || n > CONFIG_DOMAIN_MAX)
+        return false;
+    size_t label = 0;
+    bool numeric = true;
+    for (size_t i = 0; i <= n; i++) {
+        char ch = i < n ? p[i] : '.';
+        if (ch == '.') {
+            if (label == 0 || label > 63 || p[i - 1] == '-')
+                return false;
+            if (i < n)
+                numeric = true;
+            label = 0;
+            continue;
+        }
+        bool alpha = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+        bool digit = ch >= '0' && ch <= '9';
+        if (!alpha && !digit && ch != '-')
+            return false;
+        if (label == 0 && ch == '-')
+            return false;
+        if (!digit)
+            numeric = false;
+        label++;
+    }
+    return !numeric;
+}
+
+/* ---- numbers ---- */
+
+static uint32_t *u32_at(mx_config_t *c, const key_row_t *k)
+{
+    return (uint32_t *)((char *)c + k->off);
+}
+
+static int set_uint(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
+{
+    uint64_t x;
+    size_t i = 0;
+    char sv[72];
+    if (!digits(v, &i, &x) || i != v.len || x < k->min || x > k->max)
+        return fail(why, n, "expected a number from %llu to %llu: %s", (unsigned long long)k->min,
+                    (unsigned long long)k->max, shown(v, sv));
+    *u32_at(c, k) = (uint32_t)x;
+    return 0;
+}
+
+static int set_size(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
+{
+    uint64_t x;
+    size_t i = 0;
+    char sv[72];
+    if (!digits(v, &i, &x))
+        return fail(why, n, "not a number: %s", shown(v, sv));
+    if (i < v.len) {
+        char suffix = i + 1 == v.len ? lower(v.ptr[i]) : '\0';
+        int shift = suffix == 'k' ? 10 : suffix == 'm' ? 20 : suffix == 'g' ? 30 : 0;
+        if (!shift)
+            return fail(why, n, "not a number: %s", shown(v, sv));
+        x = mul_sat(x, 1ull << shift);
+    }
+    if (x > k->max)
+        return fail(why, n, "too large (at most %llu octets): %s", (unsigned long long)k->max, shown(v, sv));
+    *(uint64_t *)((char *)c + k->off) = x;
+    return 0;
+}
+
+/* Seconds (K_SECS: bare, s, m, h) or milliseconds (K_MSECS: bare, ms, s). */
+static int set_time(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
+{
+    uint64_t x;
+    size_t i = 0;
+    bool ok = digits(v, &i, &x) > 0;
+    slice_t suf = slice_make(v.ptr + i, v.len - i);
+    uint64_t unit; /* 0: not a suffix we know */
+    if (suf.len == 0)
+        unit = 1;
+    else if (k->type == K_SECS)
+        unit = slice_ieq(suf, "s") ? 1 : slice_ieq(suf, "m") ? 60 : slice_ieq(suf, "h") ? 3600 : 0;
+    else
+        unit = slice_ieq(suf, "ms") ? 1 : slice_ieq(suf, "s") ? 1000 : 0;
+    x = mul_sat(x, unit ? unit : 1);
+    char sv[72];
+    if (!ok || !unit || x < k->min || x > k->max) {
+        if (k->type == K_MSECS)
+            return fail(why, n, "expected milliseconds from %llu to %llu (suffix ms or s allowed): %s",
+                        (unsigned long long)k->min, (unsigned long long)k->max, shown(v, sv));
+        return fail(why, n, "expected seconds from %llu to %llu (suffix s, m or h allowed): %s",
+                    (unsigned long long)k->min, (unsigned long long)k->max, shown(v, sv));
+    }
+    *u32_at(c, k) = (uint32_t)x;
+    return 0;
+}
+
+static int set_bool(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
+{
+    bool *b = (bool *)((char *)c + k->off);
+    char sv[72];
+    if (slice_ieq(v, "yes") || slice_ieq(v, "true") || slice_ieq(v, "on") || slice_ieq(v, "1"))
+        *b = true;
+    else if (slice_ieq(v, "no") || slice_ieq(v, "false") || slice_ieq(v, "off") || slice_ieq(v, "0"))
+        *b = false;
+    else
+        return fail(why, n, "expected yes or no: %s", shown(v, sv));
+    return 0;
+}
+
+static int set_enum(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
+{
+    size_t count = 0;
+    for (; k->names[count]; count++)
+        if (slice_ieq(v, k->names[count])) {
+            *((uint8_t *)c + k->off) = (uint8_t)count;
+            return 0;
+        }
+    /* "expected a or b", "expected a, b, c or d" */
+    char list[96];
+    size_t len = 0;
+    for (size_t i = 0; i < count && len < sizeof list; i++)
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s%s",
+                                i == 0           ? ""
+                                : i + 1 == count ? " or "
+                                                 : ", ",
+                                k->names[i]);
+    char sv[72];
+    return fail(why, n, "expected %s: %s", list, shown(v, sv));
+}
+
+/* ---- addresses ---- */
+
+/*
+ * "IPv4:port", "[IPv6]:port" or, with names allowed, "name:port", written
+ * back to out in canonical form (brackets kept, port in plain decimal).
+ * inet_pton is pure parsing, no lookup, so it is fair game in core; it
+ * refuses forms like "1.2.3" or octal that inet_aton would take.
+ */
+static int parse_hostport(slice_t s, bool names, char out[static CONFIG_ADDR_MAX], char *why, size_t n)
+{
+    char sv[72], host[CONFIG_DOMAIN_MAX + 1] = "";
+    const char *colon;
+    bool ipv6 = false;
+    if (s.len && s.ptr[0] == '[') {
+        const char *close = memchr(s.ptr, ']', s.len);
+        if (!close || close + 1 == s.ptr + s.len || close[1] != ':')
+            return fail(why, n, "expected [IPv6]:port: %s", shown(s, sv));
+        size_t hlen = (size_t)(close - s.ptr - 1);
+        struct in6_addr a6;
+        if (hlen < INET6_ADDRSTRLEN)
+            memcpy(host, s.ptr + 1, hlen);
+        if (hlen >= INET6_ADDRSTRLEN || inet_pton(AF_INET6, host, &a6) != 1)
+            return fail(why, n, "not an IPv6 address: %s", shown(s, sv));
+        colon = close + 1;
+        ipv6 = true;
+    } else {
+        colon = memrchr(s.ptr, ':', s.len);
+        if (!colon)
+            return fail(why, n, "expected %s:port: %s", names ? "host" : "IPv4", shown(s, sv));
+        size_t hlen = (size_t)(colon - s.ptr);
+        if (memchr(s.ptr, ':', hlen))
+            return fail(why, n, "an IPv6 address needs brackets, as in [::1]:25: %s", shown(s, sv));
+        struct in_addr a4;
+        if (hlen <= CONFIG_DOMAIN_MAX)
+            memcpy(host, s.ptr, hlen);
+        bool ok =
+            hlen <= CONFIG_DOMAIN_MAX && (inet_pton(AF_INET, host, &a4) == 1 || (names && domain_valid(host, hlen)));
+        if (!ok)
+            return fail(why, n, "%s: %s", names ? "not an IP address or host name" : "not an IPv4 address",
+                        shown(s, sv));
+    }
+    uint64_t port;
+    size_t i = (size_t)(colon + 1 - s.ptr);
+    if (!digits(s, &i, &port) || i != s.len || port < 1 || port > 65535)
+        return fail(why, n, "expected a port from 1 to 65535: %s", shown(s, sv));
+    snprintf(out, CONFIG_ADDR_MAX, ipv6 ? "[%s]:%u" : "%s:%u", host, (unsigned)port);
+    return 0;
+}
+
+/* The next comma-separated item of *rest, trimmed. Empty items are skipped,
+ * so a trailing comma or a continuation line joined with "," is harmless. */
+static bool next_item(slice_t *rest, slice_t *item)
+{
+    while (rest->len) {
+        const char *comma = memchr(rest->ptr, ',', rest->len);
+        size_t k = comma ? (size_t)(comma - rest->ptr) + 1 : rest->len;
+        *item = trim(rest->ptr, comma ? k - 1 : k);
+        rest->ptr += k;
+        rest->len -= k;
+        if (item->len)
+            return true;
+    }
+    return false;
+}
+
+static int set_listen(mx_config_t *c, slice_t v, char *why, size_t n)
+{
+    char tmp[CONFIG_LISTEN_MAX][CONFIG_ADDR_MAX];
+    int count = 0;
+    char sv[72];
+    slice_t rest = v, item;
+    while (next_item(&rest, &item)) {
+        if (count == CONFIG_LISTEN_MAX)
+            return fail(why, n, "too many addresses (at most %d): %s", CONFIG_LISTEN_MAX, shown(v, sv));
+        if (parse_hostport(item, false, tmp[count], why, n) != 0)
+            return -1;
+        for (int j = 0; j < count; j++)
+            if (strcmp(tmp[j], tmp[count]) == 0)
+                return fail(why, n, "address given twice: %s", shown(item, sv));
+        count++;
+    }
+    if (count == 0)
+        return fail(why, n, "expected at least one address");
+    memset(c->listen, 0, sizeof c->listen);
+    memcpy(c->listen, tmp, (size_t)count * sizeof tmp[0]);
+    c->nlisten = count;
+    return 0;
+}
+
+/* ---- relay domains ---- */
+
+static uint32_t hash_lower(const char *p, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a: short keys, good enough spread */
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)lower(p[i])) * 16777619u;
+    return h;
+}
+
+static bool ieq_lower(const char *p, const char *low, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (lower(p[i]) != low[i])
+            return false;
+    return true;
+}
+
+/*
+ * One allocation: the slices, then the index, then the lowercased names
+ * (NUL-terminated for the convenience of whoever prints them). The index has
+ * at least twice as many slots as names, so probes stay short and there is
+ * always an empty slot to end a miss.
+ */
+static int set_domains(mx_config_t *c, slice_t v, char *why, size_t n)
+{
+    size_t count = 0, bytes = 0;
+    char sv[72];
+    slice_t rest = v, item;
+    while (next_item(&rest, &item)) {
+        if (!domain_valid(item.ptr, item.len))
+            return fail(why, n, "not a domain name: %s", shown(item, sv));
+        if (++count > CONFIG_RELAY_MAX)
+            return fail(why, n, "too many domains (at most %d)", CONFIG_RELAY_MAX);
+        bytes += item.len + 1;
+    }
+    void *arena = NULL;
+    slice_t *list = NULL;
+    uint16_t *index = NULL;
+    uint32_t slots = 0, used = 0;
+    if (count) {
+        slots = 16;
+        while (slots < 2 * count)
+            slots *= 2;
+        arena = malloc(count * sizeof(slice_t) + slots * sizeof(uint16_t) + bytes);
+        if (!arena)
+            return fail(why, n, "out of memory");
+        list = arena;
+        index = (uint16_t *)(list + count);
+        memset(index, 0, slots * sizeof(uint16_t));
+        char *text = (char *)(index + slots);
+        for (rest = v; next_item(&rest, &item);) {
+            uint32_t s = hash_lower(item.ptr, item.len) & (slots - 1);
+            for (; index[s]; s = (s + 1) & (slots - 1)) {
+                slice_t d = list[index[s] - 1];
+                if (d.len == item.len && ieq_lower(item.ptr, d.ptr, d.len))
+                    break;
+            }
+            if (index[s])
+                continue; /* given twice */
+            for (size_t i = 0; i < item.len; i++)
+                text[i] = lower(item.ptr[i]);
+            text[item.len] = '\0';
+            list[used] = slice_make(text, item.len);
+            index[s] = (uint16_t)++used;
+            text += item.len + 1;
+        }
+    }
+    free(c->relay_arena);
+    c->relay_arena = arena;
+    c->relay_domains = list;
+    c->relay_index = index;
+    c->relay_count = used;
+    c->relay_mask = slots ? slots - 1 : 0;
+    return 0;
+}
+
+bool config_relay_domain(const mx_config_t *c, slice_t domain)
+{
+    if (c->relay_count == 0 || domain.len == 0 || domain.len > CONFIG_DOMAIN_MAX)
+        return false;
+    for (uint32_t s = hash_lower(domain.ptr, domain.len) & c->relay_mask; c->relay_index[s];
+         s = (s + 1) & c->relay_mask) {
+        slice_t d = c->relay_domains[c->relay_index[s] - 1];
+        if (d.len == domain.len && ieq_lower(domain.ptr, d.ptr, d.len))
+            return true;
+    }
+    return false;
+}
+
+/* ---- strings ---- */
+
+static int set_hostname(mx_config_t *c, slice_t v, char *why, size_t n)
+{
+    char sv[72];
+    if (v.len && !domain_valid(v.ptr, v.len))
+        return fail(why, n, "not a domain name: %s", shown(v, sv));
+    memcpy(c->hostname, v.ptr, v.len);
+    c->hostname[v.len] = '\0';
+    return 0;
+}
+
+static int set_path(mx_config_t *c, slice_t v, char *why, size_t n)
+{
+    char sv[72];
+    if (v.len == 0)
+        return fail(why, n, "expected a path");
+    if (v.len >= CONFIG_PATH_MAX)
+        return fail(why, n, "path too long (at most %d octets): %s", CONFIG_PATH_MAX - 1, shown(v, sv));
+    for (size_t i = 0; i < v.len; i++)
+        if ((unsigned char)v.ptr[i] < 0x20 || v.ptr[i] == 0x7f)
+            return fail(why, n, "control character in path: %s", shown(v, sv));
+    memcpy(c->maildir, v.ptr, v.len);
+    c->maildir[v.len] = '\0';
+    return 0;
+}
+
+static int set_downstream(mx_config_t *c, slice_t v, char *why, size_t n)
+{
+    if (v.len == 0) {
+        c->downstream[0] = '\0';
+        return 0;
+    }
+    return parse_hostport(v, true, c->downstream, why, n);
+}
+
+static int apply(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
+{
+    switch (k->type) {
+    case K_UINT:
+        return set_uint(c, k, v, why, n);
+    case K_SIZE:
+        return set_size(c, k, v, why, n);
+    case K_SECS:
+    case K_MSECS:
+        return set_time(c, k, v, why, n);
+    case K_BOOL:
+        return set_bool(c, k, v, why, n);
+    case K_ENUM:
+        return set_enum(c, k, v, why, n);
+    case K_LISTEN:
+        return set_listen(c, v, why, n);
+    case K_HOSTNAME:
+        return set_hostname(c, v, why, n);
+    case K_DOMAINS:
+        return set_domains(c, v, why, n);
+    case K_HOSTPORT:
+        return set_downstream(c, v, why, n);
+    case K_PATH:
+        return set_path(c, v, why, n);
+    }
+    return fail(why, n, "internal error: key type %d", k->type);
+}
+
+/* ---- public ---- */
+
+static const key_row_t *row_find(const char *name, size_t n)
+{
+    for (size_t r = 0; r < NROWS; r++) {
+        const char *k = rows[r].pub.name;
+        size_t i = 0;
+        for (; i < n && k[i]; i++) {
+            char ch = name[i] == '-' ? '_' : lower(name[i]);
+            if (ch != k[i])
+                break;
+        }
+        if (i == n && k[i] == '\0')
+            return &rows[r];
+    }
+    return NULL;
+}
+
+const config_key_t *config_key_at(size_t i)
+{
+    return i < NROWS ? &rows[i].pub : NULL;
+}
+
+const config_key_t *config_key_find(const char *name)
+{
+    const key_row_t *k = name ? row_find(name, strlen(name)) : NULL;
+    return k ? &k->pub : NULL;
+}
+
+void config_defaults(mx_config_t *c)
+{
+    memset(c, 0, sizeof *c);
+    for (size_t r = 0; r < NROWS; r++) {
+        char why[160];
+        /* A default that does not parse is a bug in the table; the unit
+         * test catches it, and no config is better than a wrong one. */
+        if (apply(c, &rows[r], trim(rows[r].pub.def, strlen(rows[r].pub.def)), why, sizeof why) != 0)
+            abort();
+    }
+}
+
+void config_free(mx_config_t *c)
+{
+    free(c->relay_arena);
+    c->relay_arena = NULL;
+    c->relay_domains = NULL;
+    c->relay_index = NULL;
+    c->relay_count = 0;
+    c->relay_mask = 0;
+}
+
+int config_set(mx_config_t *c, const char *key, const char *value, char *err, size_t errlen)
+{
+    char why[256], sv[72];
+    const key_row_t *k = key ? row_find(key, strlen(key)) : NULL;
+    if (!k) {
+        if (errlen)
+            snprintf(err, errlen, "unknown key: %s", key ? shown(slice_make(key, strlen(key)), sv) : "(null)");
+        return -1;
+    }
+    if (!value) {
+        if (errlen)
+            snprintf(err, errlen, "%s: missing value", k->pub.name);
+        return -1;
+    }
+    if (apply(c, k, trim(value, strlen(value)), why, sizeof why) != 0) {
+        if (errlen)
+            snprintf(err, errlen, "%s: %s", k->pub.name, why);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- INI ---- */
+
+typedef struct ini_ctx {
+    mx_config_t *c;
+    const char *next;      /* unread text */
+    unsigned line;         /* number of the line inih is working on */
+    bool indented;         /* that line starts with a blank */
+    const key_row_t *prev; /* key of the last key line, NULL after [section] */
+    char *acc;             /* list value so far, continuation lines joined */
+    size_t acc_len, acc_cap;
+    unsigned fail_line; /* 0: no error yet */
+    char *err;
+    size_t errlen;
+} ini_ctx_t;
+
+__attribute__((format(printf, 2, 3))) static void ini_fail(ini_ctx_t *x, const char *fmt, ...)
+{
+    if (x->fail_line)
+        return;
+    x->fail_line = x->line;
+    int k = x->errlen ? snprintf(x->err, x->errlen, "line %u: ", x->line) : 0;
+    if (k >= 0 && (size_t)k < x->errlen) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(x->err + k, x->errlen - (size_t)k, fmt, ap);
+        va_end(ap);
+    }
+}
+
+/* fgets for inih over the string: one whole line per call or nothing, so our
+ * line count is inih's. */
+static char *ini_read(char *buf, int size, void *stream)
+{
+    ini_ctx_t *x = stream;
+    if (x->fail_line || *x->next == '\0')
+        return NULL; /* after an error: pretend the text ended, stop inih */
+    const char *p = x->next, *nl = strchr(p, '\n');
+    size_t len = nl ? (size_t)(nl - p) + 1 : strlen(p);
+    x->line++;
+    x->next += len;
+    if (len + 1 > (size_t)size) {
+        /* inih would take the first size - 1 bytes as the line and the rest
+         * as more lines: a silently different value. */
+        ini_fail(x, "line too long (at most %d octets)", size > 2 ? size - 2 : 0);
+        return NULL;
+    }
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+    if (x->line == 1 && len >= 3 && memcmp(p, "\xEF\xBB\xBF", 3) == 0)
+        p += 3, len -= 3; /* inih skips a BOM; so do we, to look at the line */
+    x->indented = len && blank(*p);
+    slice_t t = trim(p, len);
+    /* inih reads an indented line after a key as a continuation even when it
+     * starts with '[' (as "  [::1]:25" does); only other lines open sections. */
+    if (t.len && t.ptr[0] == '[' && !(x->indented && x->prev)) {
+        x->prev = NULL; /* inih forgets the previous key here too */
+        const char *close = memchr(t.ptr, ']', t.len);
+        slice_t name = close ? slice_make(t.ptr + 1, (size_t)(close - t.ptr - 1)) : SLICE_NULL;
+        char sv[72];
+        if (close && !slice_ieq(name, "mxgate")) {
+            ini_fail(x, "unknown section [%s]; keys go in [mxgate] or before any section", shown(name, sv));
+            return NULL;
+        }
+    }
+    return buf;
+}
+
+/* The value so far: v[0..n) alone, or appended after a comma when the line
+ * continues a list. */
+static int acc_add(ini_ctx_t *x, const char *v, size_t n, bool more)
+{
+    if (!more)
+        x->acc_len = 0;
+    size_t need = x->acc_len + n + 2;
+    if (need > x->acc_cap) {
+        size_t cap = x->acc_cap ? x->acc_cap : 256;
+        while (cap < need)
+            cap *= 2;
+        char *a = realloc(x->acc, cap);
+        if (!a)
+            return -1;
+        x->acc = a, x->acc_cap = cap;
+    }
+    if (more && x->acc_len)
+        x->acc[x->acc_len++] = ',';
+    memcpy(x->acc + x->acc_len, v, n);
+    x->acc_len += n;
+    x->acc[x->acc_len] = '\0';
+    return 0;
+}
+
+static int ini_on(void *user, const char *section, const char *name, const char *value)
+{
+    ini_ctx_t *x = user;
+    char sv[72];
+    if (x->fail_line)
+        return 0;
+    if (*section && strcasecmp(section, "mxgate") != 0) {
+        ini_fail(x, "unknown section [%s]", shown(slice_make(section, strlen(section)), sv));
+        return 0;
+    }
+    const key_row_t *k = row_find(name, strlen(name));
+    if (!k) {
+        ini_fail(x, "unknown key: %s", shown(slice_make(name, strlen(name)), sv));
+        return 0;
+    }
+    bool more = x->indented && x->prev == k;
+    if (more && k->type != K_LISTEN && k->type != K_DOMAINS) {
+        ini_fail(x, "%s: an indented line continues the previous value, and %s takes one value", k->pub.name,
+                 k->pub.name);
+        return 0;
+    }
+    x->prev = k;
+    size_t n = strlen(value);
+    for (size_t i = 0; more && i < n; i++)
+        if (value[i] == ';' && (i == 0 || blank(value[i - 1])))
+            n = i; /* inih strips "; comment" from key lines only; no list item holds a ';' */
+    if (acc_add(x, value, n, more) != 0) {
+        ini_fail(x, "out of memory");
+        return 0;
+    }
+    char e[384];
+    if (config_set(x->c, k->pub.name, x->acc, e, sizeof e) != 0) {
+        ini_fail(x, "%s", e);
+        return 0;
+    }
+    return 1;
+}
+
+int config_parse_ini(mx_config_t *c, const char *text, char *err, size_t errlen)
+{
+    ini_ctx_t x = {.c = c, .next = text, .err = err, .errlen = errlen};
+    int rc = ini_parse_stream(ini_read, &x, ini_on, &x);
+    free(x.acc);
+    if (rc > 0 && (!x.fail_line || (unsigned)rc < x.fail_line)) {
+        /* a line inih could not read; it calls no handler for it */
+        if (errlen)
+            snprintf(err, errlen, "line %d: expected key = value, [section] or a comment", rc);
+        return -1;
+    }
+    if (x.fail_line)
+        return -1;
+    if (rc < 0) {
+        if (errlen)
+            snprintf(err, errlen, "cannot parse: inih error %d", rc);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- dump ---- */
+
+typedef struct out {
+    char *buf;
+    size_t n, len;
+} out_t;
+
+static void put(out_t *o, const char *p, size_t k)
+{
+    if (o->len + 1 < o->n) {
+        size_t room = o->n - 1 - o->len;
+        memcpy(o->buf + o->len, p, k < room ? k : room);
+    }
+    o->len += k;
+}
+
+__attribute__((format(printf, 2, 3))) static void putf(out_t *o, const char *fmt, ...)
+{
+    char tmp[CONFIG_DOMAIN_MAX + 64];
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (k > 0)
+        put(o, tmp, (size_t)k < sizeof tmp ? (size_t)k : sizeof tmp - 1);
+}
+
+/* Lists longer than this go on indented continuation lines, so the text
+ * stays within inih's default line buffer (200 octets) when read back. */
+#define DUMP_WRAP 150
+
+static void put_item(out_t *o, size_t *col, size_t i, const char *p, size_t k)
+{
+    if (i > 0 && *col + 2 + k > DUMP_WRAP) {
+        put(o, ",\n    ", 6);
+        *col = 4;
+    } else if (i > 0) {
+        put(o, ", ", 2);
+        *col += 2;
+    }
+    put(o, p, k);
+    *col += k;
+}
+
+size_t config_dump(const mx_config_t *c, char *buf, size_t n)
+{
+    out_t o = {buf, n, 0};
+    for (size_t r = 0; r < NROWS; r++) {
+        const key_row_t *k = &rows[r];
+        const char *f = (const char *)c + k->off;
+        size_t col = strlen(k->pub.name) + 3;
+        putf(&o, "%s = ", k->pub.name);
+        switch (k->type) {
+        case K_UINT:
+        case K_SECS:
+        case K_MSECS:
+            putf(&o, "%u", (unsigned)*(const uint32_t *)f);
+            break;
+        case K_SIZE:
+            putf(&o, "%llu", (unsigned long long)*(const uint64_t *)f);
+            break;
+        case K_BOOL:
+            putf(&o, "%s", *(const bool *)f ? "yes" : "no");
+            break;
+        case K_ENUM: {
+            uint8_t v = *(const uint8_t *)f, i = 0;
+            while (k->names[i] && i < v)
+                i++;
+            putf(&o, "%s", k->names[i] ? k->names[i] : "?");
+            break;
+        }
+        case K_LISTEN:
+            for (int i = 0; i < c->nlisten; i++)
+                put_item(&o, &col, (size_t)i, c->listen[i], strlen(c->listen[i]));
+            break;
+        case K_DOMAINS:
+            for (uint32_t i = 0; i < c->relay_count; i++)
+                put_item(&o, &col, i, c->relay_domains[i].ptr, c->relay_domains[i].len);
+            break;
+        case K_HOSTPORT:
+        case K_HOSTNAME:
+        case K_PATH:
+            put(&o, f, strlen(f));
+            break;
+        }
+        put(&o, "\n", 1);
+    }
+    if (n)
+        buf[o.len < n ? o.len : n - 1] = '\0';
+    return o.len;
+}

@@ -1,0 +1,148 @@
+/*
+ * config.h - the configuration model: every key, its default, its checks.
+ *
+ * One table in config.c describes each key once (name, default, range, help);
+ * defaults, parsing, --help and --print-config are all driven by it, so they
+ * cannot drift apart. A value is checked completely when it is set, and a
+ * refused value leaves the key as it was: the runtime never sees a config
+ * that has not passed every check.
+ *
+ * The same key is spelled `message_size_limit` in the INI file,
+ * `--message-size-limit` as a flag and `MXGATE_MESSAGE_SIZE_LIMIT` in the
+ * environment; config_set() takes dashes or underscores in any case. Where a
+ * value comes from and which wins is workers/cli.c's business: this file does
+ * no I/O (the INI text arrives as a string).
+ *
+ * Strings live in fixed arrays inside mx_config_t, except the relay domains
+ * (up to 1024 of them), which live in one allocation owned by the struct. So:
+ * config_defaults() on a fresh struct, config_free() when done, and never
+ * copy an mx_config_t by assignment (both copies would own the arena).
+ */
+#ifndef MXGATE_CONFIG_H
+#define MXGATE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "slice.h"
+
+#define CONFIG_LISTEN_MAX 8
+#define CONFIG_RELAY_MAX 1024
+#define CONFIG_DOMAIN_MAX 253                   /* RFC 1035 text form, no trailing dot */
+#define CONFIG_ADDR_MAX (CONFIG_DOMAIN_MAX + 7) /* "name:65535" and its NUL */
+#define CONFIG_PATH_MAX 4096                    /* PATH_MAX with its NUL */
+
+enum config_proto { CONFIG_PROTO_SMTP = 0, CONFIG_PROTO_LMTP = 1 };
+
+enum config_log_level {
+    CONFIG_LOG_DEBUG = 0,
+    CONFIG_LOG_INFO,
+    CONFIG_LOG_WARN,
+    CONFIG_LOG_ERROR,
+};
+
+/*
+ * Field names are the key names. Read the fields freely; change them only
+ * through config_set() so the checks and the relay index stay right.
+ * Addresses are kept as checked, canonical text: "192.0.2.1:25",
+ * "[2001:db8::1]:25" (IPv6 always in brackets), or for the downstream also
+ * "name:25"; the runtime turns them into socket addresses.
+ */
+typedef struct mx_config {
+    char listen[CONFIG_LISTEN_MAX][CONFIG_ADDR_MAX]; /* IPv4:port or [IPv6]:port */
+    int nlisten;                                     /* 1 to CONFIG_LISTEN_MAX */
+    uint32_t workers;                                /* 0: one per online CPU */
+    char hostname[CONFIG_DOMAIN_MAX + 1];            /* "": the caller fills it in */
+
+    /* Lowercased, duplicates dropped, in the order given; the slices point
+     * into relay_arena. Empty: the caller fills in localhost and hostname. */
+    const slice_t *relay_domains;
+    uint32_t relay_count;
+    uint32_t relay_mask;         /* relay_index has relay_mask + 1 slots */
+    const uint16_t *relay_index; /* open addressing; slot = domain index + 1 */
+    void *relay_arena;           /* owns all of the above; config_free */
+
+    uint64_t message_size_limit; /* octets; 0: no limit */
+    uint32_t recipient_limit;
+    uint32_t smtp_line_limit; /* octets with CRLF */
+    uint32_t text_line_limit; /* octets with CRLF */
+    uint32_t error_limit;
+    uint8_t bare_newline; /* enum scan_bare */
+    bool smtputf8;
+
+    uint32_t command_timeout;        /* seconds */
+    uint32_t data_timeout;           /* seconds */
+    uint32_t greeting_delay;         /* milliseconds; 0: greet at once */
+    uint32_t downstream_timeout;     /* seconds */
+    uint32_t max_connections;        /* whole process */
+    uint32_t max_connections_per_ip; /* 0: no limit */
+
+    char downstream[CONFIG_ADDR_MAX];  /* "": deliver to maildir */
+    uint8_t downstream_protocol;       /* enum config_proto */
+    uint32_t downstream_connections;   /* per worker */
+    uint32_t downstream_max_messages;  /* per connection, then it is retired */
+    uint32_t downstream_max_lifetime;  /* seconds, then it is retired */
+    uint32_t downstream_queue_limit;   /* waiting transactions per worker */
+    uint32_t downstream_queue_timeout; /* seconds */
+
+    char maildir[CONFIG_PATH_MAX];
+    uint32_t drain_timeout; /* seconds; 0: close at once */
+    uint8_t log_level;      /* enum config_log_level */
+} mx_config_t;
+
+/* What --help shows about a key. */
+typedef struct config_key {
+    const char *name; /* canonical: underscores, lower case */
+    const char *def;  /* the default, as config_set() would take it */
+    const char *help;
+} config_key_t;
+
+/* Every field set to its default; relay_domains empty, no allocation.
+ * The struct must not hold an arena (fresh, or after config_free). */
+void config_defaults(mx_config_t *c);
+
+/* Frees the relay arena and leaves no domains; safe to call twice. */
+void config_free(mx_config_t *c);
+
+/*
+ * Set one key from its text form (surrounding blanks ignored). Returns 0, or
+ * -1 with the key unchanged and err = "key: reason" (the canonical key name,
+ * e.g. "message_size_limit: not a number: 12x", or "unknown key: foo").
+ * err may be NULL when errlen is 0.
+ */
+int config_set(mx_config_t *c, const char *key, const char *value, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+
+/*
+ * Apply INI text (parsed by libinih: link with -linih). Keys go in the
+ * global section or in [mxgate]; other sections and unknown keys are errors.
+ * ';' and '#' start comment lines, " ;" an inline comment. An indented line
+ * continues the previous key's value, which only the list keys (listen,
+ * relay_domains) accept, so long lists can span lines; a line longer than
+ * libinih's line buffer (198 octets in Debian's build) is refused rather
+ * than cut. Returns 0, or -1 with err = "line N: key: reason" for the first
+ * bad line ("line N: reason" when no key could be read). Keys on other lines
+ * may have been applied by then: give up on the whole config.
+ */
+int config_parse_ini(mx_config_t *c, const char *text, char *err, size_t errlen) __attribute__((warn_unused_result));
+
+/* Is domain (as written in RCPT TO, any case) one of relay_domains? An
+ * O(1) hash probe; no allocation, safe to call from any thread. */
+bool config_relay_domain(const mx_config_t *c, slice_t domain);
+
+/*
+ * Write every key as "key = value\n", in table order, as INI text that
+ * config_parse_ini() takes back (long lists are wrapped onto indented lines).
+ * Returns the length the full text needs, like snprintf: the output was cut
+ * when that is >= n. buf may be NULL when n is 0.
+ */
+size_t config_dump(const mx_config_t *c, char *buf, size_t n);
+
+/* The key table, for --help: entry i, or NULL past the end. */
+const config_key_t *config_key_at(size_t i);
+
+/* Look a key up by name (dashes or underscores, any case); NULL if none. */
+const config_key_t *config_key_find(const char *name);
+
+#endif
