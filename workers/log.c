@@ -1,0 +1,36 @@
+/*
+ * log.c - logfmt lines on stderr, one write(2) per line so lines from
+ * different workers never interleave.
+ */
+#include "worker.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+int log_level = LOG_INFO;
+
+void log_line(int level, const char *fmt, ...)
+{
+    static const char *const names[] = { "debug", "info", "warn", "error" };
+    if (level < log_level)
+        return;
+    char buf[8192];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    int n = (int)strftime(buf, sizeof buf, "ts=%Y-%m-%dT%H:%M:%S", &tm);
+    n += snprintf(buf + n, sizeof buf - (size_t)n, ".%03ldZ level=%s ", ts.tv_nsec / 1000000, names[level]);
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    n += k < 0 ? 0 : k;
+    if (n > (int)sizeof buf - 2)
+        n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    if (write(STDERR_FILENO, buf, (size_t)n) < 0)
+        return;
+}

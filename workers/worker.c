@@ -1,0 +1,469 @@
+/*
+ * worker.c - one io_uring event loop per core.
+ *
+ * Written the way liburing's examples are: SINGLE_ISSUER|DEFER_TASKRUN with a
+ * fallback to COOP_TASKRUN and then to nothing, an oversized CQ, completions
+ * taken in a batch and the CQ advanced once, a get-SQE that submits when the
+ * SQ is full, multishot accept and recv re-armed whenever IORING_CQE_F_MORE is
+ * missing, and ENOBUFS treated as backpressure (re-arm once buffers return).
+ *
+ * Timers are three FIFO lists (command, data, downstream) with one timeout
+ * each, checked by a 250 ms tick: a refresh moves a node to the tail, so
+ * every list stays in deadline order without a heap.
+ */
+#include "worker.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+
+#define BGID 1
+
+void tlist_init(tnode_t *head)
+{
+    head->next = head->prev = head;
+}
+
+void tlist_del(tnode_t *n)
+{
+    if (!n->next)
+        return;
+    n->prev->next = n->next;
+    n->next->prev = n->prev;
+    n->next = n->prev = NULL;
+}
+
+void tlist_put(tnode_t *head, tnode_t *n, uint64_t deadline)
+{
+    tlist_del(n);
+    n->deadline = deadline;
+    n->prev = head->prev;
+    n->next = head;
+    head->prev->next = n;
+    head->prev = n;
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+struct io_uring_sqe *worker_sqe(worker_t *w)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+    while (!sqe) {
+        io_uring_submit(&w->ring);
+        sqe = io_uring_get_sqe(&w->ring);
+    }
+    return sqe;
+}
+
+void buf_release(worker_t *w, uint16_t bid)
+{
+    if (w->buf_refs[bid] && --w->buf_refs[bid])
+        return;
+    io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * RECV_BUF_SIZE, RECV_BUF_SIZE, bid,
+                          io_uring_buf_ring_mask(RECV_BUF_COUNT), 0);
+    io_uring_buf_ring_advance(w->br, 1);
+    if (w->nstarved)
+        w->need_rearm = true;
+}
+
+/* io_uring_setup errors name their cause: a seccomp profile or the sysctl. */
+static const char *uring_hint(int err)
+{
+    switch (err) {
+    case EPERM:
+        return "io_uring_setup: permission denied (EPERM). A seccomp profile is blocking io_uring "
+               "(Docker's default profile does: run with deploy/seccomp.json, "
+               "`--security-opt seccomp=deploy/seccomp.json`), or the sysctl kernel.io_uring_disabled is 2 "
+               "(or 1 and this user is not in kernel.io_uring_group): set it to 0";
+    case ENOSYS:
+        return "io_uring_setup: not implemented (ENOSYS). The kernel lacks io_uring or a seccomp profile "
+               "filters it out; mxgate needs Linux 6.1 or later with io_uring enabled";
+    case ENOMEM:
+        return "io_uring_setup: out of memory (ENOMEM). Raise the locked-memory limit (ulimit -l)";
+    default:
+        return NULL;
+    }
+}
+
+static int ring_setup(worker_t *w, char *err, size_t errlen)
+{
+    static const unsigned flag_sets[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN,
+        0,
+    };
+    int rc = -EINVAL;
+    for (size_t i = 0; i < sizeof flag_sets / sizeof flag_sets[0]; i++) {
+        struct io_uring_params p;
+        memset(&p, 0, sizeof p);
+        p.flags = flag_sets[i] | IORING_SETUP_CQSIZE;
+        p.cq_entries = 16384;
+        rc = io_uring_queue_init_params(2048, &w->ring, &p);
+        if (rc == 0) {
+            if (!(p.features & IORING_FEAT_NODROP)) {
+                snprintf(err, errlen, "io_uring: the kernel lacks IORING_FEAT_NODROP (need Linux 6.1+)");
+                return -1;
+            }
+            return 0;
+        }
+        if (rc != -EINVAL)
+            break;
+    }
+    const char *hint = uring_hint(-rc);
+    snprintf(err, errlen, "%s", hint ? hint : strerror(-rc));
+    return -1;
+}
+
+static int buffers_setup(worker_t *w, char *err, size_t errlen)
+{
+    size_t ring_bytes = RECV_BUF_COUNT * sizeof(struct io_uring_buf);
+    w->br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    w->bufs = mmap(NULL, (size_t)RECV_BUF_COUNT * RECV_BUF_SIZE, PROT_READ | PROT_WRITE,
+                   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    if (w->br == MAP_FAILED || w->bufs == MAP_FAILED) {
+        snprintf(err, errlen, "mmap for receive buffers: %s", strerror(errno));
+        return -1;
+    }
+    /* liburing 2.3 has no io_uring_setup_buf_ring: register our own memory. */
+    struct io_uring_buf_reg reg = { .ring_addr = (uintptr_t)w->br, .ring_entries = RECV_BUF_COUNT, .bgid = BGID };
+    int rc = io_uring_register_buf_ring(&w->ring, &reg, 0);
+    if (rc) {
+        snprintf(err, errlen, "io_uring: provided buffer rings unsupported (%s): need Linux 5.19+", strerror(-rc));
+        return -1;
+    }
+    io_uring_buf_ring_init(w->br);
+    for (uint32_t i = 0; i < RECV_BUF_COUNT; i++)
+        io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * RECV_BUF_SIZE, RECV_BUF_SIZE, (uint16_t)i,
+                              io_uring_buf_ring_mask(RECV_BUF_COUNT), (int)i);
+    io_uring_buf_ring_advance(w->br, RECV_BUF_COUNT);
+    return 0;
+}
+
+static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+    char host[256];
+    const char *colon = strrchr(s, ':');
+    if (!colon || (size_t)(colon - s) >= sizeof host)
+        return -1;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = 0;
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end || port <= 0 || port > 65535)
+        return -1;
+    memset(ss, 0, sizeof *ss);
+    char *h = host;
+    if (h[0] == '[') {
+        size_t n = strlen(h);
+        if (n < 2 || h[n - 1] != ']')
+            return -1;
+        h[n - 1] = 0;
+        h++;
+    }
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    if (strcmp(h, "localhost") == 0)
+        h = "127.0.0.1";
+    if (inet_pton(AF_INET, h, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof *a4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, h, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *a6;
+        return 0;
+    }
+    return -1;
+}
+
+int worker_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+{
+    return parse_hostport(s, ss, len);
+}
+
+static int listen_setup(worker_t *w, char *err, size_t errlen)
+{
+    for (int i = 0; i < w->cfg->nlisten; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len;
+        if (parse_hostport(w->cfg->listen[i], &ss, &len)) {
+            snprintf(err, errlen, "listen: bad address %s", w->cfg->listen[i]);
+            return -1;
+        }
+        int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int one = 1;
+        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) || bind(fd, (struct sockaddr *)&ss, len) ||
+            listen(fd, 4096)) {
+            snprintf(err, errlen, "listen %s: %s", w->cfg->listen[i], strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            return -1;
+        }
+        w->listen_fd[w->nlisten++] = fd;
+    }
+    return 0;
+}
+
+static void arm_accept(worker_t *w, int i)
+{
+    struct io_uring_sqe *sqe = worker_sqe(w);
+    io_uring_prep_multishot_accept(sqe, w->listen_fd[i], NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_ACCEPT, (uint32_t)i, 0));
+}
+
+static void arm_wake(worker_t *w)
+{
+    struct io_uring_sqe *sqe = worker_sqe(w);
+    io_uring_prep_read(sqe, w->wake_fd, &w->wake_val, sizeof w->wake_val, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_WAKE, 0, 0));
+}
+
+static void arm_tick(worker_t *w)
+{
+    w->tick.tv_sec = 0;
+    w->tick.tv_nsec = 250 * 1000000;
+    struct io_uring_sqe *sqe = worker_sqe(w);
+    io_uring_prep_timeout(sqe, &w->tick, 0, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_TICK, 0, 0));
+}
+
+int worker_init(worker_t *w, int id, const mx_config_t *cfg, conn_limits_t *limits, char *err, size_t errlen)
+{
+    memset(w, 0, sizeof *w);
+    w->id = id;
+    w->cfg = cfg;
+    w->limits = limits;
+    smtp_config_defaults(&w->smtp_cfg, slice_make(cfg->hostname, strlen(cfg->hostname)));
+    w->smtp_cfg.line_max = cfg->smtp_line_limit;
+    w->smtp_cfg.text_line_max = cfg->text_line_limit;
+    w->smtp_cfg.rcpt_max = cfg->recipient_limit;
+    w->smtp_cfg.error_max = cfg->error_limit;
+    w->smtp_cfg.size_max = cfg->message_size_limit;
+    w->smtp_cfg.bare_newline = cfg->bare_newline;
+    w->smtp_cfg.smtputf8 = cfg->smtputf8;
+    tlist_init(&w->t_cmd);
+    tlist_init(&w->t_data);
+    tlist_init(&w->t_ds);
+    tlist_init(&w->t_greet);
+    tlist_init(&w->dsq);
+    tlist_init(&w->reap);
+    w->scratch.cap = 65536;
+    w->scratch.buf = malloc(w->scratch.cap);
+    w->wake_fd = eventfd(0, EFD_CLOEXEC);
+    if (!w->scratch.buf || w->wake_fd < 0) {
+        snprintf(err, errlen, "worker %d: %s", id, strerror(errno));
+        return -1;
+    }
+    w->next_id = (uint64_t)id << 48 | ((uint64_t)time(NULL) & 0xffffffffu) << 16;
+    sem_init(&w->ready, 0, 0);
+    if (listen_setup(w, err, errlen) || ds_init(w, err, errlen))
+        return -1;
+    return 0;
+}
+
+void worker_wake(worker_t *w)
+{
+    uint64_t one = 1;
+    if (write(w->wake_fd, &one, sizeof one) < 0)
+        log_line(LOG_WARN, "event=wake_failed worker=%d errno=%d", w->id, errno);
+}
+
+static void start_drain(worker_t *w)
+{
+    if (w->draining)
+        return;
+    w->draining = true;
+    w->drain_deadline = w->now + (uint64_t)w->cfg->drain_timeout * 1000;
+    for (int i = 0; i < w->nlisten; i++) {
+        close(w->listen_fd[i]); /* ends the multishot accept */
+        w->listen_fd[i] = -1;
+    }
+    log_line(LOG_INFO, "event=drain worker=%d sessions=%u", w->id, w->nsessions);
+    for (uint32_t i = 0; i < w->nsess_slots; i++)
+        if (w->sess[i])
+            session_drain(w, w->sess[i]);
+}
+
+static void run_timers(worker_t *w)
+{
+    while (w->t_greet.next != &w->t_greet && w->t_greet.next->deadline <= w->now) {
+        session_t *s = (session_t *)((char *)w->t_greet.next - offsetof(session_t, timer));
+        tlist_del(&s->timer);
+        session_greet(w, s);
+    }
+    tnode_t *lists[] = { &w->t_cmd, &w->t_data };
+    for (size_t l = 0; l < 2; l++) {
+        while (lists[l]->next != lists[l] && lists[l]->next->deadline <= w->now) {
+            session_t *s = (session_t *)((char *)lists[l]->next - offsetof(session_t, timer));
+            tlist_del(&s->timer);
+            session_timeout(w, s);
+        }
+    }
+    while (w->t_ds.next != &w->t_ds && w->t_ds.next->deadline <= w->now) {
+        dsconn_t *c = (dsconn_t *)((char *)w->t_ds.next - offsetof(dsconn_t, timer));
+        tlist_del(&c->timer);
+        ds_timeout(w, c);
+    }
+    while (w->dsq.next != &w->dsq && w->dsq.next->deadline <= w->now) {
+        session_t *s = (session_t *)((char *)w->dsq.next - offsetof(session_t, qnode));
+        ds_queue_timeout(w, s);
+    }
+    if (w->draining && w->now >= w->drain_deadline) {
+        for (uint32_t i = 0; i < w->nsess_slots; i++)
+            if (w->sess[i] && !(w->sess[i]->flags & SF_CLOSING)) {
+                smtp_close(&w->sess[i]->smtp, 421, "4.3.2", "Service shutting down, closing transmission channel");
+                session_timeout(w, w->sess[i]);
+            }
+    }
+}
+
+static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
+{
+    uint64_t ud = io_uring_cqe_get_data64(cqe);
+    enum op op = UD_OP(ud);
+    switch (op) {
+    case OP_ACCEPT:
+        if (cqe->res >= 0) {
+            if (w->draining)
+                close(cqe->res);
+            else
+                session_accept(w, cqe->res);
+        } else if (cqe->res != -ECANCELED && cqe->res != -EBADF && cqe->res != -EINVAL) {
+            log_line(LOG_WARN, "event=accept_error worker=%d error=\"%s\"", w->id, strerror(-cqe->res));
+        }
+        if (!(cqe->flags & IORING_CQE_F_MORE) && !w->draining && w->listen_fd[UD_IDX(ud)] >= 0)
+            arm_accept(w, (int)UD_IDX(ud));
+        break;
+    case OP_WAKE:
+        start_drain(w);
+        break;
+    case OP_TICK:
+        run_timers(w);
+        if (!w->stopped)
+            arm_tick(w);
+        break;
+    case OP_RECV:
+    case OP_SEND:
+    case OP_CANCEL: {
+        session_t *s = session_get(w, UD_IDX(ud), UD_GEN(ud));
+        if (s)
+            session_cqe(w, s, op, cqe);
+        else if (op == OP_RECV && (cqe->flags & IORING_CQE_F_BUFFER))
+            buf_release(w, (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT));
+        break;
+    }
+    case OP_DS_CONNECT:
+    case OP_DS_RECV:
+    case OP_DS_SEND: {
+        dsconn_t *c = ds_get(w, UD_IDX(ud), UD_GEN(ud));
+        if (c)
+            ds_cqe(w, c, op, cqe);
+        break;
+    }
+    }
+}
+
+/* Sessions whose multishot recv ended for want of buffers get it back. */
+static void rearm_starved(worker_t *w)
+{
+    w->need_rearm = false;
+    for (uint32_t i = 0; i < w->nsess_slots && w->nstarved; i++) {
+        session_t *s = w->sess[i];
+        if (s && (s->flags & SF_STARVED)) {
+            s->flags &= (uint16_t)~SF_STARVED;
+            w->nstarved--;
+            session_process(w, s);
+        }
+    }
+}
+
+void *worker_main(void *arg)
+{
+    worker_t *w = arg;
+    /* SINGLE_ISSUER: the ring belongs to the thread that creates it. */
+    if (ring_setup(w, w->init_err, sizeof w->init_err) || buffers_setup(w, w->init_err, sizeof w->init_err)) {
+        sem_post(&w->ready);
+        return NULL;
+    }
+    sem_post(&w->ready);
+    w->now = now_ms();
+    for (int i = 0; i < w->nlisten; i++)
+        arm_accept(w, i);
+    arm_wake(w);
+    arm_tick(w);
+    for (;;) {
+        int rc = io_uring_submit_and_wait(&w->ring, 1);
+        if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+            log_line(LOG_ERROR, "event=ring_error worker=%d error=\"%s\"", w->id, strerror(-rc));
+            break;
+        }
+        w->now = now_ms();
+        struct io_uring_cqe *cqe;
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&w->ring, head, cqe)
+        {
+            handle_cqe(w, cqe);
+            n++;
+        }
+        io_uring_cq_advance(&w->ring, n);
+        if (w->need_rearm)
+            rearm_starved(w);
+        if (w->reap.next != &w->reap)
+            session_reap(w);
+        if (w->nds_dead)
+            ds_reap(w);
+        if (w->draining && w->nsessions == 0) {
+            ds_shutdown_idle(w);
+            if (w->nds == 0)
+                break;
+        }
+    }
+    w->stopped = true;
+    return NULL;
+}
+
+/* After the thread has stopped: give back what the worker owned. */
+void worker_destroy(worker_t *w)
+{
+    if (w->br && w->br != MAP_FAILED) {
+        io_uring_queue_exit(&w->ring);
+        munmap(w->br, RECV_BUF_COUNT * sizeof(struct io_uring_buf));
+        munmap(w->bufs, (size_t)RECV_BUF_COUNT * RECV_BUF_SIZE);
+    }
+    for (int i = 0; i < w->nlisten; i++)
+        if (w->listen_fd[i] >= 0)
+            close(w->listen_fd[i]);
+    for (uint32_t i = 0; i < w->nds_slots; i++)
+        if (w->ds[i]) {
+            close(w->ds[i]->fd);
+            free(w->ds[i]->out);
+            free(w->ds[i]);
+        }
+    close(w->wake_fd);
+    sem_destroy(&w->ready);
+    free(w->ds);
+    free(w->ds_gen);
+    free(w->sess);
+    free(w->sess_gen);
+    free(w->sess_free);
+    free(w->scratch.buf);
+}

@@ -1,0 +1,260 @@
+/*
+ * worker.h - the per-core runtime: one thread, one io_uring, its own
+ * SO_REUSEPORT listener, its sessions and its downstream pool. Nothing here is
+ * shared between workers except the connection counters (atomics touched on
+ * connect and close only) and the read-only config.
+ *
+ * Ownership: a session or downstream connection is freed only when its count
+ * of operations in flight is zero; every completion carries (op, slot,
+ * generation) in user_data, so a late completion never lands on a recycled
+ * slot.
+ */
+#ifndef MXGATE_WORKER_H
+#define MXGATE_WORKER_H
+
+#include <liburing.h>
+#include <semaphore.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "dsreply.h"
+#include "smtp.h"
+
+#define RECV_BUF_SIZE 8192u  /* one provided buffer */
+#define RECV_BUF_COUNT 512u  /* per worker: 4 MiB of receive memory in all */
+#define HELD_MAX 8           /* buffers a paused session may hold */
+#define HELD_CANCEL 3        /* ...and past this many, reading stops */
+#define SEND_HIGH 65536u     /* unsent replies past which a session stops reading */
+#define DS_OUT_CAP 131072u   /* downstream send buffer */
+#define DS_IN_CAP 4096u
+
+enum op {
+    OP_ACCEPT = 1,
+    OP_RECV,
+    OP_SEND,
+    OP_TICK,
+    OP_WAKE,
+    OP_CANCEL,
+    OP_DS_CONNECT,
+    OP_DS_RECV,
+    OP_DS_SEND,
+};
+
+static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
+{
+    return (uint64_t)op << 56 | (uint64_t)(gen & 0xffffffu) << 32 | idx;
+}
+#define UD_OP(u) ((enum op)((u) >> 56))
+#define UD_GEN(u) ((uint32_t)((u) >> 32) & 0xffffffu)
+#define UD_IDX(u) ((uint32_t)(u))
+
+/* An intrusive list kept in deadline order: every member of one list has the
+ * same timeout, so appending at refresh keeps it sorted (no heap needed). */
+typedef struct tnode {
+    struct tnode *prev, *next;
+    uint64_t deadline;
+} tnode_t;
+
+typedef struct worker worker_t;
+typedef struct session session_t;
+typedef struct dsconn dsconn_t;
+
+typedef struct held {
+    uint16_t bid, off, len;
+} held_t;
+
+enum sess_flag {
+    SF_CLOSING = 1 << 0,   /* shut down; freed when nothing is in flight */
+    SF_RECV = 1 << 1,      /* a multishot recv is armed */
+    SF_SENDING = 1 << 2,   /* a send is in flight */
+    SF_REARM = 1 << 3,     /* recv ended (ENOBUFS or cancel): arm again when possible */
+    SF_CANCELLED = 1 << 4, /* we cancelled the recv for backpressure */
+    SF_QUIT = 1 << 5,      /* close once the output is sent */
+    SF_DSWAIT = 1 << 6,    /* waiting in the pool's queue */
+    SF_STARVED = 1 << 7,   /* recv ended on ENOBUFS: counted in w->nstarved */
+    SF_INPROC = 1 << 8,    /* inside session_process: a nested call only asks for another pass */
+    SF_AGAIN = 1 << 9,
+};
+
+struct session {
+    uint32_t idx, gen;
+    int fd;
+    uint16_t inflight;
+    uint16_t flags;
+    uint8_t nheld;
+    uint8_t family;
+    uint16_t port;
+    held_t held[HELD_MAX];
+    uint8_t addr[16];
+    smtp_t smtp;
+    tnode_t timer;
+    tnode_t qnode;          /* in the pool's wait queue */
+    char *send;             /* replies not yet sent; allocated while needed */
+    uint32_t send_len, send_off, send_cap, send_inflight;
+    char *helo;             /* copied at HELO: the Received header needs it */
+    char *txlog;            /* "from=<..> rcpt=<..>,..": logging and Received */
+    uint32_t txlog_len, txlog_cap;
+    char *mbuf;             /* Maildir mode: the body */
+    size_t mlen, mcap;
+    dsconn_t *ds;
+    uint32_t ds_gen;
+    uint32_t rcpts, rcpt_ok;
+    uint64_t id;
+    uint64_t start_ms, tx_ms;
+    uint32_t txn;           /* transactions so far */
+};
+
+enum ds_state {
+    DS_CONNECTING = 1,
+    DS_GREETING,
+    DS_EHLO,
+    DS_READY,   /* idle in the pool */
+    DS_BUSY,    /* leased to a session */
+    DS_RSET,
+    DS_DEAD,
+};
+
+/* What the downstream's next reply answers. */
+enum ds_expect {
+    DX_NONE = 0,
+    DX_GREETING,
+    DX_EHLO,
+    DX_MAIL,
+    DX_RCPT,
+    DX_DATA,
+    DX_EOD,
+    DX_RSET,
+};
+
+struct dsconn {
+    uint32_t idx, gen;
+    int fd;
+    uint16_t inflight;
+    uint8_t state, expect;
+    bool in_data;            /* DATA accepted: only the end or a close ends it */
+    bool tx_open;            /* MAIL accepted downstream, message not ended */
+    bool retire;             /* close when the current use ends */
+    bool recv_armed, sending;
+    uint32_t caps;
+    uint32_t messages;
+    uint32_t eod_left;       /* LMTP: replies still due after the end of data */
+    int eod_code;            /* LMTP: the worst reply so far */
+    uint64_t born_ms;
+    session_t *owner;
+    uint32_t owner_gen;
+    tnode_t timer;
+    dsr_t parser;
+    char in[DS_IN_CAP];
+    char *out;
+    uint32_t out_len, out_inflight;
+    char err[160];
+};
+
+typedef struct conn_limits {
+    atomic_int total;
+    atomic_ushort per_ip[65536];
+} conn_limits_t;
+
+struct worker {
+    int id;
+    struct io_uring ring;
+    const mx_config_t *cfg;
+    smtp_config_t smtp_cfg;
+    conn_limits_t *limits;
+    int listen_fd[8];
+    int nlisten;
+    int wake_fd;
+    sem_t ready;                  /* posted once the thread's ring is up (or failed) */
+    char init_err[512];
+    uint64_t wake_val;
+    bool draining, stopped;
+    uint64_t drain_deadline;
+    uint64_t now;                 /* ms, CLOCK_MONOTONIC, once per loop turn */
+    /* receive buffers */
+    struct io_uring_buf_ring *br;
+    char *bufs;
+    uint32_t buf_refs[RECV_BUF_COUNT];
+    bool need_rearm;
+    uint32_t nstarved;            /* sessions whose recv ended on ENOBUFS */
+    /* sessions: slot table with generations */
+    session_t **sess;
+    uint32_t *sess_gen;
+    uint32_t nsess_slots, nsessions;
+    uint32_t *sess_free;
+    uint32_t nsess_free;
+    /* timers */
+    tnode_t t_cmd, t_data, t_ds, t_greet;
+    tnode_t reap;                 /* closed sessions waiting for their last completion */
+    struct __kernel_timespec tick;
+    /* downstream pool */
+    dsconn_t **ds;
+    uint32_t *ds_gen;
+    uint32_t nds_slots, nds, nds_dead;
+    tnode_t dsq;                  /* sessions waiting for a connection */
+    uint32_t dsq_len;
+    struct sockaddr_storage ds_addr;
+    socklen_t ds_addrlen;
+    uint64_t ds_backoff_until;
+    uint32_t ds_backoff_ms;
+    /* scratch output for the engine; moved into the session after each call */
+    smtp_out_t scratch;
+    uint64_t next_id;
+    /* counters (per worker, summed when read) */
+    uint64_t n_conn, n_msg, n_rejected, n_tempfail;
+};
+
+/* worker.c */
+int worker_init(worker_t *w, int id, const mx_config_t *cfg, conn_limits_t *limits, char *err, size_t errlen);
+void *worker_main(void *arg);
+void worker_destroy(worker_t *w);
+void worker_wake(worker_t *w);
+struct io_uring_sqe *worker_sqe(worker_t *w);
+void buf_release(worker_t *w, uint16_t bid);
+
+void tlist_init(tnode_t *head);
+void tlist_put(tnode_t *head, tnode_t *n, uint64_t deadline);
+void tlist_del(tnode_t *n);
+
+/* session.c */
+void session_accept(worker_t *w, int fd);
+void session_cqe(worker_t *w, session_t *s, enum op op, struct io_uring_cqe *cqe);
+void session_process(worker_t *w, session_t *s);
+void session_timeout(worker_t *w, session_t *s);
+void session_drain(worker_t *w, session_t *s);
+void session_reap(worker_t *w);
+void session_greet(worker_t *w, session_t *s);
+void session_flush(worker_t *w, session_t *s);
+void session_ds_reply(worker_t *w, session_t *s, enum ds_expect what, int code, slice_t esc, slice_t text);
+void session_ds_ready(worker_t *w, session_t *s);
+void session_ds_failed(worker_t *w, session_t *s, int code, const char *esc, const char *text);
+session_t *session_get(worker_t *w, uint32_t idx, uint32_t gen);
+
+/* downstream.c */
+int ds_init(worker_t *w, char *err, size_t errlen);
+void ds_acquire(worker_t *w, session_t *s);
+void ds_send_cmd(worker_t *w, dsconn_t *c, enum ds_expect what, const char *line, size_t len);
+bool ds_append(worker_t *w, dsconn_t *c, const char *p, size_t len);
+uint32_t ds_room(const dsconn_t *c);
+void ds_flush(worker_t *w, dsconn_t *c);
+void ds_release(worker_t *w, dsconn_t *c, bool clean);
+void ds_cqe(worker_t *w, dsconn_t *c, enum op op, struct io_uring_cqe *cqe);
+void ds_timeout(worker_t *w, dsconn_t *c);
+void ds_queue_timeout(worker_t *w, session_t *s);
+void ds_unqueue(worker_t *w, session_t *s);
+dsconn_t *ds_get(worker_t *w, uint32_t idx, uint32_t gen);
+void ds_shutdown_idle(worker_t *w);
+void ds_reap(worker_t *w);
+
+/* maildir.c */
+int maildir_prepare(const char *dir, char *err, size_t errlen);
+int maildir_deliver(const char *dir, const char *hostname, uint64_t id, const char *hdr, size_t hlen,
+                    const char *body, size_t blen, char *name, size_t namelen);
+
+/* log.c */
+extern int log_level;
+void log_line(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+#endif
