@@ -39,7 +39,7 @@ SRV_HDR  := $(wildcard workers/*.h filters/*.h)
 SRV_INC  := -Icore -Iworkers -Ifilters
 SRV_LIBS := -luring $(INIH) -lpthread
 
-.PHONY: all deps run test unit fuzz fuzz-test bench asan clean
+.PHONY: all deps run test unit fuzz fuzz-test bench bench-e2e asan clean
 
 all: $(B)/libmxcore.a $(B)/mxgate
 
@@ -115,6 +115,11 @@ $(B)/bench/bench_core: $(BENCH_SRC) $(CORE_OBJ) $(CORE_HDR)
 
 bench: deps $(B)/bench/bench_core
 	@sh bench/run-micro.sh $(B)/bench/bench_core
+
+# smtp-source -> mxgate -> smtp-sink against smtp-source -> smtp-sink, and
+# the memory of 10 000 idle connections.
+bench-e2e: deps all
+	@bash bench/e2e.sh
 
 asan: $(B)/libmxcore-san.a $(UNIT_BIN) $(B)/asan/mxgate
 

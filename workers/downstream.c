@@ -33,7 +33,7 @@ int ds_init(worker_t *w, char *err, size_t errlen)
     if (!w->cfg->downstream[0])
         return 0;
     if (worker_parse_addr(w->cfg->downstream, &w->ds_addr, &w->ds_addrlen)) {
-        snprintf(err, errlen, "downstream: not a host:port address: %s", w->cfg->downstream);
+        snprintf(err, errlen, "downstream: cannot resolve %s", w->cfg->downstream);
         return -1;
     }
     w->nds_slots = w->cfg->downstream_connections;
@@ -406,8 +406,8 @@ void ds_cqe(worker_t *w, dsconn_t *c, enum op op, struct io_uring_cqe *cqe)
             log_line(LOG_WARN, "event=downstream_connect_failed worker=%d downstream=%s error=\"%s\"", w->id,
                      w->cfg->downstream, c->err);
             w->ds_backoff_ms = w->ds_backoff_ms ? w->ds_backoff_ms * 2 : 100;
-            if (w->ds_backoff_ms > 5000)
-                w->ds_backoff_ms = 5000;
+            if (w->ds_backoff_ms > 2000)
+                w->ds_backoff_ms = 2000; /* a restarted server is found within 2 s */
             w->ds_backoff_until = w->now + w->ds_backoff_ms;
             ds_kill(w, c, "connect_failed");
             break;

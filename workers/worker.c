@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
+#include <netdb.h>
 
 #define BGID 1
 
@@ -177,8 +178,6 @@ static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t 
     }
     struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
     struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
-    if (strcmp(h, "localhost") == 0)
-        h = "127.0.0.1";
     if (inet_pton(AF_INET, h, &a4->sin_addr) == 1) {
         a4->sin_family = AF_INET;
         a4->sin_port = htons((uint16_t)port);
@@ -191,7 +190,21 @@ static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t 
         *len = sizeof *a6;
         return 0;
     }
-    return -1;
+    /* A host name: resolved once, at start-up, where blocking is harmless. */
+    struct addrinfo hints = { .ai_family = AF_INET, .ai_socktype = SOCK_STREAM }, *res = NULL;
+    if (getaddrinfo(h, NULL, &hints, &res) || !res) { /* IPv4 first: "localhost" means 127.0.0.1 */
+        hints.ai_family = AF_UNSPEC;
+        if (getaddrinfo(h, NULL, &hints, &res) || !res)
+            return -1;
+    }
+    memcpy(ss, res->ai_addr, res->ai_addrlen);
+    *len = res->ai_addrlen;
+    if (ss->ss_family == AF_INET)
+        a4->sin_port = htons((uint16_t)port);
+    else
+        a6->sin6_port = htons((uint16_t)port);
+    freeaddrinfo(res);
+    return 0;
 }
 
 int worker_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len)
