@@ -9,13 +9,15 @@
  *   - every limit crossed by one octet or one item: command line, text line,
  *     recipients, SIZE at MAIL, body size, error count;
  *   - SMTP smuggling markers in both bare-newline modes, with a strict
- *     CRLF.CRLF reader checking what would be forwarded;
- *   - early talkers, HTTP/header junk, bare LF/CR and NUL in commands;
+ *     CRLF.CRLF reader (wire_body_safe) checking what would be forwarded;
+ *   - early talkers, HTTP/header junk, bare LF/CR and NUL in commands (a bare
+ *     LF ends a command line only with bare_newline = normalize);
  *   - verdicts: refused, deferred (hand-driven PAUSED loop), custom text;
- *     smtp_close;
+ *     smtp_close; an output buffer below SMTP_OUT_MIN;
  *   - a table of sample sessions, each fed whole, byte by byte, split at
- *     every position, at every pair of positions (short ones) and with a
- *     tiny output buffer: every log must equal the whole-feed log.
+ *     every position, at every pair of positions (short ones) and with the
+ *     smallest legal output buffer (SMTP_OUT_MIN, so SMTP_FULL comes after
+ *     nearly every reply): every log must equal the whole-feed log.
  *
  * Assertions look at reply codes and enhanced codes, not at reply texts,
  * except where the text is the point (greeting/EHLO domain, EHLO keywords,
@@ -37,6 +39,7 @@
 #define OUTCAP 8192      /* the reference output buffer */
 #define SMALL_OUTCAP SMTP_OUT_MIN /* the smallest buffer the engine accepts: SMTP_FULL often */
 #define MID_OUTCAP 1100  /* fills after a few replies of a pipelined group */
+_Static_assert(MID_OUTCAP >= SMTP_OUT_MIN, "a legal output buffer");
 #define PAIR_MAX_LEN 200 /* samples up to this long are split at every pair */
 
 /* ------------------------------------------------------------------ */
@@ -229,7 +232,7 @@ static bool replies_are(const char *log, const char *expect)
     }
     if (!ok)
         note("replies differ\n  expected: %s\n  actual:   %s\n--- log ---\n%s-----------\n", expect,
-                      sig.buf, log);
+             sig.buf, log);
     tu_free_log(&sig);
     return ok;
 }
@@ -273,7 +276,7 @@ static bool ev_has(const char *log, smtp_ev_type_t t, int nth, const char *sub)
         free(line);
         if (!ok)
             note("event %s #%d lacks \"%s\"\n--- log ---\n%s-----------\n", smtp_ev_name(t), nth, sub,
-                          log);
+                 log);
         return ok;
     }
     note("no event %s #%d\n--- log ---\n%s-----------\n", smtp_ev_name(t), nth, log);
@@ -419,7 +422,7 @@ static void print_excerpt(const char *tag, const char *line, size_t at)
     if (k > 100)
         k = 100;
     note("  %s (%zu chars, from column %zu): %.*s%s\n", tag, n, from, (int)k, line ? line + from : "",
-                  from + k < n ? "..." : "");
+         from + k < n ? "..." : "");
 }
 
 /* Compare two logs; print the first differing line (and small logs whole). */
@@ -439,7 +442,7 @@ static bool logs_equal(const char *want, const char *got, const char *sample, co
     while (a && b && a[col] && a[col] == b[col] && a[col] != '\n')
         col++;
     note("sample \"%s\" fed %s: log differs from the whole feed at line %d, column %zu\n", sample, how,
-                  line, col);
+         line, col);
     print_excerpt("whole", a, col);
     print_excerpt("split", b, col);
     if (strlen(want) + strlen(got) < 6000)
@@ -506,6 +509,7 @@ typedef struct sample {
 #define SAMPLE(name, cfg, verdict, expect, lit) { name, cfg, verdict, expect, lit, sizeof(lit) - 1 }
 
 #define TX_OK "250 2.1.0|250 2.1.5|354|250 2.0.0"
+#define TX_HEAD "EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
 
 static const sample_t static_samples[] = {
     SAMPLE("plain", CFG_DEFAULT, NULL, "220|250|" TX_OK "|221 2.0.0|CLOSED",
@@ -652,6 +656,15 @@ static const sample_t static_samples[] = {
            "NOOP\n"
            "\r\n"
            "QUIT\r\n"),
+    SAMPLE("bare LF commands, normalized", CFG_NORMALIZE, NULL, "220|250|250 2.0.0|" TX_OK "|221 2.0.0|CLOSED",
+           "EHLO client.example\n"
+           "NOOP\n"
+           "MAIL FROM:<a@example.org>\n"
+           "RCPT TO:<b@example.com>\r\n"
+           "DATA\n"
+           "x\r\n"
+           ".\r\n"
+           "QUIT\n"),
     SAMPLE("NUL in a command", CFG_DEFAULT, NULL, "220|250|500 5.5.2|250 2.0.0|221 2.0.0|CLOSED",
            "EHLO client.example\r\n"
            "NO\0OP\r\n"
@@ -1545,6 +1558,18 @@ static void test_body_line(void **state)
     assert_true(ev_has(log, SMTP_EV_DATA_REJECTED, 0, err_sub(SMTP_ERR_BODY_LINE)));
     free(log);
 
+    /* RFC 5321 4.5.3.1.6: the limit does not count the dot doubled for
+     * transparency: 1001 octets on the wire, 1000 unstuffed, is fine */
+    smtp_config_t cfg = make_cfg(CFG_DEFAULT);
+    tu_log_t in = { 0 };
+    tu_puts(&in, TX_HEAD "..");
+    repeat(&in, 'x', 997);
+    tu_puts(&in, "\r\n.\r\nQUIT\r\n");
+    log = run_full(&cfg, in.buf, in.len, NULL, NULL);
+    assert_true(replies_are(log, "220|250|" TX_OK "|221 2.0.0|CLOSED"));
+    free(log);
+    tu_free_log(&in);
+
     /* a small limit, crossed on the last line before the dot */
     sm = find_sample("small limits");
     log = run_sample(sm, NULL, 0, OUTCAP);
@@ -1586,8 +1611,6 @@ static void test_error_limit(void **state)
 /* ------------------------------------------------------------------ */
 /* 5. Body wire form                                                   */
 /* ------------------------------------------------------------------ */
-
-#define TX_HEAD "EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
 
 static void test_body_wire_form(void **state)
 {
@@ -2260,7 +2283,7 @@ static bool outcap_makes_progress(size_t cap)
         p += used, n -= used;
         if (st == SMTP_FULL && o.len == 0) {
             note("smtp_feed returns SMTP_FULL with an empty output buffer of %zu octets: "
-                          "the caller can never make progress\n", cap);
+                 "the caller can never make progress\n", cap);
             ok = false;
             break;
         }
@@ -2304,6 +2327,27 @@ static void samples_with_outcap(size_t cap)
     }
     if (bad)
         fail_msg("%d of %zu samples differ with an output buffer of %zu octets", bad, nsamples, cap);
+}
+
+/* smtp.h: below SMTP_OUT_MIN octets of room smtp_feed answers FULL, taking
+ * nothing and writing nothing (never a partial reply). */
+static void test_outcap_below_min(void **state)
+{
+    (void)state;
+    smtp_config_t cfg = make_cfg(CFG_DEFAULT);
+    char ob[SMTP_OUT_MIN];
+    smtp_out_t o = { ob, 0, sizeof ob - 1 };
+    smtp_t s;
+    memset(&s, 0, sizeof s);
+    smtp_init(&s, &cfg, &o);
+    smtp_greet(&s);
+    o.len = 0;
+    size_t used = 99;
+    smtp_event_t ev;
+    assert_int_equal(smtp_feed(&s, "NOOP\r\n", 6, &used, &ev), SMTP_FULL);
+    assert_int_equal(used, 0);
+    assert_int_equal(o.len, 0);
+    smtp_free(&s);
 }
 
 static void test_samples_outcap_min(void **state)
@@ -2369,6 +2413,7 @@ int main(void)
         cmocka_unit_test(test_samples_byte_by_byte),
         cmocka_unit_test(test_samples_single_splits),
         cmocka_unit_test(test_samples_pair_splits),
+        cmocka_unit_test(test_outcap_below_min),
         cmocka_unit_test(test_samples_outcap_1100),
         cmocka_unit_test(test_samples_outcap_min),
     };
