@@ -545,6 +545,32 @@ static smtp_status_t feed_body(smtp_t *s, const char *in, size_t len, size_t *co
     return SMTP_EVENT;
 }
 
+/*
+ * With verdicts deferred, a command is taken only if it too waits for a
+ * verdict (MAIL, RCPT, DATA passing their checks). Anything the engine would
+ * answer at once is rolled back and left unread until the deferred verdicts
+ * are in: its reply must not overtake theirs.
+ */
+static smtp_status_t feed_speculative(smtp_t *s, const char *in, size_t len, size_t *consumed,
+                                      smtp_event_t *ev)
+{
+    smtp_t snap = *s;
+    size_t out_len = s->out->len;
+    smtp_status_t st = feed_command(s, in, len, consumed, ev);
+    bool ok = st == SMTP_EVENT ? (ev->type == SMTP_EV_MAIL || ev->type == SMTP_EV_RCPT || ev->type == SMTP_EV_DATA) &&
+                                     s->_pending
+                               : st == SMTP_AGAIN && s->out->len == out_len;
+    if (ok)
+        return st;
+    char *carry = s->_carry; /* may have been allocated just now; keep it */
+    *s = snap;
+    s->_carry = carry;
+    s->out->len = out_len;
+    *consumed = 0;
+    memset(ev, 0, sizeof *ev);
+    return SMTP_PAUSED;
+}
+
 smtp_status_t smtp_feed(smtp_t *s, const char *in, size_t len, size_t *consumed, smtp_event_t *ev)
 {
     *consumed = 0;
@@ -567,8 +593,15 @@ smtp_status_t smtp_feed(smtp_t *s, const char *in, size_t len, size_t *consumed,
             return SMTP_EVENT;
         }
         size_t n = 0;
-        smtp_status_t st = s->state == SMTP_S_DATA ? feed_body(s, in, len, &n, ev)
-                                                   : feed_command(s, in, len, &n, ev);
+        smtp_status_t st;
+        if (s->state == SMTP_S_DATA)
+            st = feed_body(s, in, len, &n, ev);
+        else if (s->_dq_data)
+            return SMTP_PAUSED; /* nothing is read past a DATA whose 354 is not out */
+        else if (s->_dq_mail || s->_dq_rcpt)
+            st = feed_speculative(s, in, len, &n, ev);
+        else
+            st = feed_command(s, in, len, &n, ev);
         *consumed += n;
         if (st != SMTP_EVENT_NONE_CONTINUE)
             return st;
@@ -674,11 +707,97 @@ void smtp_accept(smtp_t *s)
 void smtp_reply(smtp_t *s, int code, const char *esc, const char *text)
 {
     smtp_ev_type_t t = (smtp_ev_type_t)s->_pending;
-    if (!t)
-        return;
+    if (!t || smtp_deferred(s))
+        return; /* deferred verdicts first: see smtp_defer() */
     s->_pending = 0;
     if (code < 400)
         proceed(s, t, code, esc, text ? text : "Ok");
     else
         refuse(s, t, code, esc, text ? text : "Error");
+}
+
+void smtp_defer(smtp_t *s)
+{
+    smtp_ev_type_t t = (smtp_ev_type_t)s->_pending;
+    if (t != SMTP_EV_MAIL && t != SMTP_EV_RCPT && t != SMTP_EV_DATA)
+        return;
+    s->_pending = 0;
+    /* The state moves on as if accepted, so the next command is checked
+     * against it; smtp_resolve() corrects it when a verdict says no. */
+    if (t == SMTP_EV_MAIL) {
+        s->_dq_mail = 1;
+        enter(s, SMTP_S_MAIL);
+    } else if (t == SMTP_EV_RCPT) {
+        s->_dq_rcpt++;
+        s->tx.rcpt_ok++;
+        enter(s, SMTP_S_RCPT);
+    } else {
+        s->_dq_data = 1;
+    }
+}
+
+/* All deferred verdicts are in: the state the real verdicts lead to. */
+static void settle(smtp_t *s)
+{
+    if (smtp_deferred(s) || s->state == SMTP_S_CLOSED || s->state == SMTP_S_DATA)
+        return;
+    if (s->_mail_failed) {
+        s->_mail_failed = false;
+        reset_tx(s);
+    } else if (s->state == SMTP_S_RCPT && s->tx.rcpt_ok == 0) {
+        s->state = SMTP_S_MAIL;
+    }
+}
+
+void smtp_resolve(smtp_t *s, int code, const char *esc, const char *text)
+{
+    smtp_ev_type_t t = smtp_deferred_head(s);
+    if (t == SMTP_EV_NONE)
+        return;
+    if (s->state == SMTP_S_CLOSED) {
+        s->_dq_mail = s->_dq_data = 0, s->_dq_rcpt = 0;
+        return;
+    }
+    text = text ? text : code < 400 ? "Ok" : "Error";
+    switch (t) {
+    case SMTP_EV_MAIL:
+        s->_dq_mail = 0;
+        say(s, code, esc, text);
+        if (code >= 400) {
+            s->_mail_failed = true;
+            count_error(s);
+        }
+        break;
+    case SMTP_EV_RCPT:
+        s->_dq_rcpt--;
+        s->tx.rcpt_tried++;
+        if (s->_mail_failed || code >= 400) {
+            s->tx.rcpt_ok--;
+            if (s->_mail_failed)
+                say(s, 503, "5.5.1", "Error: need MAIL command");
+            else {
+                say(s, code, esc, text);
+                count_error(s);
+            }
+        } else {
+            say(s, code, esc, text);
+        }
+        break;
+    default: /* DATA */
+        s->_dq_data = 0;
+        if (s->_mail_failed)
+            say(s, 503, "5.5.1", "Error: need MAIL command");
+        else if (s->tx.rcpt_ok == 0)
+            say(s, 554, "5.5.1", "Error: no valid recipients");
+        else if (code < 400) {
+            (void)reply_line(s->out, 354, false, NULL, slice_make(text, strlen(text)));
+            scan_init(&s->tx.scan, s->cfg->size_max, s->cfg->text_line_max, (enum scan_bare)s->cfg->bare_newline);
+            enter(s, SMTP_S_DATA);
+        } else {
+            say(s, code, esc, text);
+            count_error(s);
+        }
+        break;
+    }
+    settle(s);
 }

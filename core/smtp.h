@@ -165,6 +165,10 @@ typedef struct smtp {
     uint8_t state;         /* enum smtp_state */
     uint8_t _pending;      /* smtp_ev_type_t awaiting a verdict, or 0 */
     uint8_t _skip;         /* discarding the rest of an over-long line */
+    uint8_t _dq_mail;      /* deferred verdicts, oldest first: a MAIL, */
+    uint8_t _dq_data;      /* ...then RCPTs (_dq_rcpt), then a DATA */
+    bool _mail_failed;     /* a deferred MAIL was refused: its RCPTs and DATA get 503 */
+    uint32_t _dq_rcpt;
     bool esmtp;            /* the client said EHLO */
     bool utf8;             /* this transaction asked for SMTPUTF8 */
     uint32_t errors;
@@ -196,6 +200,33 @@ void smtp_reply(smtp_t *s, int code, const char *esc, const char *text);
 static inline smtp_ev_type_t smtp_pending(const smtp_t *s)
 {
     return (smtp_ev_type_t)s->_pending;
+}
+
+/*
+ * Pipelining through to a downstream (RFC 2920): instead of answering the
+ * pending MAIL, RCPT or DATA now, promise the verdict for later and let the
+ * engine read on, so a client's MAIL, RCPT..., DATA group can be forwarded
+ * in one write. Deferred verdicts are given with smtp_resolve(), oldest
+ * first. The engine reads on only while every following command is one
+ * that waits for a verdict (MAIL, RCPT, DATA): before any command it would
+ * answer itself, and after a DATA, it stops (SMTP_PAUSED) until every
+ * deferred verdict is in, so replies stay in command order. While verdicts
+ * are deferred a newly pending event must be deferred too, or answered
+ * only after the deferred ones are resolved (smtp_reply() does nothing
+ * until then). A refused MAIL makes its deferred RCPTs and DATA 503.
+ */
+void smtp_defer(smtp_t *s);
+void smtp_resolve(smtp_t *s, int code, const char *esc, const char *text);
+
+static inline unsigned smtp_deferred(const smtp_t *s)
+{
+    return s->_dq_mail + s->_dq_rcpt + s->_dq_data;
+}
+
+/* Which command the next smtp_resolve() answers. */
+static inline smtp_ev_type_t smtp_deferred_head(const smtp_t *s)
+{
+    return s->_dq_mail ? SMTP_EV_MAIL : s->_dq_rcpt ? SMTP_EV_RCPT : s->_dq_data ? SMTP_EV_DATA : SMTP_EV_NONE;
 }
 
 /* End the session with a reply (421 on timeout, shutdown, overload). */

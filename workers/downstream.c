@@ -13,9 +13,11 @@
  * connection keeps a recv armed, so a server that closes it is noticed before
  * the next lease rather than by the next message.
  *
- * Replies are read by the I/O-free parser in core/dsreply.h, one reply per
- * expected command: commands to one connection are sent one at a time, each
- * answering the client's command it stands for.
+ * Replies are read by the I/O-free parser in core/dsreply.h and matched to
+ * a FIFO of the commands they answer. With PIPELINING offered, a client's
+ * MAIL, RCPT..., DATA group goes out in one write and each reply becomes the
+ * verdict of the client's command it stands for (smtp_defer/smtp_resolve);
+ * without it, commands go one at a time.
  */
 #include "worker.h"
 
@@ -27,6 +29,7 @@
 #include <unistd.h>
 
 int worker_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
+static void ds_kill(worker_t *w, dsconn_t *c, const char *why);
 
 int ds_init(worker_t *w, char *err, size_t errlen)
 {
@@ -96,14 +99,43 @@ static void arm_timer(worker_t *w, dsconn_t *c)
     tlist_put(&w->t_ds, &c->timer, w->now + (uint64_t)w->cfg->downstream_timeout * 1000);
 }
 
+static enum ds_expect ex_head(const dsconn_t *c)
+{
+    return c->exq_len ? (enum ds_expect)c->exq[c->exq_head] : DX_NONE;
+}
+
+static void ex_pop(dsconn_t *c)
+{
+    c->exq_head = (c->exq_head + 1) % c->exq_cap;
+    c->exq_len--;
+}
+
+/* A local verdict at the head of the FIFO: take it (no reply is due). */
+enum ds_expect ds_pop_local(dsconn_t *c)
+{
+    enum ds_expect h = ex_head(c);
+    if (h < DX_LOCAL_DENIED)
+        return DX_NONE;
+    ex_pop(c);
+    return h;
+}
+
+/* Append a command and what its reply answers; the caller flushes. */
+bool ds_queue_cmd(worker_t *w, dsconn_t *c, enum ds_expect what, const char *line, size_t len)
+{
+    if (c->exq_len == c->exq_cap || (line && !ds_append(w, c, line, len)))
+        return false;
+    c->exq[(c->exq_head + c->exq_len++) % c->exq_cap] = (uint8_t)what;
+    arm_timer(w, c);
+    return true;
+}
+
 void ds_send_cmd(worker_t *w, dsconn_t *c, enum ds_expect what, const char *line, size_t len)
 {
-    if (line && !ds_append(w, c, line, len)) {
-        c->retire = true;
+    if (!ds_queue_cmd(w, c, what, line, len)) {
+        ds_kill(w, c, "send_buffer_full");
         return;
     }
-    c->expect = (uint8_t)what;
-    arm_timer(w, c);
     ds_flush(w, c);
 }
 
@@ -116,6 +148,7 @@ static void ds_free(worker_t *w, dsconn_t *c)
     w->nds--;
     close(c->fd);
     free(c->out);
+    free(c->exq);
     free(c);
     serve_queue(w, NULL);
 }
@@ -209,8 +242,12 @@ static void open_conn(worker_t *w, session_t *owner)
         slot++;
     dsconn_t *c = slot < w->nds_slots ? calloc(1, sizeof *c) : NULL;
     char *out = c ? malloc(DS_OUT_CAP) : NULL;
-    int fd = out ? socket(w->ds_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+    /* room for a whole pipelined transaction: MAIL, every RCPT, DATA, end */
+    uint32_t exq_cap = w->cfg->recipient_limit + 8;
+    uint8_t *exq = out ? malloc(exq_cap) : NULL;
+    int fd = exq ? socket(w->ds_addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
     if (fd < 0) {
+        free(exq);
         free(out);
         free(c);
         session_ds_failed(w, owner, 451, "4.3.0", "Error: out of resources, try again later");
@@ -218,6 +255,8 @@ static void open_conn(worker_t *w, session_t *owner)
     }
     c->fd = fd;
     c->out = out;
+    c->exq = exq;
+    c->exq_cap = exq_cap;
     c->idx = slot;
     c->gen = ++w->ds_gen[slot] & 0xffffffu;
     c->born_ms = w->now;
@@ -286,7 +325,7 @@ void ds_release(worker_t *w, dsconn_t *c, bool clean)
                       : w->draining ? "draining" : "retired");
         return;
     }
-    if (c->expect != DX_NONE) {
+    if (c->exq_len) {
         /* A reply is still due for a command whose client is gone: the
          * stream's position is uncertain, so the connection is not reused. */
         ds_kill(w, c, "reply_outstanding");
@@ -304,7 +343,6 @@ static void to_pool(worker_t *w, dsconn_t *c)
 {
     c->state = DS_READY;
     c->owner = NULL;
-    c->expect = DX_NONE;
     tlist_del(&c->timer);
     arm_recv(w, c);
     serve_queue(w, c);
@@ -325,11 +363,17 @@ static void handshake_done(worker_t *w, dsconn_t *c)
 
 static void on_reply(worker_t *w, dsconn_t *c, const dsr_reply_t *r)
 {
-    enum ds_expect what = (enum ds_expect)c->expect;
+    enum ds_expect what = ex_head(c);
     session_t *s = c->owner;
     bool owner_ok = s && s->ds == c && s->gen == c->owner_gen;
-    c->expect = DX_NONE;
-    tlist_del(&c->timer);
+    bool lmtp_more = what == DX_EOD && w->cfg->downstream_protocol == 1 && owner_ok &&
+                     (c->eod_left ? c->eod_left : (s->rcpt_ok ? s->rcpt_ok : 1)) > 1;
+    if (what != DX_NONE && !lmtp_more)
+        ex_pop(c);
+    if (c->exq_len)
+        arm_timer(w, c);
+    else
+        tlist_del(&c->timer);
     switch (what) {
     case DX_GREETING:
         if (r->code != 220)
@@ -370,7 +414,6 @@ static void on_reply(worker_t *w, dsconn_t *c, const dsr_reply_t *r)
             if (r->code > c->eod_code)
                 c->eod_code = r->code;
             if (--c->eod_left) {
-                c->expect = DX_EOD;
                 arm_timer(w, c);
                 return;
             }
@@ -415,8 +458,7 @@ void ds_cqe(worker_t *w, dsconn_t *c, enum op op, struct io_uring_cqe *cqe)
         if (c->state == DS_DEAD)
             break;
         c->state = DS_GREETING;
-        c->expect = DX_GREETING;
-        arm_timer(w, c);
+        ds_queue_cmd(w, c, DX_GREETING, NULL, 0);
         arm_recv(w, c);
         break;
     case OP_DS_RECV: {

@@ -140,6 +140,7 @@ static void tx_abort(worker_t *w, session_t *s)
     s->mlen = s->mcap = 0;
     s->txlog_len = 0;
     s->rcpts = s->rcpt_ok = 0;
+    s->local_code = 0;
 }
 
 static void session_free(worker_t *w, session_t *s)
@@ -426,21 +427,78 @@ void session_ds_ready(worker_t *w, session_t *s)
         return;
     }
     size_t n = session_mail_cmd(s, c->caps, cmd, sizeof cmd);
-    ds_send_cmd(w, c, DX_MAIL, cmd, n);
+    if (!(c->caps & DSR_CAP_PIPELINING)) {
+        ds_send_cmd(w, c, DX_MAIL, cmd, n);
+        return;
+    }
+    /* PIPELINING downstream: the MAIL waits in the send buffer for the
+     * RCPTs and DATA the client pipelined after it; one write at the end of
+     * the pass carries them all (session_process). */
+    if (!ds_queue_cmd(w, c, DX_MAIL, cmd, n)) {
+        session_ds_failed(w, s, 451, "4.3.0", "Error: out of resources, try again later");
+        return;
+    }
+    smtp_defer(&s->smtp);
+    if (!(s->flags & SF_INPROC))
+        session_process(w, s); /* reads on, then flushes the group */
+}
+
+/* A verdict of our own for the pending command, given in its turn. */
+static void local_verdict(worker_t *w, session_t *s, int code, const char *esc, const char *text)
+{
+    enum ds_expect kind = code == 550 ? DX_LOCAL_DENIED : code == 501 ? DX_LOCAL_TOO_LONG : DX_NONE;
+    if (smtp_deferred(&s->smtp) && s->ds && kind != DX_NONE && ds_queue_cmd(w, s->ds, kind, NULL, 0)) {
+        smtp_defer(&s->smtp); /* keeps the pipelined group whole */
+        return;
+    }
+    if (smtp_deferred(&s->smtp)) {
+        s->local_code = code, s->local_esc = esc, s->local_text = text;
+        return;
+    }
+    smtp_reply(&s->smtp, code, esc, text);
+    session_flush(w, s);
+}
+
+/* Deferred verdicts are all in: a local verdict that waited goes out. */
+static void local_flush(worker_t *w, session_t *s)
+{
+    if (!s->local_code || smtp_deferred(&s->smtp))
+        return;
+    int code = s->local_code;
+    s->local_code = 0;
+    smtp_reply(&s->smtp, code, s->local_esc, s->local_text);
+    session_flush(w, s);
 }
 
 void session_ds_failed(worker_t *w, session_t *s, int code, const char *esc, const char *text)
 {
     s->ds = NULL;
+    while (smtp_deferred(&s->smtp))
+        smtp_resolve(&s->smtp, code, esc, text);
+    s->local_code = 0;
     verdict(w, s, code, esc, text);
     session_process(w, s);
+}
+
+/* A client command for the downstream: pipelined when it can be. */
+static void ds_command(worker_t *w, session_t *s, enum ds_expect what, const char *cmd, size_t n)
+{
+    if (!(s->ds->caps & DSR_CAP_PIPELINING)) {
+        ds_send_cmd(w, s->ds, what, cmd, n);
+        return;
+    }
+    if (!ds_queue_cmd(w, s->ds, what, cmd, n)) {
+        local_verdict(w, s, 451, "4.3.0", "Error: too many commands in flight, try again later");
+        return;
+    }
+    smtp_defer(&s->smtp);
 }
 
 static void on_rcpt(worker_t *w, session_t *s, const smtp_event_t *ev)
 {
     s->rcpts++;
     if (!policy_rcpt_allowed(w->cfg, &ev->path)) {
-        smtp_reply(&s->smtp, 550, "5.7.1", "Error: relay access denied");
+        local_verdict(w, s, 550, "5.7.1", "Error: relay access denied");
         return;
     }
     txlog_add(s, " rcpt=<%.*s>", ev->path.mailbox.ptr, ev->path.mailbox.len);
@@ -450,16 +508,16 @@ static void on_rcpt(worker_t *w, session_t *s, const smtp_event_t *ev)
         return;
     }
     if (!s->ds) {
-        smtp_reply(&s->smtp, 451, "4.4.1", "Error: downstream connection lost");
+        local_verdict(w, s, 451, "4.4.1", "Error: downstream connection lost");
         return;
     }
     char cmd[600];
     int k = snprintf(cmd, sizeof cmd, "RCPT TO:<%.*s>\r\n", (int)ev->path.mailbox.len, ev->path.mailbox.ptr);
     if (k <= 0 || (size_t)k >= sizeof cmd) {
-        smtp_reply(&s->smtp, 501, "5.1.3", "Error: address too long");
+        local_verdict(w, s, 501, "5.1.3", "Error: address too long");
         return;
     }
-    ds_send_cmd(w, s->ds, DX_RCPT, cmd, (size_t)k);
+    ds_command(w, s, DX_RCPT, cmd, (size_t)k);
 }
 
 static void on_data(worker_t *w, session_t *s)
@@ -478,10 +536,10 @@ static void on_data(worker_t *w, session_t *s)
         return;
     }
     if (!s->ds) {
-        smtp_reply(&s->smtp, 451, "4.4.1", "Error: downstream connection lost");
+        local_verdict(w, s, 451, "4.4.1", "Error: downstream connection lost");
         return;
     }
-    ds_send_cmd(w, s->ds, DX_DATA, "DATA\r\n", 6);
+    ds_command(w, s, DX_DATA, "DATA\r\n", 6);
 }
 
 static void on_body(worker_t *w, session_t *s, slice_t b)
@@ -551,30 +609,45 @@ void session_ds_reply(worker_t *w, session_t *s, enum ds_expect what, int code, 
     char escbuf[16], txt[REPLY_LINE_MAX];
     snprintf(txt, sizeof txt, "%.*s", (int)text.len, text.ptr);
     const char *e = esc_or(esc, code, escbuf);
+    bool deferred = what != DX_EOD && smtp_deferred(&s->smtp);
     switch (what) {
     case DX_MAIL:
-        verdict(w, s, code, e, txt);
-        if (code >= 400 && s->ds) { /* no transaction downstream: reusable */
-            dsconn_t *c = s->ds;
-            s->ds = NULL;
-            ds_release(w, c, true);
-        }
-        break;
     case DX_RCPT:
-        if (code < 400)
+        if (deferred)
+            smtp_resolve(&s->smtp, code, e, txt);
+        else
+            smtp_reply(&s->smtp, code, e, txt);
+        if (what == DX_RCPT && code < 400 && s->smtp.state != SMTP_S_HELO)
             s->rcpt_ok++;
-        verdict(w, s, code, e, txt);
+        session_flush(w, s);
         break;
     case DX_DATA:
         if (code == 354) {
-            char hdr[1024];
-            size_t hl;
-            verdict(w, s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
-            received_header(w, s, hdr, sizeof hdr, &hl);
-            ds_append(w, s->ds, hdr, hl);
+            if (deferred)
+                smtp_resolve(&s->smtp, 354, NULL, "End data with <CR><LF>.<CR><LF>");
+            else
+                smtp_reply(&s->smtp, 354, NULL, "End data with <CR><LF>.<CR><LF>");
+            if (s->smtp.state == SMTP_S_DATA) {
+                s->rcpt_ok = s->smtp.tx.rcpt_ok; /* every RCPT verdict is in */
+                char hdr[1024];
+                size_t hl;
+                received_header(w, s, hdr, sizeof hdr, &hl);
+                ds_append(w, s->ds, hdr, hl);
+            } else if (s->ds) {
+                /* the downstream waits for a body our client will not send */
+                dsconn_t *c = s->ds;
+                s->ds = NULL;
+                ds_release(w, c, false);
+            }
         } else {
-            verdict(w, s, code >= 400 ? code : 451, code >= 400 ? e : "4.4.0", txt);
+            int c2 = code >= 400 ? code : 451;
+            const char *e2 = code >= 400 ? e : "4.4.0";
+            if (deferred)
+                smtp_resolve(&s->smtp, c2, e2, txt);
+            else
+                smtp_reply(&s->smtp, c2, e2, txt);
         }
+        session_flush(w, s);
         break;
     case DX_EOD: {
         char result[REPLY_LINE_MAX + 32];
@@ -588,6 +661,22 @@ void session_ds_reply(worker_t *w, session_t *s, enum ds_expect what, int code, 
     default:
         break;
     }
+    /* Our own verdicts queued behind this reply go out in their turn. */
+    for (enum ds_expect l; s->ds && (l = ds_pop_local(s->ds)) != DX_NONE;) {
+        if (l == DX_LOCAL_DENIED)
+            smtp_resolve(&s->smtp, 550, "5.7.1", "Error: relay access denied");
+        else
+            smtp_resolve(&s->smtp, 501, "5.1.3", "Error: address too long");
+        session_flush(w, s);
+    }
+    /* Every verdict is in and the MAIL was refused: the downstream has no
+     * transaction, so the connection goes back to the pool. */
+    if (s->ds && !smtp_deferred(&s->smtp) && s->smtp.state == SMTP_S_HELO && what != DX_EOD) {
+        dsconn_t *c = s->ds;
+        s->ds = NULL;
+        ds_release(w, c, true);
+    }
+    local_flush(w, s);
     session_process(w, s);
 }
 
@@ -656,6 +745,8 @@ void session_process(worker_t *w, session_t *s)
     s->flags &= (uint16_t)~SF_AGAIN;
     process_input(w, s);
     s->flags &= (uint16_t)~(SF_INPROC | SF_AGAIN);
+    if (s->ds)
+        ds_flush(w, s->ds); /* one write for the pipelined group */
     if (!(s->flags & SF_CLOSING))
         recv_policy(w, s);
 }
@@ -759,7 +850,7 @@ void session_timeout(worker_t *w, session_t *s)
 {
     if (s->flags & SF_CLOSING)
         return;
-    if (s->ds && smtp_pending(&s->smtp) != SMTP_EV_NONE) {
+    if (s->ds && (smtp_pending(&s->smtp) != SMTP_EV_NONE || smtp_deferred(&s->smtp))) {
         refresh_timer(w, s); /* waiting on the downstream, whose own timer runs */
         return;
     }

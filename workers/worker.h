@@ -94,6 +94,8 @@ struct session {
     char *send;             /* replies not yet sent; allocated while needed */
     uint32_t send_len, send_off, send_cap, send_inflight;
     char *helo;             /* copied at HELO: the Received header needs it */
+    int local_code;         /* a local verdict waiting behind deferred ones */
+    const char *local_esc, *local_text;
     char *txlog;            /* "from=<..> rcpt=<..>,..": logging and Received */
     uint32_t txlog_len, txlog_cap;
     char *mbuf;             /* Maildir mode: the body */
@@ -126,13 +128,19 @@ enum ds_expect {
     DX_DATA,
     DX_EOD,
     DX_RSET,
+    /* Verdicts of our own, queued in turn behind pipelined commands; no
+     * downstream reply belongs to them. */
+    DX_LOCAL_DENIED,  /* 550 5.7.1 relay access denied */
+    DX_LOCAL_TOO_LONG, /* 501 5.1.3 address too long */
 };
 
 struct dsconn {
     uint32_t idx, gen;
     int fd;
     uint16_t inflight;
-    uint8_t state, expect;
+    uint8_t state;
+    uint8_t *exq;            /* replies due, oldest first (enum ds_expect) */
+    uint32_t exq_head, exq_len, exq_cap;
     bool in_data;            /* DATA accepted: only the end or a close ends it */
     bool tx_open;            /* MAIL accepted downstream, message not ended */
     bool retire;             /* close when the current use ends */
@@ -235,6 +243,8 @@ session_t *session_get(worker_t *w, uint32_t idx, uint32_t gen);
 int ds_init(worker_t *w, char *err, size_t errlen);
 void ds_acquire(worker_t *w, session_t *s);
 void ds_send_cmd(worker_t *w, dsconn_t *c, enum ds_expect what, const char *line, size_t len);
+bool ds_queue_cmd(worker_t *w, dsconn_t *c, enum ds_expect what, const char *line, size_t len);
+enum ds_expect ds_pop_local(dsconn_t *c);
 bool ds_append(worker_t *w, dsconn_t *c, const char *p, size_t len);
 uint32_t ds_room(const dsconn_t *c);
 void ds_flush(worker_t *w, dsconn_t *c);

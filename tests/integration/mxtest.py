@@ -175,6 +175,7 @@ class SmtpSink:
         self.connections = 0
         self.eod_arrived = 0        # ends of data seen, before the sink replies
         self.commands = []          # (conn_id, line) for every command, bounded
+        self.reads = []             # (conn_id, bytes) of every recv, bounded: shows pipelining
         self._listener = None
         self._thread = None
         self._stop = threading.Event()
@@ -351,6 +352,9 @@ class _SinkSession:
                 continue
             if not d:
                 raise _Drop()
+            with self.sink.cond:
+                if len(self.sink.reads) < 10000:
+                    self.sink.reads.append((self.cid, bytes(d[:4096])))
             self.buf += d
             return
 

@@ -105,6 +105,11 @@ def test_pipelined_group_in_one_write(sink, gateway):
     m = sink.wait_message(msgid)
     assert m is not None
     assert sorted(m.rcpts) == ["one@example.com", "two@example.net"]
+    # The sink offers PIPELINING: the client's group reached it in one write
+    # (MAIL, both accepted RCPTs and DATA in a single read).
+    together = [d for _, d in sink.reads
+                if b"MAIL FROM:<sender@src.test>" in d and b"RCPT TO:<two@example.net>" in d and b"DATA\r\n" in d]
+    assert together, [d[:200] for _, d in sink.reads]
 
 
 def test_relay_through_waits_for_downstream_250(sink, gateway):

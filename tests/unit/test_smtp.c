@@ -2069,6 +2069,180 @@ static void test_verdict_deferred(void **state)
     free(h);
 }
 
+/* ---- deferred verdicts (pipelining through to a downstream) ---- */
+
+/*
+ * Feeds `in` in pieces cut at `cut` (0: whole), deferring every MAIL, RCPT
+ * and DATA, and resolving deferred verdicts from `codes` (oldest first)
+ * whenever the engine pauses or a piece is used up, as a downstream's
+ * replies would arrive. Other verdicts are accepted at once. Returns the
+ * replies as one string.
+ */
+static char *run_deferred(const char *in, size_t cut, const int *codes)
+{
+    smtp_config_t cfg;
+    smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
+    char ob[8192];
+    smtp_out_t o = { ob, 0, sizeof ob };
+    smtp_t s;
+    smtp_init(&s, &cfg, &o);
+    smtp_greet(&s);
+    size_t len = strlen(in), off = 0, ci = 0;
+    static char all[16384];
+    size_t alen = 0;
+    while (off < len && s.state != SMTP_S_CLOSED) {
+        size_t end = cut && off + cut < len ? off + cut : len;
+        const char *p = in + off;
+        size_t n = end - off;
+        for (int guard = 0; guard < 10000; guard++) {
+            size_t used = 0;
+            smtp_event_t ev;
+            smtp_status_t st = smtp_feed(&s, p, n, &used, &ev);
+            p += used, n -= used;
+            if (st == SMTP_EVENT) {
+                if (smtp_pending(&s) == SMTP_EV_MAIL || smtp_pending(&s) == SMTP_EV_RCPT ||
+                    smtp_pending(&s) == SMTP_EV_DATA)
+                    smtp_defer(&s);
+                else if (smtp_pending(&s))
+                    smtp_accept(&s);
+                continue;
+            }
+            if (st == SMTP_PAUSED && smtp_deferred(&s)) {
+                while (smtp_deferred(&s)) {
+                    int c = codes[ci++];
+                    smtp_resolve(&s, c, c < 300 ? "2.0.0" : c < 400 ? NULL : c < 500 ? "4.0.0" : "5.1.1",
+                                 c == 354 ? "go ahead" : "from downstream");
+                }
+                continue;
+            }
+            if (st == SMTP_AGAIN && n == 0)
+                break;
+            if (st == SMTP_CLOSED)
+                break;
+            fail_msg("unexpected status %d", st);
+        }
+        off = end;
+    }
+    memcpy(all + alen, ob, o.len);
+    alen += o.len;
+    all[alen] = 0;
+    smtp_free(&s);
+    return strdup(all);
+}
+
+static void expect_lines(const char *out, const char *const *want, size_t n)
+{
+    const char *p = out;
+    for (size_t i = 0; i < n; i++) {
+        if (strncmp(p, want[i], strlen(want[i])) != 0)
+            fail_msg("line %zu: want \"%s\", output:\n%s", i, want[i], out);
+        p = strstr(p, "\r\n");
+        assert_non_null(p);
+        p += 2;
+    }
+    assert_string_equal(p, "");
+}
+
+static void test_defer_pipelined_group(void **state)
+{
+    (void)state;
+    const char *in = "EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
+                     "RCPT TO:<x@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\nhello\r\n.\r\nQUIT\r\n";
+    const int codes[] = { 250, 250, 550, 250, 354 };
+    const char *want[] = { "220 ", "250-mx.test", "250-PIPELINING", "250-SIZE", "250-8BITMIME",
+                           "250-ENHANCEDSTATUSCODES", "250 SMTPUTF8", "250 2.0.0 from downstream",
+                           "250 2.0.0 from downstream", "550 5.1.1 from downstream", "250 2.0.0 from downstream",
+                           "354 go ahead", "250 2.0.0 Ok: queued", "221 2.0.0" };
+    char *whole = run_deferred(in, 0, codes);
+    expect_lines(whole, want, sizeof want / sizeof want[0]);
+    /* the same replies in the same order however the input is cut */
+    for (size_t cut = 1; cut < strlen(in); cut++) {
+        char *split = run_deferred(in, cut, codes);
+        if (strcmp(split, whole) != 0)
+            fail_msg("cut every %zu bytes:\n%s\nwhole:\n%s", cut, split, whole);
+        free(split);
+    }
+    free(whole);
+}
+
+static void test_defer_mail_refused(void **state)
+{
+    (void)state;
+    /* The downstream refuses MAIL: what was pipelined after it gets 503,
+     * whatever the downstream said, and a new MAIL works. */
+    const char *in = "EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n"
+                     "MAIL FROM:<a@example.org>\r\nQUIT\r\n";
+    const int codes[] = { 550, 250, 354, 250 };
+    const char *want[] = { "220 ", "250-", "250-", "250-", "250-", "250-", "250 ", "550 5.1.1",
+                           "503 5.5.1", "503 5.5.1", "250 2.0.0", "221 2.0.0" };
+    char *out = run_deferred(in, 0, codes);
+    expect_lines(out, want, sizeof want / sizeof want[0]);
+    free(out);
+}
+
+static void test_defer_no_valid_recipient(void **state)
+{
+    (void)state;
+    const char *in = "EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\nQUIT\r\n";
+    const int codes[] = { 250, 550, 354 };
+    const char *want[] = { "220 ", "250-", "250-", "250-", "250-", "250-", "250 ", "250 2.0.0",
+                           "550 5.1.1", "554 5.5.1", "221 2.0.0" };
+    char *out = run_deferred(in, 0, codes);
+    expect_lines(out, want, sizeof want / sizeof want[0]);
+    free(out);
+}
+
+static void test_defer_stops_before_own_reply(void **state)
+{
+    (void)state;
+    /* NOOP and a bad RCPT are answered by the engine itself: their replies
+     * must come after the deferred ones, so the engine stops before them. */
+    smtp_config_t cfg;
+    smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
+    char ob[4096];
+    smtp_out_t o = { ob, 0, sizeof ob };
+    smtp_t s;
+    smtp_init(&s, &cfg, &o);
+    smtp_greet(&s);
+    const char *in = "EHLO c.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nNOOP\r\n"
+                     "RCPT TO:bad\r\n";
+    size_t len = strlen(in), off = 0, used;
+    smtp_event_t ev;
+    int events = 0;
+    smtp_status_t st;
+    while ((st = smtp_feed(&s, in + off, len - off, &used, &ev)) == SMTP_EVENT) {
+        off += used;
+        events++;
+        if (smtp_pending(&s) == SMTP_EV_EHLO)
+            smtp_accept(&s);
+        else
+            smtp_defer(&s);
+    }
+    assert_int_equal(st, SMTP_PAUSED);
+    assert_int_equal(events, 3);
+    assert_int_equal(smtp_deferred(&s), 2);
+    assert_int_equal(smtp_deferred_head(&s), SMTP_EV_MAIL);
+    assert_string_equal(in + off, "NOOP\r\nRCPT TO:bad\r\n"); /* not consumed */
+    size_t before = o.len;
+    smtp_reply(&s, 250, "2.0.0", "ignored"); /* nothing pending: no effect */
+    assert_int_equal(o.len, before);
+    smtp_resolve(&s, 250, "2.1.0", "mail ok");
+    smtp_resolve(&s, 250, "2.1.5", "rcpt ok");
+    assert_int_equal(smtp_deferred(&s), 0);
+    assert_int_equal(s.state, SMTP_S_RCPT);
+    st = smtp_feed(&s, in + off, len - off, &used, &ev);
+    assert_int_equal(st, SMTP_EVENT);
+    assert_int_equal(ev.type, SMTP_EV_NOOP);
+    off += used;
+    st = smtp_feed(&s, in + off, len - off, &used, &ev);
+    assert_int_equal(ev.type, SMTP_EV_ERROR);
+    o.buf[o.len] = 0;
+    const char *mail = strstr(ob, "250 2.1.0 mail ok"), *rcpt = strstr(ob, "250 2.1.5 rcpt ok");
+    const char *noop = strstr(ob, "250 2.0.0 Ok"), *bad = strstr(ob, "501 5.1.3");
+    assert_true(mail && rcpt && noop && bad && mail < rcpt && rcpt < noop && noop < bad);
+    smtp_free(&s);
+}
+
 static void test_verdict_custom_data_end(void **state)
 {
     (void)state;
@@ -2408,6 +2582,10 @@ int main(void)
         cmocka_unit_test(test_verdict_refuse_mail),
         cmocka_unit_test(test_verdict_deferred),
         cmocka_unit_test(test_verdict_custom_data_end),
+        cmocka_unit_test(test_defer_pipelined_group),
+        cmocka_unit_test(test_defer_mail_refused),
+        cmocka_unit_test(test_defer_no_valid_recipient),
+        cmocka_unit_test(test_defer_stops_before_own_reply),
         cmocka_unit_test(test_close),
         cmocka_unit_test(test_samples_whole),
         cmocka_unit_test(test_samples_byte_by_byte),
