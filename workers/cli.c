@@ -159,8 +159,12 @@ static int cli_env(mx_config_t *c, char **envp, char *err, size_t errlen)
             k = config_key_find(name);
         }
         if (!k || strchr(name, '-')) {
-            snprintf(err, errlen, "%.*s: unknown setting (--help lists them)", (int)(eq - var), var);
-            return -1;
+            /* Not fatal, unlike an unknown flag: orchestrators put their own
+             * MXGATE_* variables in the environment (Kubernetes service
+             * links: MXGATE_SERVICE_HOST, MXGATE_PORT...). */
+            fprintf(stderr, "mxgate: warning: ignoring %.*s: not a setting (--help lists them)\n", (int)(eq - var),
+                    var);
+            continue;
         }
         if (config_set(c, k->name, eq + 1, e, sizeof e) != 0) {
             cli_blame(err, errlen, var, (int)(eq - var), e);

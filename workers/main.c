@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 int main(int argc, char **argv, char **envp)
@@ -33,6 +34,13 @@ int main(int argc, char **argv, char **envp)
     if (!cfg.downstream[0] && maildir_prepare(cfg.maildir, err, sizeof err)) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
+    }
+    /* One descriptor per client and per downstream connection: take every
+     * descriptor the hard limit allows. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     int n = cfg.workers ? (int)cfg.workers : (ncpu > 0 ? (int)ncpu : 1);

@@ -360,16 +360,29 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
                 close(cqe->res);
             else
                 session_accept(w, cqe->res);
+        } else if (cqe->res == -EMFILE || cqe->res == -ENFILE) {
+            /* Out of descriptors: re-arming at once would spin on the same
+             * error. Pending clients wait in the backlog until the tick. */
+            if (!w->accept_paused[UD_IDX(ud)])
+                log_line(LOG_WARN, "event=accept_paused worker=%d error=\"%s\" sessions=%u", w->id,
+                         strerror(-cqe->res), w->nsessions);
+            w->accept_paused[UD_IDX(ud)] = true;
         } else if (cqe->res != -ECANCELED && cqe->res != -EBADF && cqe->res != -EINVAL) {
             log_line(LOG_WARN, "event=accept_error worker=%d error=\"%s\"", w->id, strerror(-cqe->res));
         }
-        if (!(cqe->flags & IORING_CQE_F_MORE) && !w->draining && w->listen_fd[UD_IDX(ud)] >= 0)
+        if (!(cqe->flags & IORING_CQE_F_MORE) && !w->draining && w->listen_fd[UD_IDX(ud)] >= 0 &&
+            !w->accept_paused[UD_IDX(ud)])
             arm_accept(w, (int)UD_IDX(ud));
         break;
     case OP_WAKE:
         start_drain(w);
         break;
     case OP_TICK:
+        for (int i = 0; i < w->nlisten; i++)
+            if (w->accept_paused[i] && !w->draining && w->listen_fd[i] >= 0) {
+                w->accept_paused[i] = false;
+                arm_accept(w, i);
+            }
         run_timers(w);
         if (!w->stopped)
             arm_tick(w);

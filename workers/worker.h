@@ -178,6 +178,7 @@ struct worker {
     char init_err[512];
     uint64_t wake_val;
     bool draining, stopped;
+    bool accept_paused[8];        /* out of descriptors: re-armed by the tick */
     uint64_t drain_deadline;
     uint64_t now;                 /* ms, CLOCK_MONOTONIC, once per loop turn */
     /* receive buffers */
