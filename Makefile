@@ -97,12 +97,12 @@ $(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) tests/unit/testuti
 # make fuzz: every target for FUZZ_TIME seconds (default 10 minutes).
 fuzz: $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p $(B)/fuzz/work-$$n; \
-	  $$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 \
+	  $$f -max_total_time=$(FUZZ_TIME) -print_final_stats=1 -artifact_prefix=$(B)/fuzz/ \
 	    $(B)/fuzz/work-$$n tests/fuzz/corpus/$$n || exit 1; done
 
 fuzz-test: $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p $(B)/fuzz/work-$$n; \
-	  $$f -max_total_time=$(FUZZ_TEST_TIME) -print_final_stats=1 \
+	  $$f -max_total_time=$(FUZZ_TEST_TIME) -print_final_stats=1 -artifact_prefix=$(B)/fuzz/ \
 	    $(B)/fuzz/work-$$n tests/fuzz/corpus/$$n > $(B)/fuzz/$$n.log 2>&1 \
 	    || { tail -50 $(B)/fuzz/$$n.log; echo "fuzz: 0 passed, 1 failed"; exit 1; }; \
 	  grep -E 'stat::number_of_executed_units|stat::average_exec_per_sec' $(B)/fuzz/$$n.log; \

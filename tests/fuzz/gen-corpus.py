@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""gen-corpus.py - writes the seed corpora of the fuzz targets:
+tests/fuzz/corpus/fuzz_smtp/ and tests/fuzz/corpus/fuzz_scan/.
+
+Each seed is the target's header bytes (configuration, split lengths; see
+the comment at the top of fuzz_smtp.c and fuzz_scan.c) followed by a
+realistic session or body. Run from the repository root; rewrites the seeds
+it knows and leaves other files (ones libFuzzer merged in) alone.
+"""
+import os
+import random
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
+
+# ---- fuzz_smtp header ----
+NORMALIZE, UTF8, SMALL_LINE, SMALL_TEXT, SMALL_RCPT, SMALL_SIZE, SMALL_ERR = 1, 2, 4, 8, 16, 32, 64
+DELAY, EARLY, CLOSE = 0x08, 0x10, 0x20
+
+
+def smtp_seed(session, flags=UTF8, limits=0, h2=0, outcap=6, driver=0, verdict=0, chunks=b""):
+    hdr = bytes([flags, limits, h2, (outcap & 7) | driver, verdict, len(chunks)]) + chunks
+    return hdr + session
+
+
+def crlf(*lines):
+    return b"".join(l + b"\r\n" for l in lines)
+
+
+EHLO = b"EHLO client.example.org"
+HELO = b"HELO client.example.org"
+GROUP = crlf(b"MAIL FROM:<sender@example.org> SIZE=4096 BODY=8BITMIME",
+             b"RCPT TO:<alice@example.com>", b"RCPT TO:<bob@example.com>",
+             b"RCPT TO:<carol@example.com>", b"DATA")
+BODY = crlf(b"From: Sender <sender@example.org>", b"To: Alice <alice@example.com>",
+            b"Subject: hello", b"", b"Hello Alice,", b"..a line that began with a dot",
+            b"Regards.", b".")
+
+
+def smtp_seeds():
+    s = {}
+    s["basic"] = smtp_seed(crlf(EHLO) + GROUP + BODY + crlf(b"QUIT"))
+    s["helo-plain"] = smtp_seed(crlf(HELO, b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.com>",
+                                     b"DATA") + BODY + crlf(b"QUIT"))
+    s["pipelined-split-mixed"] = smtp_seed(crlf(EHLO) + GROUP + BODY + crlf(b"QUIT"), chunks=b"\x03\x85\x0a")
+    s["two-messages"] = smtp_seed(crlf(EHLO) + GROUP + BODY + GROUP + BODY + crlf(b"RSET", b"QUIT"),
+                                  chunks=b"\x07")
+    s["smuggle-lf-dot-lf"] = smtp_seed(crlf(EHLO) + GROUP + b"Subject: x\r\n\r\nhi\n.\nMAIL FROM:<evil@example.net>\n"
+                                       b"RCPT TO:<victim@example.com>\nDATA\nspoofed\n.\n" + b".\r\n" + crlf(b"QUIT"))
+    s["smuggle-crlf-dot-lf-normalize"] = smtp_seed(
+        crlf(EHLO) + GROUP + b"hi\r\n.\nMAIL FROM:<evil@example.net>\r\n\r\n.\r\n" + crlf(b"QUIT"),
+        flags=UTF8 | NORMALIZE)
+    s["smuggle-cr-dot-cr-normalize"] = smtp_seed(
+        crlf(EHLO) + GROUP + b"hi\r.\rMAIL FROM:<evil@example.net>\r\n\n.\r\n\r\n.\r\n" + crlf(b"QUIT"),
+        flags=UTF8 | NORMALIZE, chunks=b"\x02")
+    s["smuggle-lf-dot-crlf"] = smtp_seed(crlf(EHLO) + GROUP + b"hi\n.\r\nRSET\r\n.\r\n" + crlf(b"QUIT"))
+    s["dot-stuffing"] = smtp_seed(crlf(EHLO) + GROUP + crlf(b"..", b"...", b"..x", b". ", b"", b".")
+                                  + crlf(b"NOOP"), chunks=b"\x00\x01")
+    s["long-command"] = smtp_seed(crlf(EHLO, b"MAIL FROM:<" + b"a" * 600 + b"@example.org>",
+                                       b"NOOP", b"QUIT"), chunks=b"\x9f")
+    s["long-command-small-max"] = smtp_seed(crlf(EHLO, b"MAIL FROM:<abcdefghijklmnop@example.org>",
+                                                 b"QUIT"), flags=UTF8 | SMALL_LINE, limits=4)
+    s["long-body-line"] = smtp_seed(crlf(EHLO) + GROUP + b"x" * 1200 + b"\r\n.\r\n" + crlf(b"QUIT"))
+    s["body-line-small-max"] = smtp_seed(crlf(EHLO) + GROUP + crlf(b"y" * 70, b"short", b".", b"QUIT"),
+                                         flags=UTF8 | SMALL_TEXT, limits=64)
+    s["body-lines-near-limit"] = smtp_seed(crlf(EHLO) + GROUP + crlf(*[b"w" * (93 + k) for k in range(8)], b"x" * 30,
+                                                                b"y" * 150, b"..z" * 30, b"."),
+                                           flags=UTF8 | SMALL_TEXT, limits=99, chunks=b"\x83\x8a")
+    s["utf8-addresses"] = smtp_seed(crlf(EHLO, "MAIL FROM:<jürgen@bücher.example> SMTPUTF8".encode(),
+                                         "RCPT TO:<δοκιμή@παράδειγμα.δοκιμή>".encode(), b"DATA")
+                                    + BODY + crlf(b"QUIT"))
+    s["utf8-without-smtputf8"] = smtp_seed(crlf(EHLO, "MAIL FROM:<jürgen@bücher.example>".encode(),
+                                                b"MAIL FROM:<a@b.example> SMTPUTF8",
+                                                "RCPT TO:<ü@example.com>".encode(), b"QUIT"), flags=0)
+    s["source-route-literals"] = smtp_seed(crlf(EHLO, b"MAIL FROM:<@relay1.example,@relay2.example:user@example.org>",
+                                                b"RCPT TO:<postmaster>", b"RCPT TO:<\"quoted local\"@example.com>",
+                                                b"RCPT TO:<user@[192.0.2.1]>", b"RCPT TO:<user@[IPv6:2001:db8::1]>",
+                                                b"RCPT TO:<Postmaster@example.com>", b"DATA") + BODY)
+    s["null-sender-params"] = smtp_seed(crlf(EHLO, b"MAIL FROM:<> BODY=7BIT", b"RCPT TO:<a@example.com> NOTIFY=NEVER",
+                                             b"RCPT TO: <b@example.com>", b"MAIL FROM:<x@y.example> FOO=BAR",
+                                             b"DATA") + BODY)
+    s["http-junk"] = smtp_seed(b"GET / HTTP/1.1\r\nHost: mx.example.net\r\nUser-Agent: curl/8.0\r\n\r\n")
+    s["header-as-command"] = smtp_seed(crlf(EHLO, b"Subject: where did my DATA go", b"QUIT"))
+    s["error-flood"] = smtp_seed(crlf(*([b"XYZZY"] * 8 + [b"EHLO", b"MAIL", b"RCPT TO:<a@b>", b"QUIT"])),
+                                 flags=UTF8 | SMALL_ERR, h2=3 << 2)
+    s["too-many-rcpt"] = smtp_seed(crlf(EHLO, b"MAIL FROM:<a@example.org>",
+                                        *[b"RCPT TO:<r%d@example.com>" % i for i in range(6)], b"DATA")
+                                   + BODY, flags=UTF8 | SMALL_RCPT, h2=1)
+    s["size-limits"] = smtp_seed(crlf(EHLO, b"MAIL FROM:<a@example.org> SIZE=999999", b"MAIL FROM:<a@example.org> SIZE=10",
+                                      b"RCPT TO:<b@example.com>", b"DATA") + b"z" * 300 + b"\r\n.\r\n" + crlf(b"QUIT"),
+                                 flags=UTF8 | SMALL_SIZE, h2=2 << 5)
+    s["misc-verbs"] = smtp_seed(crlf(b"NOOP", b"MAIL FROM:<a@example.org>", EHLO, b"RCPT TO:<a@b.example>", b"DATA",
+                                     b"VRFY postmaster", b"EXPN staff", b"HELP", b"HELP MAIL", b"NOOP hello",
+                                     b"RSET extra", b"STARTTLS", b"AUTH PLAIN AGFsaWNlAHNlY3JldA==", b"BDAT 10 LAST",
+                                     b"TURN", b"ETRN example.org", b"noop", b"QUIT now", b"QUIT"))
+    s["bare-lf-commands-normalize"] = smtp_seed(b"EHLO client.example.org\nMAIL FROM:<a@example.org>\n"
+                                                b"RCPT TO:<b@example.com>\nDATA\nline one\nline two\n.\n\r\n.\r\nQUIT\n",
+                                                flags=UTF8 | NORMALIZE)
+    s["control-bytes"] = smtp_seed(b"EHLO client\x00.example.org\r\nHELO a\rb\r\nNOOP\x7f\r\nEHLO \tx\r\nEHLO ok.example\r\nQUIT\r\n")
+    s["early-talk"] = smtp_seed(crlf(EHLO, b"QUIT"), driver=EARLY)
+    s["verdicts-mixed-delayed"] = smtp_seed(crlf(EHLO) + GROUP + BODY + crlf(EHLO) + GROUP + BODY + crlf(b"QUIT"),
+                                            outcap=0, driver=DELAY | CLOSE, verdict=0x35, chunks=b"\x05\x91")
+    s["bad-paths-no-size-limit"] = smtp_seed(crlf(EHLO, b"MAIL FROM:<no-at-sign>", b"MAIL FROM:<a@-bad-.example>",
+                                                  b"MAIL FROM:a@example.org", b"MAIL FROM:<a@example.org>x",
+                                                  b"MAIL TO:<a@example.org>", b"VRFY", b"RCPT TO:<>", b"QUIT"),
+                                             flags=UTF8 | SMALL_SIZE, h2=7 << 5)
+    s["tls-hello-junk"] = smtp_seed(bytes.fromhex("16030100a5010000a103035f1a") + bytes(range(0, 64)) + b"\r\nQUIT\r\n")
+    return s
+
+
+# ---- fuzz_scan header ----
+SCAN_NORMALIZE = 1
+LINE_NONE, LINE_SMALL, LINE_MID, LINE_1000 = 0 << 1, 1 << 1, 2 << 1, 3 << 1
+SIZE_NONE, SIZE_BYTE, SIZE_32, SIZE_1M = 0 << 3, 1 << 3, 2 << 3, 3 << 3
+
+
+def scan_seed(body, flags=LINE_1000 | SIZE_1M, h1=0, h2=0, chunks=b""):
+    return bytes([flags, h1, h2, len(chunks)]) + chunks + body
+
+
+def realistic_body(n_text, n_b64, seed):
+    r = random.Random(seed)
+    words = [b"the", b"message", b"server", b"report", b"please", b"review", b"attached", b"thanks",
+             b"quarter", b"budget", b"a", b"of", b"to", "café".encode(), b"e-mail", b"100%"]
+    out = [b"From: Sender <sender@example.org>", b"Subject: results", b"MIME-Version: 1.0", b""]
+    for _ in range(n_text):
+        line = b""
+        while len(line) < 60:
+            line += (b" " if line else b"") + r.choice(words)
+        out.append(line[:78])
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    for _ in range(n_b64):
+        out.append(bytes(r.choice(alphabet) for _ in range(76)))
+    out.append(b"..stuffed line")
+    return crlf(*out) + b".\r\n"
+
+
+def scan_seeds():
+    s = {}
+    s["simple"] = scan_seed(crlf(b"Subject: hi", b"", b"Hello.", b"."))
+    s["empty"] = scan_seed(b".\r\n")
+    s["realistic-2k"] = scan_seed(realistic_body(15, 12, 1))
+    s["realistic-2k-split"] = scan_seed(realistic_body(15, 12, 2), chunks=b"\x8c\x03\xc1")
+    s["realistic-normalize"] = scan_seed(realistic_body(10, 6, 3), flags=SCAN_NORMALIZE | LINE_1000 | SIZE_1M)
+    s["dot-stuffing"] = scan_seed(crlf(b"..", b"...", b"..x", b". ", b"", b"."), chunks=b"\x00")
+    s["smuggle-lf-dot-lf"] = scan_seed(b"hi\n.\nMAIL FROM:<evil@example.net>\r\n.\r\n")
+    s["smuggle-crlf-dot-lf"] = scan_seed(b"hi\r\n.\nRSET\r\n.\r\n")
+    s["smuggle-lf-dot-crlf"] = scan_seed(b"hi\n.\r\nRSET\r\n.\r\n")
+    s["smuggle-cr-dot-cr"] = scan_seed(b"hi\r.\rRSET\r\n.\r\n")
+    s["smuggle-dot-cr-cr-lf"] = scan_seed(b"a\r\n.\r\r\n.\r\n")
+    s["smuggle-normalize"] = scan_seed(b"hi\n.\nx\r.\r\n\r.\r.\n..\r\n\n\n.\r\n",
+                                       flags=SCAN_NORMALIZE | LINE_1000 | SIZE_1M, chunks=b"\x01")
+    s["bare-cr-mid"] = scan_seed(b"abc\rdef\r\n" + b"g" * 100 + b"\r\n.\r\n")
+    s["long-line"] = scan_seed(b"x" * 1100 + b"\r\n.\r\n")
+    s["line-exactly-1000"] = scan_seed(b"y" * 998 + b"\r\n" + b".z" * 499 + b"\r\n.\r\n")
+    s["line-small-max"] = scan_seed(crlf(b"a" * 10, b"b" * 30, b".c" * 8, b"."), flags=LINE_SMALL | SIZE_1M, h1=19)
+    s["line-mid-max"] = scan_seed(crlf(b"a" * 63, b"b" * 64, b"c" * 65, b"d" * 200, b"."), flags=LINE_MID | SIZE_1M, h1=1)
+    s["size-limit"] = scan_seed(realistic_body(5, 2, 4), flags=LINE_1000 | SIZE_BYTE, h2=200)
+    s["size-limit-32"] = scan_seed(realistic_body(20, 10, 5), flags=LINE_NONE | SIZE_32, h2=40, chunks=b"\x90")
+    s["no-end"] = scan_seed(crlf(b"truncated message", b"no end marker") + b"\r\n.")
+    s["after-end"] = scan_seed(b"body\r\n.\r\nQUIT\r\n")
+    s["block-boundaries"] = scan_seed((b"a" * 62 + b"\r\n") * 8 + (b"b" * 63 + b"\r\n.") * 2 + b"\r\n.\r\n",
+                                      chunks=b"\xc0")
+    s["cr-at-block-end"] = scan_seed(b"q" * 63 + b"\r" + b"\n" + b"r" * 62 + b"\r\r\n" + b"s" * 70 + b"\n\r\n.\r\n",
+                                     flags=SCAN_NORMALIZE | LINE_MID | SIZE_NONE, h1=10)
+    return s
+
+
+def write(target, seeds):
+    d = os.path.join(ROOT, target)
+    os.makedirs(d, exist_ok=True)
+    for name, data in sorted(seeds.items()):
+        with open(os.path.join(d, name), "wb") as f:
+            f.write(data)
+    print("%s: %d seeds, %d bytes" % (target, len(seeds), sum(len(v) for v in seeds.values())))
+
+
+if __name__ == "__main__":
+    write("fuzz_smtp", smtp_seeds())
+    write("fuzz_scan", scan_seeds())
