@@ -26,13 +26,20 @@ static bool is_digit(unsigned char c)
     return c >= '0' && c <= '9';
 }
 
+/* RFC 5322 atext: letters, digits and !#$%&'*+-/=?^_`{|}~ */
+static const uint8_t atext_table[128] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['/'] = 1, ['='] = 1, ['?'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['{'] = 1,
+    ['|'] = 1, ['}'] = 1, ['~'] = 1,
+};
+
 static bool is_atext(unsigned char c, bool utf8)
 {
     if (is_alpha(c) || is_digit(c))
         return true;
     if (c >= 0x80)
         return utf8;
-    return c != 0 && strchr("!#$%&'*+-/=?^_`{|}~", c) != NULL;
+    return atext_table[c];
 }
 
 /* Length of a valid UTF-8 sequence starting at p, or 0. */

@@ -368,26 +368,49 @@ static smtp_status_t check_not_impl(smtp_t *s, slice_t args, smtp_event_t *ev)
     return fail(s, ev, SMTP_ERR_NOT_IMPL, 502, "5.5.1", "Error: command not implemented");
 }
 
+/* Four letters as one case-folded word (built byte by byte, so the same on
+ * any endianness; compilers turn it into one load). */
+#define VKEY(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
+
+static uint32_t verb_key(const char *p)
+{
+    return VKEY(p[0], p[1], p[2], p[3]) | 0x20202020u;
+}
+
 /* One row per verb. Verbs of RFC 821 that RFC 5321 dropped, and extensions
- * we do not offer, are known (502) rather than unknown (500). */
+ * we do not offer, are known (502) rather than unknown (500). `key` is the
+ * lower-case verb for the four-letter ones, so most lookups are a few
+ * integer compares. */
 static const struct cmd {
     const char *name;
+    uint32_t key;
     check_fn check;
 } cmd_table[] = {
-    { "EHLO", check_ehlo_cmd },     { "HELO", check_helo_cmd },     { "MAIL", check_mail },
-    { "RCPT", check_rcpt },         { "DATA", check_data },         { "RSET", check_rset },
-    { "NOOP", check_noop },         { "QUIT", check_quit },         { "VRFY", check_vrfy },
-    { "EXPN", check_expn },         { "HELP", check_help },         { "SEND", check_not_impl },
-    { "SOML", check_not_impl },     { "SAML", check_not_impl },     { "TURN", check_not_impl },
-    { "ETRN", check_not_impl },     { "ATRN", check_not_impl },     { "BDAT", check_not_impl },
-    { "AUTH", check_not_impl },     { "STARTTLS", check_not_impl }, { "XCLIENT", check_not_impl },
-    { "XFORWARD", check_not_impl },
+    { "EHLO", VKEY('e', 'h', 'l', 'o'), check_ehlo_cmd }, { "HELO", VKEY('h', 'e', 'l', 'o'), check_helo_cmd },
+    { "MAIL", VKEY('m', 'a', 'i', 'l'), check_mail },     { "RCPT", VKEY('r', 'c', 'p', 't'), check_rcpt },
+    { "DATA", VKEY('d', 'a', 't', 'a'), check_data },     { "RSET", VKEY('r', 's', 'e', 't'), check_rset },
+    { "NOOP", VKEY('n', 'o', 'o', 'p'), check_noop },     { "QUIT", VKEY('q', 'u', 'i', 't'), check_quit },
+    { "VRFY", VKEY('v', 'r', 'f', 'y'), check_vrfy },     { "EXPN", VKEY('e', 'x', 'p', 'n'), check_expn },
+    { "HELP", VKEY('h', 'e', 'l', 'p'), check_help },     { "SEND", VKEY('s', 'e', 'n', 'd'), check_not_impl },
+    { "SOML", VKEY('s', 'o', 'm', 'l'), check_not_impl }, { "SAML", VKEY('s', 'a', 'm', 'l'), check_not_impl },
+    { "TURN", VKEY('t', 'u', 'r', 'n'), check_not_impl }, { "ETRN", VKEY('e', 't', 'r', 'n'), check_not_impl },
+    { "ATRN", VKEY('a', 't', 'r', 'n'), check_not_impl }, { "BDAT", VKEY('b', 'd', 'a', 't'), check_not_impl },
+    { "AUTH", VKEY('a', 'u', 't', 'h'), check_not_impl }, { "STARTTLS", 0, check_not_impl },
+    { "XCLIENT", 0, check_not_impl },                     { "XFORWARD", 0, check_not_impl },
 };
 
 static const struct cmd *cmd_lookup(slice_t verb)
 {
-    for (size_t i = 0; i < sizeof cmd_table / sizeof cmd_table[0]; i++)
-        if (slice_ieq(verb, cmd_table[i].name))
+    const size_t n = sizeof cmd_table / sizeof cmd_table[0];
+    if (verb.len == 4) {
+        uint32_t k = verb_key(verb.ptr);
+        for (size_t i = 0; i < n; i++)
+            if (cmd_table[i].key == k && slice_ieq(verb, cmd_table[i].name))
+                return &cmd_table[i];
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!cmd_table[i].key && slice_ieq(verb, cmd_table[i].name))
             return &cmd_table[i];
     return NULL;
 }
