@@ -798,21 +798,22 @@ void smtp_resolve(smtp_t *s, int code, const char *esc, const char *text)
             s->tx.rcpt_ok--;
             if (s->_mail_failed)
                 say(s, 503, "5.5.1", "Error: need MAIL command");
-            else {
+            else
                 say(s, code, esc, text);
-                count_error(s);
-            }
+            count_error(s); /* as the same command answered at once would */
         } else {
             say(s, code, esc, text);
         }
         break;
     default: /* DATA */
         s->_dq_data = 0;
-        if (s->_mail_failed)
-            say(s, 503, "5.5.1", "Error: need MAIL command");
-        else if (s->tx.rcpt_ok == 0)
-            say(s, 554, "5.5.1", "Error: no valid recipients");
-        else if (code < 400) {
+        if (s->_mail_failed || s->tx.rcpt_ok == 0) {
+            if (s->_mail_failed)
+                say(s, 503, "5.5.1", "Error: need MAIL command");
+            else
+                say(s, 554, "5.5.1", "Error: no valid recipients");
+            count_error(s);
+        } else if (code < 400) {
             (void)reply_line(s->out, 354, false, NULL, slice_make(text, strlen(text)));
             scan_init(&s->tx.scan, s->cfg->size_max, s->cfg->text_line_max, (enum scan_bare)s->cfg->bare_newline);
             enter(s, SMTP_S_DATA);
