@@ -25,6 +25,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -253,6 +255,10 @@ static void open_conn(worker_t *w, session_t *owner)
         session_ds_failed(w, owner, 451, "4.3.0", "Error: out of resources, try again later");
         return;
     }
+    /* Commands and bodies go out as one write each, and a reply is awaited:
+     * Nagle would hold the write for the peer's delayed ACK (40 ms a message). */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->fd = fd;
     c->out = out;
     c->exq = exq;
