@@ -97,14 +97,15 @@ int main(int argc, char **argv, char **envp)
     }
     for (int i = 0; i < n; i++)
         worker_wake(&w[i]);
-    uint64_t msgs = 0, conns = 0;
-    for (int i = 0; i < n; i++) {
+    uint64_t msgs = 0, conns = 0, rejected = 0;
+    for (int i = 0; i < n; i++) { /* per-worker counters, summed when read */
         pthread_join(th[i], NULL);
         msgs += w[i].n_msg;
         conns += w[i].n_conn;
+        rejected += w[i].n_rejected;
     }
-    log_line(LOG_INFO, "event=stop connections=%llu messages=%llu", (unsigned long long)conns,
-             (unsigned long long)msgs);
+    log_line(LOG_INFO, "event=stop connections=%llu messages=%llu bodies_rejected=%llu", (unsigned long long)conns,
+             (unsigned long long)msgs, (unsigned long long)rejected);
     for (int i = 0; i < n; i++)
         worker_destroy(&w[i]);
     free(w);

@@ -737,14 +737,11 @@ static void process_input(worker_t *w, session_t *s);
 /* Feed held input to the engine until it is used up, paused or blocked. */
 void session_process(worker_t *w, session_t *s)
 {
-    if (s->flags & SF_INPROC) {
-        s->flags |= SF_AGAIN; /* a verdict given from inside a pass: the loop goes on */
-        return;
-    }
+    if (s->flags & SF_INPROC)
+        return; /* a verdict given from inside a pass: that pass reads on */
     s->flags |= SF_INPROC;
-    s->flags &= (uint16_t)~SF_AGAIN;
     process_input(w, s);
-    s->flags &= (uint16_t)~(SF_INPROC | SF_AGAIN);
+    s->flags &= (uint16_t)~SF_INPROC;
     if (s->ds)
         ds_flush(w, s->ds); /* one write for the pipelined group */
     if (!(s->flags & SF_CLOSING))

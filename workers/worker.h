@@ -75,7 +75,6 @@ enum sess_flag {
     SF_DSWAIT = 1 << 6,    /* waiting in the pool's queue */
     SF_STARVED = 1 << 7,   /* recv ended on ENOBUFS: counted in w->nstarved */
     SF_INPROC = 1 << 8,    /* inside session_process: a nested call only asks for another pass */
-    SF_AGAIN = 1 << 9,
 };
 
 struct session {
@@ -211,7 +210,7 @@ struct worker {
     smtp_out_t scratch;
     uint64_t next_id;
     /* counters (per worker, summed when read) */
-    uint64_t n_conn, n_msg, n_rejected, n_tempfail;
+    uint64_t n_conn, n_msg, n_rejected;
 };
 
 /* worker.c */
