@@ -64,6 +64,18 @@ __attribute__((target("avx2"))) static inline masks_t masks_avx2(const char *p)
     return m;
 }
 
+/* AVX-512BW compares straight into 64-bit mask registers: one load and
+ * three compares per block, no movemask. */
+__attribute__((target("avx512bw"))) static inline masks_t masks_avx512(const char *p)
+{
+    __m512i v = _mm512_loadu_si512((const void *)p);
+    masks_t m;
+    m.cr = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('\r'));
+    m.lf = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('\n'));
+    m.dot = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('.'));
+    return m;
+}
+
 static inline uint64_t mask16x4(__m128i v0, __m128i v1, __m128i v2, __m128i v3, __m128i c)
 {
     return (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v0, c)) |
@@ -113,8 +125,19 @@ static inline masks_t masks_portable(const char *p)
             uint64_t next_lf = (uint64_t)(p[i + 64] == '\n') << 63;                                       \
             uint64_t bad = (m.lf & ~((m.cr << 1) | prev_cr)) | (m.cr & ~((m.lf >> 1) | next_lf)) |        \
                            (((m.lf << 1) | at_start) & m.dot) | (prev_cr & ~m.lf);                         \
-            if (bad)                                                                                      \
+            if (bad) {                                                                                    \
+                /* take the clean bytes before the first problem; the exact \
+                 * layer starts on the problem itself */                   \
+                unsigned k = (unsigned)__builtin_ctzll(bad);                                              \
+                uint64_t below = k ? (~0ull >> (64 - k)) : 0, lfb = m.lf & below;                         \
+                if (k == 0 || (lfb ? (uint64_t)line_len + (uint64_t)__builtin_ctzll(lfb) + 1                \
+                                   : (uint64_t)line_len + k + 2) > limit)                                   \
+                    break;                                                                                \
+                line_len = lfb ? (uint32_t)(k - 1 - (63 - (unsigned)__builtin_clzll(lfb))) : line_len + k;  \
+                s = (m.cr >> (k - 1)) & 1 ? ST_CR : (m.lf >> (k - 1)) & 1 ? ST_LINESTART : ST_MID;        \
+                i += k;                                                                                   \
                 break;                                                                                    \
+            }                                                                                             \
             if (m.lf) {                                                                                   \
                 if ((uint64_t)line_len + (uint64_t)__builtin_ctzll(m.lf) + 1 > limit)                     \
                     break;                                                                                \
@@ -133,6 +156,7 @@ static inline masks_t masks_portable(const char *p)
     }
 
 #ifdef SCAN_X86
+FAST_BLOCKS(fast_avx512, masks_avx512, __attribute__((target("avx512bw,bmi2"))))
 FAST_BLOCKS(fast_avx2, masks_avx2, __attribute__((target("avx2"))))
 FAST_BLOCKS(fast_sse2, masks_sse2, )
 #else
@@ -146,7 +170,9 @@ static fast_fn pick_fast(void)
 #ifdef SCAN_X86
     static fast_fn chosen;
     if (!chosen)
-        chosen = __builtin_cpu_supports("avx2") ? fast_avx2 : fast_sse2;
+        chosen = __builtin_cpu_supports("avx512bw") ? fast_avx512
+                 : __builtin_cpu_supports("avx2")   ? fast_avx2
+                                                    : fast_sse2;
     return chosen;
 #else
     return fast_portable;
