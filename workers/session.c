@@ -143,6 +143,32 @@ static void tx_abort(worker_t *w, session_t *s)
     s->local_code = 0;
 }
 
+static void held_shrink(session_t *s)
+{
+    if (s->nheld == 0 && s->held != s->held_inline) {
+        free(s->held);
+        s->held = s->held_inline;
+        s->held_cap = HELD_INLINE;
+    }
+}
+
+static bool held_push(session_t *s, held_t h)
+{
+    if (s->nheld == s->held_cap) {
+        uint16_t cap = (uint16_t)(s->held_cap * 2);
+        held_t *n = malloc(cap * sizeof *n);
+        if (!n)
+            return false;
+        memcpy(n, s->held, s->nheld * sizeof *n);
+        if (s->held != s->held_inline)
+            free(s->held);
+        s->held = n;
+        s->held_cap = cap;
+    }
+    s->held[s->nheld++] = h;
+    return true;
+}
+
 static void session_free(worker_t *w, session_t *s)
 {
     w->sess[s->idx] = NULL;
@@ -168,9 +194,10 @@ static void session_close(worker_t *w, session_t *s, const char *why)
     }
     tx_abort(w, s);
     tlist_del(&s->timer);
-    for (uint8_t i = 0; i < s->nheld; i++)
+    for (uint16_t i = 0; i < s->nheld; i++)
         buf_release(w, s->held[i].bid);
     s->nheld = 0;
+    held_shrink(s);
     shutdown(s->fd, SHUT_RDWR); /* ends the multishot recv */
     char ip[64];
     fmt_ip(s, ip, sizeof ip);
@@ -268,6 +295,8 @@ void session_accept(worker_t *w, int fd)
         return;
     }
     s->fd = fd;
+    s->held = s->held_inline;
+    s->held_cap = HELD_INLINE;
     if (ss.ss_family == AF_INET6) {
         struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
         s->family = AF_INET6;
@@ -762,11 +791,14 @@ static void process_input(worker_t *w, session_t *s)
         smtp_status_t st = smtp_feed(&s->smtp, p, h->len, &n, &ev);
         if (st == SMTP_EVENT)
             handle_event(w, s, &ev); /* before the buffer may go back: ev points into it */
+        if (s->flags & SF_CLOSING)
+            return; /* the held queue is gone with the session's buffers */
         h->off = (uint16_t)(h->off + n);
         h->len = (uint16_t)(h->len - n);
         if (h->len == 0) { /* event slices are used up by handle_event: give it back */
             buf_release(w, h->bid);
             memmove(&s->held[0], &s->held[1], (size_t)(--s->nheld) * sizeof s->held[0]);
+            held_shrink(s);
         }
         session_flush(w, s);
         if (st == SMTP_PAUSED || st == SMTP_CLOSED || (s->flags & SF_CLOSING))
@@ -786,13 +818,13 @@ void session_cqe(worker_t *w, session_t *s, enum op op, struct io_uring_cqe *cqe
     case OP_RECV:
         if (cqe->flags & IORING_CQE_F_BUFFER) {
             uint16_t bid = (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT);
-            if (res <= 0 || (s->flags & SF_CLOSING) || s->nheld == HELD_MAX) {
+            if (res <= 0 || (s->flags & SF_CLOSING)) {
                 buf_release(w, bid);
-                if (s->nheld == HELD_MAX && !(s->flags & SF_CLOSING))
-                    session_close(w, s, "input_overrun");
+            } else if (!held_push(s, (held_t){ bid, 0, (uint16_t)res })) {
+                buf_release(w, bid);
+                session_close(w, s, "out_of_memory");
             } else {
                 w->buf_refs[bid] = 1;
-                s->held[s->nheld++] = (held_t){ bid, 0, (uint16_t)res };
             }
         }
         if (!(cqe->flags & IORING_CQE_F_MORE)) {

@@ -24,8 +24,8 @@
 
 #define RECV_BUF_SIZE 8192u  /* one provided buffer */
 #define RECV_BUF_COUNT 512u  /* per worker: 4 MiB of receive memory in all */
-#define HELD_MAX 8           /* buffers a paused session may hold */
-#define HELD_CANCEL 3        /* ...and past this many, reading stops */
+#define HELD_INLINE 4        /* held buffers kept in the session itself */
+#define HELD_CANCEL 3        /* past this many held buffers, reading stops */
 #define SEND_HIGH 65536u     /* unsent replies past which a session stops reading */
 #define DS_OUT_CAP 131072u   /* downstream send buffer */
 #define DS_IN_CAP 4096u
@@ -82,10 +82,15 @@ struct session {
     int fd;
     uint16_t inflight;
     uint16_t flags;
-    uint8_t nheld;
+    uint16_t nheld, held_cap;
     uint8_t family;
     uint16_t port;
-    held_t held[HELD_MAX];
+    /* Received buffers not yet consumed. Reading is cancelled past
+     * HELD_CANCEL, but a multishot recv may post more before the cancel
+     * lands, so the queue grows (into the heap) rather than drop input; the
+     * ring's buffer count bounds it. */
+    held_t *held;
+    held_t held_inline[HELD_INLINE];
     uint8_t addr[16];
     smtp_t smtp;
     tnode_t timer;

@@ -169,6 +169,7 @@ class SmtpSink:
         self.command_delay = 0.0
         self.drop_after_data_bytes = None
         self.drop_at_eod = False
+        self.read_delay = 0.0        # seconds to sleep before each recv: a slow reader
         self.cond = threading.Condition()
         self.messages = []
         self.all = []
@@ -344,8 +345,10 @@ class _SinkSession:
         while True:
             if self.stop.is_set():
                 raise _Drop()
+            if self.sink.read_delay:
+                self.wait(self.sink.read_delay)
             try:
-                d = self.sock.recv(65536)
+                d = self.sock.recv(16384 if self.sink.read_delay else 65536)
             except socket.timeout:
                 if time.monotonic() > idle:
                     raise _Drop()

@@ -471,3 +471,19 @@ def test_lmtp_downstream(make_sink, gateway):
     assert m is not None and sorted(m.rcpts) == ["a@example.com", "b@example.com"]
     assert split_received(m.data)[1] == msg
     assert any(line.upper().startswith("LHLO") for _, line in lmtp.commands)
+
+
+def test_large_message_to_slow_downstream_backpressure(sink, gateway):
+    """A 3 MiB message to a downstream that reads slowly: mxgate stops
+    reading from the client instead of buffering (or dropping it), and the
+    message arrives whole."""
+    sink.read_delay = 0.002
+    gw = gateway(downstream=sink.addr, message_size_limit=8 * 1024 * 1024)
+    msgid = new_msgid("big")
+    line = b"x" * 98 + b"\r\n"
+    body = line * (3 * 1024 * 1024 // len(line))
+    res = send_mail(gw.port, msg=make_message(msgid, body=body), timeout=60)
+    assert res.delivered, res
+    m = sink.wait_message(msgid, timeout=30)
+    assert m is not None
+    assert body in m.data
