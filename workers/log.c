@@ -6,6 +6,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,9 +20,19 @@ void log_line(int level, const char *fmt, ...)
     char buf[8192];
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = (int)strftime(buf, sizeof buf, "ts=%Y-%m-%dT%H:%M:%S", &tm);
+    /* gmtime_r takes glibc's process-wide tz lock: format once a second per
+     * thread, so workers never meet on it. */
+    static __thread time_t cached_sec = -1;
+    static __thread char cached[32];
+    static __thread int cached_len;
+    if (ts.tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&ts.tv_sec, &tm);
+        cached_len = (int)strftime(cached, sizeof cached, "ts=%Y-%m-%dT%H:%M:%S", &tm);
+        cached_sec = ts.tv_sec;
+    }
+    memcpy(buf, cached, (size_t)cached_len);
+    int n = cached_len;
     n += snprintf(buf + n, sizeof buf - (size_t)n, ".%03ldZ level=%s ", ts.tv_nsec / 1000000, names[level]);
     va_list ap;
     va_start(ap, fmt);

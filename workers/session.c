@@ -368,12 +368,19 @@ static const char *esc_or(slice_t esc, int code, char *buf)
 
 static void received_header(worker_t *w, session_t *s, char *out, size_t n, size_t *len)
 {
-    char ip[64], date[64];
+    char ip[64];
     fmt_ip(s, ip, sizeof ip);
+    /* localtime_r takes glibc's process-wide tz lock: once a second per
+     * worker thread is enough for a date with one-second resolution. */
+    static __thread time_t date_sec = -1;
+    static __thread char date[64];
     time_t t = time(NULL);
-    struct tm tm;
-    localtime_r(&t, &tm);
-    strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+    if (t != date_sec) {
+        struct tm tm;
+        localtime_r(&t, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+        date_sec = t;
+    }
     const char *proto = s->smtp.tx.params.smtputf8 ? "UTF8SMTP" : s->smtp.esmtp ? "ESMTP" : "SMTP";
     char forpart[300] = "";
     if (s->rcpt_ok == 1 && s->txlog) {
