@@ -89,10 +89,10 @@ $(B)/tests/test_config: workers/cli.c workers/cli.h
 unit: $(UNIT_BIN)
 	@sh tests/run-unit.sh $(UNIT_BIN)
 
-$(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) tests/unit/testutil.h
+$(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) tests/unit/testutil.h tests/fuzz/fuzzutil.h
 	@mkdir -p $(@D)
 	$(CLANG) -std=c17 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
-	  -fno-sanitize-recover=all -Icore -Itests/unit $< $(CORE_SRC) $(INIH) -o $@
+	  -fno-sanitize-recover=all -Icore -Itests/unit -Itests/fuzz $< $(CORE_SRC) $(INIH) -o $@
 
 # make fuzz: every target for FUZZ_TIME seconds (default 10 minutes).
 fuzz: $(FUZZ_BIN)

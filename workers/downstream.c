@@ -30,7 +30,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-int worker_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 static void ds_kill(worker_t *w, dsconn_t *c, const char *why);
 
 int ds_init(worker_t *w, char *err, size_t errlen)

@@ -28,8 +28,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#define BGID 1
-
 session_t *session_get(worker_t *w, uint32_t idx, uint32_t gen)
 {
     if (idx >= w->nsess_slots || !w->sess[idx] || (w->sess_gen[idx] & 0xffffffu) != gen)

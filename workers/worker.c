@@ -28,8 +28,6 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 
-#define BGID 1
-
 void tlist_init(tnode_t *head)
 {
     head->next = head->prev = head;
@@ -155,7 +153,7 @@ static int buffers_setup(worker_t *w, char *err, size_t errlen)
     return 0;
 }
 
-static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t *len)
+int worker_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len)
 {
     char host[256];
     const char *colon = strrchr(s, ':');
@@ -207,17 +205,12 @@ static int parse_hostport(const char *s, struct sockaddr_storage *ss, socklen_t 
     return 0;
 }
 
-int worker_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len)
-{
-    return parse_hostport(s, ss, len);
-}
-
 static int listen_setup(worker_t *w, char *err, size_t errlen)
 {
     for (int i = 0; i < w->cfg->nlisten; i++) {
         struct sockaddr_storage ss;
         socklen_t len;
-        if (parse_hostport(w->cfg->listen[i], &ss, &len)) {
+        if (worker_parse_addr(w->cfg->listen[i], &ss, &len)) {
             snprintf(err, errlen, "listen: bad address %s", w->cfg->listen[i]);
             return -1;
         }

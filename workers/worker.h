@@ -29,6 +29,7 @@
 #define SEND_HIGH 65536u     /* unsent replies past which a session stops reading */
 #define DS_OUT_CAP 131072u   /* downstream send buffer */
 #define DS_IN_CAP 4096u
+#define BGID 1               /* the provided-buffer group of every worker's ring */
 
 enum op {
     OP_ACCEPT = 1,
@@ -223,6 +224,7 @@ int worker_init(worker_t *w, int id, const mx_config_t *cfg, conn_limits_t *limi
 void *worker_main(void *arg);
 void worker_destroy(worker_t *w);
 void worker_wake(worker_t *w);
+int worker_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 struct io_uring_sqe *worker_sqe(worker_t *w);
 void buf_release(worker_t *w, uint16_t bid);
 

@@ -18,13 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzzutil.h"
 #include "smtp.h"
-
-#define CHECK(x)                                                                                          \
-    do {                                                                                                  \
-        if (!(x))                                                                                         \
-            __builtin_trap();                                                                             \
-    } while (0)
 
 typedef struct run {
     smtp_t s;

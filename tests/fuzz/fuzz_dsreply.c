@@ -31,19 +31,11 @@
 #include <string.h>
 
 #include "dsreply.h"
-#include "testutil.h"
+#include "fuzzutil.h"
 
 #define FUZZ_MAX_INPUT 8192
 #define FUZZ_MAX_SPLITS 512
 #define FUZZ_BYTEWISE_MAX 256
-
-#define CHECK(c)                                                                                         \
-    do {                                                                                                 \
-        if (!(c)) {                                                                                      \
-            fprintf(stderr, "fuzz_dsreply: check failed at line %d: %s\n", __LINE__, #c);              \
-            __builtin_trap();                                                                            \
-        }                                                                                                \
-    } while (0)
 
 static int within(slice_t s, const char *base, size_t n)
 {
@@ -170,18 +162,6 @@ static tu_log_t drive(const char *in, size_t len, const size_t *splits, size_t n
     return log;
 }
 
-static int same(const tu_log_t *a, const tu_log_t *b)
-{
-    return a->len == b->len && (a->len == 0 || memcmp(a->buf, b->buf, a->len) == 0);
-}
-
-static void report(const char *what, const tu_log_t *a, const tu_log_t *b)
-{
-    fprintf(stderr, "fuzz_dsreply: %s differ\n--- whole:\n%.*s\n--- split:\n%.*s\n", what, (int)a->len,
-            a->buf ? a->buf : "", (int)b->len, b->buf ? b->buf : "");
-    __builtin_trap();
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
@@ -197,30 +177,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         len = FUZZ_MAX_INPUT;
 
     static size_t splits[FUZZ_MAX_SPLITS];
-    size_t nsplits = 0;
-    if (nlen) {
-        size_t pos = 0;
-        for (size_t k = 0; nsplits < FUZZ_MAX_SPLITS; k++) {
-            uint8_t b = lens[k % nlen];
-            pos += b < 0x80 ? (size_t)1 + (b & 15) : (size_t)1 + (size_t)(b - 0x80) * 8;
-            if (pos >= len)
-                break;
-            splits[nsplits++] = pos;
-        }
-    }
+    size_t nsplits = fuzz_splits(lens, nlen, len, splits, FUZZ_MAX_SPLITS);
 
     tu_log_t whole = drive(in, len, NULL, 0, 1);
     tu_log_t split = drive(in, len, splits, nsplits, 0);
-    if (!same(&whole, &split))
-        report("logs with and without the fuzzer's splits", &whole, &split);
+    fuzz_same_or_trap("logs with and without the fuzzer's splits", &whole, &split);
     tu_free_log(&split);
 
     if (len <= FUZZ_BYTEWISE_MAX && len > 1) {
         for (size_t i = 1; i < len; i++)
             splits[i - 1] = i;
         tu_log_t bytes = drive(in, len, splits, len - 1, 0);
-        if (!same(&whole, &bytes))
-            report("logs whole and byte by byte", &whole, &bytes);
+        fuzz_same_or_trap("logs whole and byte by byte", &whole, &bytes);
         tu_free_log(&bytes);
     }
     tu_free_log(&whole);

@@ -31,19 +31,11 @@
 #include <string.h>
 
 #include "scan.h"
-#include "testutil.h"
+#include "fuzzutil.h"
 
 #define FUZZ_MAX_BODY 8192
 #define FUZZ_MAX_SPLITS 512
 #define HDR 4
-
-#define CHECK(c)                                                                                         \
-    do {                                                                                                 \
-        if (!(c)) {                                                                                      \
-            fprintf(stderr, "fuzz_scan: check failed at line %d: %s\n", __LINE__, #c);                  \
-            __builtin_trap();                                                                            \
-        }                                                                                                \
-    } while (0)
 
 typedef struct outcome {
     tu_log_t body; /* forwarded bytes, joined */
@@ -159,17 +151,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (len > FUZZ_MAX_BODY)
         len = FUZZ_MAX_BODY;
 
-    size_t splits[FUZZ_MAX_SPLITS], nsplits = 0;
-    if (nlen) {
-        size_t pos = 0;
-        for (size_t k = 0; nsplits < FUZZ_MAX_SPLITS; k++) {
-            uint8_t b = lens[k % nlen];
-            pos += b < 0x80 ? 1 + (b & 15) : 1 + (size_t)(b - 0x80) * 8;
-            if (pos >= len)
-                break;
-            splits[nsplits++] = pos;
-        }
-    }
+    size_t splits[FUZZ_MAX_SPLITS];
+    size_t nsplits = fuzz_splits(lens, nlen, len, splits, FUZZ_MAX_SPLITS);
 
     outcome_t whole, split;
     run(size_max, line_max, mode, in, len, NULL, 0, &whole);

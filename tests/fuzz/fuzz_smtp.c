@@ -42,19 +42,11 @@
 #include <string.h>
 
 #include "smtp.h"
-#include "testutil.h"
+#include "fuzzutil.h"
 
 #define FUZZ_MAX_SESSION 8192
 #define FUZZ_MAX_SPLITS 128
 #define HDR 6
-
-#define CHECK(c)                                                                                         \
-    do {                                                                                                 \
-        if (!(c)) {                                                                                      \
-            fprintf(stderr, "fuzz_smtp: check failed at line %d: %s\n", __LINE__, #c);                 \
-            __builtin_trap();                                                                            \
-        }                                                                                                \
-    } while (0)
 
 /* reply buffer sizes: from the engine's minimum (tight: FULL after almost
  * every reply) to roomy */
@@ -362,18 +354,6 @@ static size_t split_log(const tu_log_t *l, tu_log_t *wire, tu_log_t *events)
     return partial;
 }
 
-static int same(const tu_log_t *a, const tu_log_t *b)
-{
-    return a->len == b->len && (a->len == 0 || memcmp(a->buf, b->buf, a->len) == 0);
-}
-
-static void report(const char *what, const tu_log_t *a, const tu_log_t *b)
-{
-    fprintf(stderr, "fuzz_smtp: %s differ\n--- first:\n%.*s\n--- second:\n%.*s\n", what, (int)a->len,
-            a->buf ? a->buf : "", (int)b->len, b->buf ? b->buf : "");
-    __builtin_trap();
-}
-
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < HDR)
@@ -409,17 +389,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* split points: cumulative chunk lengths, cycling through the bytes;
      * bytes below 0x80 give 1..16 octets, the others 1..1017 */
-    size_t splits[FUZZ_MAX_SPLITS], nsplits = 0;
-    if (nlen) {
-        size_t pos = 0;
-        for (size_t k = 0; nsplits < FUZZ_MAX_SPLITS; k++) {
-            uint8_t b = lens[k % nlen];
-            pos += b < 0x80 ? 1 + (b & 15) : 1 + (size_t)(b - 0x80) * 8;
-            if (pos >= len)
-                break;
-            splits[nsplits++] = pos;
-        }
-    }
+    size_t splits[FUZZ_MAX_SPLITS];
+    size_t nsplits = fuzz_splits(lens, nlen, len, splits, FUZZ_MAX_SPLITS);
 
     /* 1. this file's driver: contract checks, FULL, delayed verdicts */
     run_t *r = calloc(1, sizeof *r);
@@ -431,14 +402,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         verdicts_t v1 = v0, v2 = v0;
         tu_log_t split = tu_drive(&cfg, in, len, splits, nsplits, outcap, verdict_fn, &v1);
         tu_log_t whole = tu_drive(&cfg, in, len, NULL, 0, 65536, verdict_fn, &v2);
-        if (!same(&split, &whole))
-            report("logs with and without splits", &split, &whole);
+        fuzz_same_or_trap("logs with and without splits", &split, &whole);
         tu_log_t wire = { 0 }, events = { 0 };
         CHECK(split_log(&whole, &wire, &events) == 0);
-        if (!same(&wire, &r->wire))
-            report("reply bytes of tu_drive and the own driver", &wire, &r->wire);
-        if (!same(&events, &r->d.log))
-            report("events of tu_drive and the own driver", &events, &r->d.log);
+        fuzz_same_or_trap("reply bytes of tu_drive and the own driver", &wire, &r->wire);
+        fuzz_same_or_trap("events of tu_drive and the own driver", &events, &r->d.log);
         tu_free_log(&wire);
         tu_free_log(&events);
         tu_free_log(&split);

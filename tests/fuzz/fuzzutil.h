@@ -1,0 +1,51 @@
+/*
+ * fuzzutil.h - what the libFuzzer targets share: the check that traps with
+ * its location, the decoding of fuzzer bytes into split points, and the
+ * comparison of two event logs (testutil.h) with a report on mismatch.
+ */
+#ifndef MXGATE_FUZZUTIL_H
+#define MXGATE_FUZZUTIL_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "testutil.h"
+
+#define CHECK(c)                                                                                          \
+    do {                                                                                                  \
+        if (!(c)) {                                                                                       \
+            fprintf(stderr, "%s: check failed at line %d: %s\n", __FILE__, __LINE__, #c);                 \
+            __builtin_trap();                                                                             \
+        }                                                                                                 \
+    } while (0)
+
+/*
+ * Split points in (0, len) as cumulative chunk lengths, cycling through
+ * lens[0..nlen): a byte below 0x80 gives 1..16 octets, the others 1..1017.
+ * Returns how many were written (at most max; none when nlen is 0).
+ */
+static inline size_t fuzz_splits(const uint8_t *lens, size_t nlen, size_t len, size_t *splits, size_t max)
+{
+    size_t n = 0, pos = 0;
+    for (size_t k = 0; nlen && n < max; k++) {
+        uint8_t b = lens[k % nlen];
+        pos += b < 0x80 ? (size_t)1 + (b & 15) : (size_t)1 + (size_t)(b - 0x80) * 8;
+        if (pos >= len)
+            break;
+        splits[n++] = pos;
+    }
+    return n;
+}
+
+/* Two logs that must be equal; on a difference print both and trap. */
+static inline void fuzz_same_or_trap(const char *what, const tu_log_t *a, const tu_log_t *b)
+{
+    if (a->len == b->len && (a->len == 0 || memcmp(a->buf, b->buf, a->len) == 0))
+        return;
+    fprintf(stderr, "%s differ\n--- first:\n%.*s\n--- second:\n%.*s\n", what, (int)a->len, a->buf ? a->buf : "",
+            (int)b->len, b->buf ? b->buf : "");
+    __builtin_trap();
+}
+
+#endif
