@@ -174,6 +174,7 @@ class SmtpSink:
         self.messages = []
         self.all = []
         self.connections = 0
+        self.max_open = 0           # most connections open at once
         self.eod_arrived = 0        # ends of data seen, before the sink replies
         self.commands = []          # (conn_id, line) for every command, bounded
         self.reads = []             # (conn_id, bytes) of every recv, bounded: shows pipelining
@@ -285,6 +286,7 @@ class SmtpSink:
                                  daemon=True)
             with self.cond:
                 self._conns[cid] = (c, t)
+                self.max_open = max(self.max_open, len(self._conns))
             t.start()
 
     def _serve(self, c, cid, stop):
