@@ -860,7 +860,11 @@ void session_cqe(worker_t *w, session_t *s, enum op op, struct io_uring_cqe *cqe
         s->send_off += (uint32_t)res;
         if (s->send_off == s->send_len) {
             s->send_off = s->send_len = 0;
-            if (s->send_cap > 4096 || s->nheld == 0) { /* idle sessions hold no send buffer */
+            /* Between transactions a session holds no send buffer (idle
+             * connections stay small); within one it keeps it, so a message
+             * costs no allocation per reply. An outsized one always goes. */
+            bool in_tx = s->smtp.state >= SMTP_S_MAIL || smtp_pending(&s->smtp) || smtp_deferred(&s->smtp);
+            if (s->send_cap > 4096 || (!in_tx && s->nheld == 0)) {
                 free(s->send);
                 s->send = NULL;
                 s->send_cap = 0;
