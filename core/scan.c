@@ -17,6 +17,7 @@
 #include "scan.h"
 
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -70,9 +71,13 @@ __attribute__((target("avx512bw"))) static inline masks_t masks_avx512(const cha
 {
     __m512i v = _mm512_loadu_si512((const void *)p);
     masks_t m;
-    m.cr = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('\r'));
-    m.lf = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('\n'));
-    m.dot = _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('.'));
+    m.cr = _cvtmask64_u64(_mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('\r')));
+    m.lf = _cvtmask64_u64(_mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('\n')));
+    m.dot = _cvtmask64_u64(_mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8('.')));
+    /* The proof is integer work: left to itself the compiler does it in
+     * mask registers, whose few ports and kmov round trips halve the
+     * rate. Pin the masks in general registers. */
+    __asm__("" : "+r"(m.cr), "+r"(m.lf), "+r"(m.dot));
     return m;
 }
 
@@ -112,55 +117,118 @@ static inline masks_t masks_portable(const char *p)
  * tells whether a CR in the last position is followed by LF). Returns the
  * bytes taken; updates *st and sc->line_len as the exact layer would.
  */
-#define FAST_BLOCKS(NAME, MASKS, ATTR)                                                                    \
+#define FAST_BLOCKS(NAME, MASKS, CHUNKS, ATTR)                                                                    \
     ATTR static size_t NAME(scan_t *sc, const char *p, size_t len, uint8_t *st)                           \
     {                                                                                                     \
         size_t i = 0;                                                                                     \
-        uint32_t line_len = sc->line_len;                                                                 \
+        uint64_t line_len = sc->line_len;                                                                 \
         uint64_t limit = sc->line_max ? sc->line_max : UINT64_MAX;                                        \
-        uint8_t s = *st;                                                                                  \
+        /* the state as two bits, so the loop carries no branch on it */                                 \
+        uint64_t prev_cr = *st == ST_CR, at_start = *st == ST_LINESTART;                                  \
+        if (*st != ST_MID && !prev_cr && !at_start)                                                       \
+            return 0;                                                                                     \
+        size_t chunk_at = 1; /* a refused chunk is left to the blocks */                                 \
         while (len - i >= 65) {                                                                           \
+            if (i >= chunk_at && line_len <= 255 && limit >= 520 && len - i >= 257) {                     \
+                size_t n = CHUNKS(p, i, len);                                                             \
+                chunk_at = i + n + 256;                                                                   \
+                if (n) {                                                                                  \
+                    i += n;                                                                               \
+                    const char *lf = memrchr(p + i - 256, '\n', 256);                                     \
+                    line_len = (uint64_t)(p + i - 1 - lf);                                                \
+                    prev_cr = p[i - 1] == '\r';                                                          \
+                    at_start = p[i - 1] == '\n';                                                         \
+                    continue;                                                                             \
+                }                                                                                         \
+            }                                                                                             \
             masks_t m = MASKS(p + i);                                                                     \
-            uint64_t prev_cr = s == ST_CR, at_start = s == ST_LINESTART;                                  \
             uint64_t next_lf = (uint64_t)(p[i + 64] == '\n') << 63;                                       \
-            uint64_t bad = (m.lf & ~((m.cr << 1) | prev_cr)) | (m.cr & ~((m.lf >> 1) | next_lf)) |        \
-                           (((m.lf << 1) | at_start) & m.dot) | (prev_cr & ~m.lf);                         \
-            if (bad) {                                                                                    \
+            /* CRLF pairs exactly: the bytes after CRs are the LFs. One     \
+             * compare proves no bare CR and no bare LF, and a line-start \
+             * dot is the one other thing to look for. */                 \
+            uint64_t quick = (((m.cr << 1) | prev_cr) ^ m.lf) | (m.cr & ~next_lf & (1ull << 63)) |       \
+                             (((m.lf << 1) | at_start) & m.dot);                                           \
+            /* the line in progress: through the first LF, or all 64 bytes \
+             * (then with room left for its CRLF); branch-free, since      \
+             * whether a block holds a LF is a coin toss on base64 text */  \
+            uint64_t none = m.lf == 0;                                                                    \
+            uint64_t first = none ? 64 : (uint64_t)__builtin_ctzll(m.lf);                                 \
+            uint64_t after = none ? line_len + 64 : (uint64_t)__builtin_clzll(m.lf);                      \
+            if (__builtin_expect(quick != 0 || line_len + first + 1 + none > limit, 0)) {                 \
+                if (!quick)                                                                               \
+                    break;                                                                                \
+                uint64_t bad = (m.lf & ~((m.cr << 1) | prev_cr)) | (m.cr & ~((m.lf >> 1) | next_lf)) |    \
+                               (((m.lf << 1) | at_start) & m.dot) | (prev_cr & ~m.lf);                     \
                 /* take the clean bytes before the first problem; the exact \
                  * layer starts on the problem itself */                   \
                 unsigned k = (unsigned)__builtin_ctzll(bad);                                              \
                 uint64_t below = k ? (~0ull >> (64 - k)) : 0, lfb = m.lf & below;                         \
-                if (k == 0 || (lfb ? (uint64_t)line_len + (uint64_t)__builtin_ctzll(lfb) + 1                \
-                                   : (uint64_t)line_len + k + 2) > limit)                                   \
+                if (k == 0 || (lfb ? line_len + (uint64_t)__builtin_ctzll(lfb) + 1 : line_len + k + 2) > limit) \
                     break;                                                                                \
-                line_len = lfb ? (uint32_t)(k - 1 - (63 - (unsigned)__builtin_clzll(lfb))) : line_len + k;  \
-                s = (m.cr >> (k - 1)) & 1 ? ST_CR : (m.lf >> (k - 1)) & 1 ? ST_LINESTART : ST_MID;        \
+                line_len = lfb ? (uint64_t)(k - 1 - (63 - (unsigned)__builtin_clzll(lfb))) : line_len + k; \
+                prev_cr = (m.cr >> (k - 1)) & 1;                                                          \
+                at_start = (m.lf >> (k - 1)) & 1;                                                         \
                 i += k;                                                                                   \
                 break;                                                                                    \
             }                                                                                             \
-            if (m.lf) {                                                                                   \
-                if ((uint64_t)line_len + (uint64_t)__builtin_ctzll(m.lf) + 1 > limit)                     \
-                    break;                                                                                \
-                line_len = (uint32_t)__builtin_clzll(m.lf);                                               \
-            } else {                                                                                      \
-                if ((uint64_t)line_len + 66 > limit)                                                      \
-                    break;                                                                                \
-                line_len += 64;                                                                           \
-            }                                                                                             \
-            s = (m.cr >> 63) ? ST_CR : (m.lf >> 63) ? ST_LINESTART : ST_MID;                              \
+            line_len = after;                                                                             \
+            prev_cr = m.cr >> 63;                                                                         \
+            at_start = m.lf >> 63;                                                                        \
             i += 64;                                                                                      \
         }                                                                                                 \
-        sc->line_len = line_len;                                                                          \
-        *st = s;                                                                                          \
+        sc->line_len = (uint32_t)line_len;                                                                \
+        *st = prev_cr ? ST_CR : at_start ? ST_LINESTART : ST_MID;                                         \
         return i;                                                                                         \
     }
 
 #ifdef SCAN_X86
-FAST_BLOCKS(fast_avx512, masks_avx512, __attribute__((target("avx512bw,bmi2"))))
-FAST_BLOCKS(fast_avx2, masks_avx2, __attribute__((target("avx2"))))
-FAST_BLOCKS(fast_sse2, masks_sse2, )
+/*
+ * Whole 256-byte chunks, for when lines may be long (line_max >= 520): the
+ * byte before each byte comes from a load one byte back, so the proof needs
+ * no carry between blocks and stays in the vector unit. A chunk is clean
+ * when the bytes after CRs are exactly the LFs, no LF is followed by a dot,
+ * it holds at least one LF (so with the caller's line_len <= 255 no line
+ * can reach 2 x 256 octets), and a CR at its end has its LF after it.
+ * p[i - 1] must be input already taken. Returns the bytes taken.
+ */
+__attribute__((target("avx512bw,bmi,bmi2,lzcnt"))) static size_t chunks_avx512(const char *p, size_t i, size_t len)
+{
+    const __m512i cr = _mm512_set1_epi8('\r'), lf = _mm512_set1_epi8('\n'), dot = _mm512_set1_epi8('.');
+    size_t start = i;
+    while (len - i >= 257) {
+        __mmask64 bad = 0, any = 0;
+        for (int k = 0; k < 4; k++) {
+            const char *q = p + i + 64 * k;
+            __m512i v = _mm512_loadu_si512((const void *)q), w = _mm512_loadu_si512((const void *)(q - 1));
+            __mmask64 l = _mm512_cmpeq_epi8_mask(v, lf);
+            bad |= l ^ _mm512_cmpeq_epi8_mask(w, cr);
+            bad |= _mm512_mask_cmpeq_epi8_mask(_mm512_cmpeq_epi8_mask(w, lf), v, dot);
+            any |= l;
+        }
+        if (bad || !any || (p[i + 255] == '\r' && p[i + 256] != '\n'))
+            break;
+        i += 256;
+    }
+    return i - start;
+}
+
+static inline size_t no_chunks(const char *p, size_t i, size_t len)
+{
+    (void)p, (void)i, (void)len;
+    return 0;
+}
+
+FAST_BLOCKS(fast_avx512, masks_avx512, chunks_avx512, __attribute__((target("avx512bw,bmi,bmi2,lzcnt"))))
+FAST_BLOCKS(fast_avx2, masks_avx2, no_chunks, __attribute__((target("avx2,bmi,bmi2,lzcnt"))))
+FAST_BLOCKS(fast_sse2, masks_sse2, no_chunks, )
 #else
-FAST_BLOCKS(fast_portable, masks_portable, )
+static inline size_t no_chunks(const char *p, size_t i, size_t len)
+{
+    (void)p, (void)i, (void)len;
+    return 0;
+}
+
+FAST_BLOCKS(fast_portable, masks_portable, no_chunks, )
 #endif
 
 typedef size_t (*fast_fn)(scan_t *, const char *, size_t, uint8_t *);
@@ -170,9 +238,14 @@ static fast_fn pick_fast(void)
 #ifdef SCAN_X86
     static fast_fn chosen;
     if (!chosen)
-        chosen = __builtin_cpu_supports("avx512bw") ? fast_avx512
-                 : __builtin_cpu_supports("avx2")   ? fast_avx2
-                                                    : fast_sse2;
+    {
+        /* the fast layers use tzcnt/lzcnt and BMI as well */
+        bool bits = __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+                    __builtin_cpu_supports("lzcnt");
+        chosen = bits && __builtin_cpu_supports("avx512bw") ? fast_avx512
+                 : bits && __builtin_cpu_supports("avx2")   ? fast_avx2
+                                                            : fast_sse2;
+    }
     return chosen;
 #else
     return fast_portable;
