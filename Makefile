@@ -17,7 +17,7 @@ INIH    := $(shell pkg-config --libs inih 2>/dev/null || echo -linih)
 # Debian 12 packages: build, tests (real peers) and benchmarks.
 DEB_PKGS := gcc g++ make pkg-config clang libclang-rt-14-dev \
 	liburing-dev libjemalloc-dev libspf2-dev libinih-dev libcmocka-dev \
-	libbenchmark-dev python3 python3-pytest postfix swaks unbound haproxy
+	libbenchmark-dev python3 python3-pytest python3-yaml postfix swaks unbound haproxy
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_HDR := $(wildcard core/*.h)
@@ -37,9 +37,9 @@ BENCH_SRC := $(wildcard bench/*.cc)
 SRV_SRC  := $(wildcard workers/*.c filters/*.c)
 SRV_HDR  := $(wildcard workers/*.h filters/*.h)
 SRV_INC  := -Icore -Iworkers -Ifilters
-SRV_LIBS := -luring $(INIH) -lpthread
+SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lpthread
 
-.PHONY: all deps run test unit fuzz fuzz-test bench bench-e2e asan clean
+.PHONY: all deps run test unit fuzz fuzz-test bench bench-e2e bench-spf asan clean
 
 all: $(B)/libmxcore.a $(B)/mxgate
 
@@ -81,10 +81,12 @@ $(B)/libmxcore-san.a: $(CORE_SAN)
 # an over-read is half a test.
 $(B)/tests/test_%: tests/unit/test_%.c tests/unit/testutil.h $(B)/libmxcore-san.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(SAN) -Icore -Itests/unit $< $(B)/libmxcore-san.a $(INIH) $(CMOCKA) -o $@
+	$(CC) $(CFLAGS) $(SAN) -Icore -Ifilters -Itests/unit $< $(B)/libmxcore-san.a $(INIH) $(CMOCKA) -o $@
 
-# test_config.c includes workers/cli.c (it has no main) to test the loader.
+# test_config.c includes workers/cli.c (it has no main) to test the loader;
+# test_filter.c includes the filters.
 $(B)/tests/test_config: workers/cli.c workers/cli.h
+$(B)/tests/test_filter: $(wildcard filters/*.c filters/*.h)
 
 unit: $(UNIT_BIN)
 	@sh tests/run-unit.sh $(UNIT_BIN)
@@ -120,6 +122,10 @@ bench: deps $(B)/bench/bench_core
 # the memory of 10 000 idle connections.
 bench-e2e: deps all
 	@bash bench/e2e.sh
+
+# The same path with SPF off and on (a cached pass), in one run.
+bench-spf: deps all
+	@bash bench/spf.sh
 
 asan: $(B)/libmxcore-san.a $(UNIT_BIN) $(B)/asan/mxgate
 

@@ -42,7 +42,8 @@ enum key_type {
     K_HOSTNAME, /* char[CONFIG_DOMAIN_MAX + 1] */
     K_DOMAINS,  /* relay_* and the arena */
     K_HOSTPORT, /* char[CONFIG_ADDR_MAX], may be empty */
-    K_PATH,     /* char[CONFIG_PATH_MAX] */
+    K_PATH,     /* char[CONFIG_PATH_MAX]; min 1: may not be empty */
+    K_WORDS,    /* char[CONFIG_WORDS_MAX]: names, at most max of them */
 };
 
 typedef struct key_row {
@@ -73,10 +74,14 @@ typedef struct key_row {
 static const char *const bare_names[] = {"reject", "normalize", NULL};
 static const char *const proto_names[] = {"smtp", "lmtp", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+static const char *const spf_action_names[] = {"accept", "reject", "tempfail", NULL};
+static const char *const spf_stage_names[] = {"rcpt", "data", NULL};
 
 _Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
 _Static_assert(CONFIG_PROTO_SMTP == 0 && CONFIG_PROTO_LMTP == 1, "proto_names follows enum config_proto");
 _Static_assert(CONFIG_LOG_DEBUG == 0 && CONFIG_LOG_ERROR == 3, "level_names follows enum config_log_level");
+_Static_assert(CONFIG_SPF_ACCEPT == 0 && CONFIG_SPF_TEMPFAIL == 2, "spf_action_names follows enum config_spf_action");
+_Static_assert(CONFIG_SPF_AT_RCPT == 0 && CONFIG_SPF_AT_DATA == 1, "spf_stage_names follows enum config_spf_stage");
 _Static_assert(CONFIG_RELAY_MAX < UINT16_MAX, "relay_index holds domain index + 1 in a uint16_t");
 
 static const key_row_t rows[] = {
@@ -110,8 +115,30 @@ static const key_row_t rows[] = {
     SECS(downstream_max_lifetime, "300", 1, 86400, "seconds a downstream connection is used before it is retired"),
     U32(downstream_queue_limit, "1000", 0, 1000000, "transactions per worker waiting for a downstream connection"),
     SECS(downstream_queue_timeout, "30", 1, 3600, "seconds a transaction may wait for a downstream connection"),
-    ROW(maildir, "./mail", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
+    ROW(maildir, "./mail", K_PATH, char[CONFIG_PATH_MAX], 1, 0, NULL,
         "Maildir to deliver to when no downstream is set"),
+    ROW(filters, "limits, relay, recipients, size", K_WORDS, char[CONFIG_WORDS_MAX], 1, 32, NULL,
+        "the filter chain, in order: limits, relay, recipients, size, spf (relay is required)"),
+    ROW(recipient_map, "", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
+        "file of valid recipients (user@domain or @domain per line); others get 550 5.1.1; empty: no check"),
+    U32(max_messages_per_connection, "0", 0, 1000000, "messages per client connection, then 421; 0: no limit"),
+    U32(max_recipients_per_connection, "0", 0, 10000000,
+        "recipients per client connection, then 452; 0: no limit"),
+    ENUM(spf_fail, "reject", spf_action_names, "SPF fail: accept, reject (550 5.7.23) or tempfail (451 4.7.24)"),
+    ENUM(spf_softfail, "accept", spf_action_names, "SPF softfail: accept, reject or tempfail"),
+    ENUM(spf_neutral, "accept", spf_action_names, "SPF neutral: accept, reject or tempfail"),
+    ENUM(spf_none, "accept", spf_action_names, "SPF none: accept, reject or tempfail"),
+    ENUM(spf_temperror, "tempfail", spf_action_names, "SPF temperror: accept, reject or tempfail (451 4.4.3)"),
+    ENUM(spf_permerror, "accept", spf_action_names, "SPF permerror: accept, reject (550 5.5.2) or tempfail"),
+    ENUM(spf_stage, "rcpt", spf_stage_names, "where an SPF refusal is given: rcpt (the first RCPT) or data"),
+    SECS(spf_timeout, "20", 1, 600, "seconds an SPF check may take before it counts as temperror"),
+    U32(spf_cache_size, "10000", 0, 10000000, "SPF results cached per worker, by the records' TTL; 0: none"),
+    U32(spf_threads, "16", 1, 1024, "SPF helper threads (each waits on one DNS lookup at a time)"),
+    ROW(spf_user, "nobody", K_WORDS, char[CONFIG_WORDS_MAX], 1, 1, NULL,
+        "user the SPF helper process runs as when mxgate starts as root"),
+    ROW(dns_server, "", K_HOSTPORT, char[CONFIG_ADDR_MAX], 0, 0, NULL,
+        "DNS server for SPF, IPv4:port or [IPv6]:port; empty: the system resolver"),
+    SECS(dns_timeout, "5", 1, 60, "seconds to wait for one DNS answer"),
     SECS(drain_timeout, "30", 0, 3600, "seconds sessions get to finish on shutdown; 0: close at once"),
     ENUM(log_level, "info", level_names, "debug, info, warn or error"),
 };
@@ -508,28 +535,60 @@ static int set_hostname(mx_config_t *c, slice_t v, char *why, size_t n)
     return 0;
 }
 
-static int set_path(mx_config_t *c, slice_t v, char *why, size_t n)
+static int set_path(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
 {
     char sv[72];
-    if (v.len == 0)
+    char *out = (char *)c + k->off;
+    if (v.len == 0 && k->min)
         return fail(why, n, "expected a path");
     if (v.len >= CONFIG_PATH_MAX)
         return fail(why, n, "path too long (at most %d octets): %s", CONFIG_PATH_MAX - 1, shown(v, sv));
     for (size_t i = 0; i < v.len; i++)
         if ((unsigned char)v.ptr[i] < 0x20 || v.ptr[i] == 0x7f)
             return fail(why, n, "control character in path: %s", shown(v, sv));
-    memcpy(c->maildir, v.ptr, v.len);
-    c->maildir[v.len] = '\0';
+    memcpy(out, v.ptr, v.len);
+    out[v.len] = '\0';
     return 0;
 }
 
-static int set_downstream(mx_config_t *c, slice_t v, char *why, size_t n)
+/* downstream may name a host; dns_server must be an address (no lookup to
+ * find the server that does the lookups). */
+static int set_hostport(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
 {
+    char *out = (char *)c + k->off;
     if (v.len == 0) {
-        c->downstream[0] = '\0';
+        out[0] = '\0';
         return 0;
     }
-    return parse_hostport(v, true, c->downstream, why, n);
+    return parse_hostport(v, k->off == offsetof(mx_config_t, downstream), out, why, n);
+}
+
+/* Names of filters or users: [a-z0-9_.-], lowercased, kept as "a,b,c". */
+static int set_words(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
+{
+    char sv[72], buf[CONFIG_WORDS_MAX];
+    size_t len = 0, count = 0;
+    slice_t rest = v, item;
+    while (next_item(&rest, &item)) {
+        for (size_t i = 0; i < item.len; i++) {
+            char ch = lower(item.ptr[i]);
+            if (!((ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '_' || ch == '-' || ch == '.'))
+                return fail(why, n, "not a name: %s", shown(item, sv));
+        }
+        if (++count > k->max)
+            return fail(why, n, k->max == 1 ? "expected one name: %s" : "too many names: %s", shown(v, sv));
+        if (len + item.len + 1 >= sizeof buf)
+            return fail(why, n, "too long (at most %d octets): %s", CONFIG_WORDS_MAX - 1, shown(v, sv));
+        if (len)
+            buf[len++] = ',';
+        for (size_t i = 0; i < item.len; i++)
+            buf[len++] = lower(item.ptr[i]);
+    }
+    if (count < k->min)
+        return fail(why, n, "expected a name");
+    buf[len] = '\0';
+    memcpy((char *)c + k->off, buf, len + 1);
+    return 0;
 }
 
 static int apply(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
@@ -553,9 +612,11 @@ static int apply(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_
     case K_DOMAINS:
         return set_domains(c, v, why, n);
     case K_HOSTPORT:
-        return set_downstream(c, v, why, n);
+        return set_hostport(c, k, v, why, n);
     case K_PATH:
-        return set_path(c, v, why, n);
+        return set_path(c, k, v, why, n);
+    case K_WORDS:
+        return set_words(c, k, v, why, n);
     }
     return fail(why, n, "internal error: key type %d", k->type);
 }
@@ -866,6 +927,10 @@ size_t config_dump(const mx_config_t *c, char *buf, size_t n)
         case K_HOSTNAME:
         case K_PATH:
             put(&o, f, strlen(f));
+            break;
+        case K_WORDS:
+            for (const char *p = f; *p; p++)
+                put(&o, *p == ',' ? ", " : p, *p == ',' ? 2 : 1);
             break;
         }
         put(&o, "\n", 1);

@@ -32,6 +32,13 @@
 #define CONFIG_DOMAIN_MAX 253                   /* RFC 1035 text form, no trailing dot */
 #define CONFIG_ADDR_MAX (CONFIG_DOMAIN_MAX + 7) /* "name:65535" and its NUL */
 #define CONFIG_PATH_MAX 4096                    /* PATH_MAX with its NUL */
+#define CONFIG_WORDS_MAX 256                    /* a list of names, "a,b,c" and its NUL */
+
+/* What an SPF result leads to (spf_fail, spf_softfail, ...). An accepted
+ * message always carries Received-SPF and Authentication-Results. */
+enum config_spf_action { CONFIG_SPF_ACCEPT = 0, CONFIG_SPF_REJECT = 1, CONFIG_SPF_TEMPFAIL = 2 };
+/* Where an SPF reject or tempfail is given: at the first RCPT or at DATA. */
+enum config_spf_stage { CONFIG_SPF_AT_RCPT = 0, CONFIG_SPF_AT_DATA = 1 };
 
 enum config_proto { CONFIG_PROTO_SMTP = 0, CONFIG_PROTO_LMTP = 1 };
 
@@ -87,6 +94,23 @@ typedef struct mx_config {
     uint32_t downstream_queue_timeout; /* seconds */
 
     char maildir[CONFIG_PATH_MAX];
+
+    /* The filter chain, in order: names from filters/filter.c's table,
+     * lowercase, comma-separated ("limits,relay,recipients,size"). */
+    char filters[CONFIG_WORDS_MAX];
+    char recipient_map[CONFIG_PATH_MAX];     /* "": no recipient check */
+    uint32_t max_messages_per_connection;    /* 0: no limit */
+    uint32_t max_recipients_per_connection;  /* 0: no limit */
+
+    uint8_t spf_fail, spf_softfail, spf_neutral, spf_none, spf_temperror, spf_permerror; /* config_spf_action */
+    uint8_t spf_stage;                       /* enum config_spf_stage */
+    uint32_t spf_timeout;                    /* seconds for a whole check */
+    uint32_t spf_cache_size;                 /* results cached per worker; 0: none */
+    uint32_t spf_threads;                    /* helper threads waiting on DNS */
+    char spf_user[CONFIG_WORDS_MAX];         /* the helper's user when started as root */
+    char dns_server[CONFIG_ADDR_MAX];        /* "": the system resolver */
+    uint32_t dns_timeout;                    /* seconds per DNS query */
+
     uint32_t drain_timeout; /* seconds; 0: close at once */
     uint8_t log_level;      /* enum config_log_level */
 } mx_config_t;

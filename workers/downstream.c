@@ -115,7 +115,7 @@ static void ex_pop(dsconn_t *c)
 enum ds_expect ds_pop_local(dsconn_t *c)
 {
     enum ds_expect h = ex_head(c);
-    if (h < DX_LOCAL_DENIED)
+    if (h < DX_LOCAL)
         return DX_NONE;
     ex_pop(c);
     return h;

@@ -8,20 +8,92 @@
  * finish up to drain_timeout, then 421) and exit 0.
  */
 #include "cli.h"
+#include "spfd.h"
 #include "worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
+
+extern char **environ;
+
+/*
+ * The SPF helper: this executable again, started with --spf-helper and one
+ * end of a SOCK_SEQPACKET socketpair per worker. The main thread watches it
+ * (SIGCHLD) and starts a new one when it dies; the workers take their new
+ * socket at their next tick and meanwhile answer temperror.
+ */
+static pid_t spf_spawn(const mx_config_t *cfg, worker_t *w, int n, bool running)
+{
+    char exe[CONFIG_PATH_MAX], fds[1024] = "", threads[16], tmo[16];
+    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (el <= 0) {
+        log_line(LOG_ERROR, "event=spf_helper_failed error=\"readlink /proc/self/exe: %s\"", strerror(errno));
+        return -1;
+    }
+    exe[el] = '\0';
+    int mine[256], theirs[256];
+    int k = 0;
+    for (int i = 0; i < n && i < 256; i++, k++) {
+        int sv[2];
+        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) {
+            log_line(LOG_ERROR, "event=spf_helper_failed error=\"socketpair: %s\"", strerror(errno));
+            for (int j = 0; j < k; j++)
+                close(mine[j]), close(theirs[j]);
+            return -1;
+        }
+        mine[i] = sv[0];
+        theirs[i] = sv[1];
+        fcntl(sv[1], F_SETFD, 0); /* this end goes to the helper */
+        size_t l = strlen(fds);
+        snprintf(fds + l, sizeof fds - l, "%s%d", i ? "," : "", sv[1]);
+    }
+    snprintf(threads, sizeof threads, "%u", cfg->spf_threads);
+    snprintf(tmo, sizeof tmo, "%u", cfg->dns_timeout);
+    static const char *const levels[] = {"debug", "info", "warn", "error"};
+    char *argv[] = {exe, "--spf-helper", "--fds", fds, "--threads", threads, "--user", (char *)cfg->spf_user,
+                    "--dns-timeout", tmo, "--hostname", (char *)cfg->hostname, "--log-level",
+                    (char *)levels[cfg->log_level & 3], cfg->dns_server[0] ? "--dns-server" : NULL,
+                    (char *)cfg->dns_server, NULL};
+    pid_t pid;
+    int rc = posix_spawn(&pid, exe, NULL, NULL, argv, environ);
+    for (int i = 0; i < k; i++)
+        close(theirs[i]);
+    if (rc) {
+        log_line(LOG_ERROR, "event=spf_helper_failed error=\"spawn: %s\"", strerror(rc));
+        for (int i = 0; i < k; i++)
+            close(mine[i]);
+        return -1;
+    }
+    for (int i = 0; i < k; i++) {
+        if (!running) {
+            w[i].spf_fd = mine[i];
+        } else {
+            int old = atomic_exchange(&w[i].spf_newfd, mine[i]);
+            if (old >= 0)
+                close(old); /* never taken: that worker is stuck or gone */
+        }
+    }
+    log_line(LOG_INFO, "event=spf_helper_started pid=%d workers=%d", (int)pid, k);
+    return pid;
+}
 
 int main(int argc, char **argv, char **envp)
 {
+    if (argc > 1 && strcmp(argv[1], "--spf-helper") == 0)
+        return spfd_main(argc, argv);
     static mx_config_t cfg;
+    static filter_chain_t chain;
     char err[512];
     int rc = cli_load(&cfg, argc, argv, envp, err, sizeof err);
     if (rc == 1 || rc == 2)
@@ -31,6 +103,10 @@ int main(int argc, char **argv, char **envp)
         return 2;
     }
     log_level = cfg.log_level;
+    if (filter_chain_init(&chain, &cfg, err, sizeof err)) {
+        fprintf(stderr, "mxgate: %s\n", err);
+        return 2;
+    }
     if (!cfg.downstream[0] && maildir_prepare(cfg.maildir, err, sizeof err)) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
@@ -51,6 +127,7 @@ int main(int argc, char **argv, char **envp)
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGCHLD);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -62,11 +139,15 @@ int main(int argc, char **argv, char **envp)
         return 1;
     }
     for (int i = 0; i < n; i++) {
-        if (worker_init(&w[i], i, &cfg, limits, err, sizeof err)) {
+        if (worker_init(&w[i], i, &cfg, &chain, limits, err, sizeof err)) {
             fprintf(stderr, "mxgate: %s\n", err);
             return 1;
         }
     }
+    pid_t spf_pid = chain.spf ? spf_spawn(&cfg, w, n, false) : -1;
+    if (chain.spf && spf_pid < 0)
+        return 1;
+    time_t spf_started = time(NULL);
     for (int i = 0; i < n; i++) {
         if ((errno = pthread_create(&th[i], NULL, worker_main, &w[i]))) {
             fprintf(stderr, "mxgate: pthread_create: %s\n", strerror(errno));
@@ -87,6 +168,21 @@ int main(int argc, char **argv, char **envp)
         int sig = 0;
         if (sigwait(&set, &sig))
             continue;
+        if (sig == SIGCHLD) {
+            int st;
+            pid_t pid;
+            while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+                if (pid != spf_pid)
+                    continue;
+                log_line(LOG_ERROR, "event=spf_helper_exited pid=%d status=%d signal=%d action=restart", (int)pid,
+                         WIFEXITED(st) ? WEXITSTATUS(st) : -1, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+                if (time(NULL) - spf_started < 1)
+                    sleep(1); /* a helper that dies at once must not spin */
+                spf_pid = spf_spawn(&cfg, w, n, true);
+                spf_started = time(NULL);
+            }
+            continue;
+        }
         if (sig == SIGHUP) {
             log_line(LOG_WARN, "event=sighup note=\"configuration reload is not implemented; restart to apply\"");
             continue;
@@ -106,8 +202,13 @@ int main(int argc, char **argv, char **envp)
     }
     log_line(LOG_INFO, "event=stop connections=%llu messages=%llu bodies_rejected=%llu", (unsigned long long)conns,
              (unsigned long long)msgs, (unsigned long long)rejected);
+    if (spf_pid > 0) {
+        kill(spf_pid, SIGTERM);
+        waitpid(spf_pid, NULL, 0);
+    }
     for (int i = 0; i < n; i++)
         worker_destroy(&w[i]);
+    filter_chain_fini(&chain);
     free(w);
     free(th);
     free(limits);

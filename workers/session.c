@@ -16,7 +16,7 @@
  */
 #include "worker.h"
 
-#include "policy.h"
+#include "spf.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -75,6 +75,46 @@ static void fmt_ip(const session_t *s, char *buf, size_t n)
 {
     if (!inet_ntop(s->family, s->addr, buf, (socklen_t)n))
         snprintf(buf, n, "?");
+}
+
+/* The transaction's sender, from the copy kept for logging ("from=<...>"). */
+slice_t session_sender(const session_t *s)
+{
+    if (!s->txlog || s->txlog_len < 7 || memcmp(s->txlog, "from=<", 6) != 0)
+        return slice_make("", 0);
+    const char *e = memchr(s->txlog + 6, '>', s->txlog_len - 6);
+    return e ? slice_make(s->txlog + 6, (size_t)(e - s->txlog - 6)) : slice_make("", 0);
+}
+
+static void path_of(slice_t mailbox, bool postmaster, smtp_path_t *p)
+{
+    memset(p, 0, sizeof *p);
+    p->mailbox = mailbox;
+    p->null = mailbox.len == 0;
+    p->postmaster = postmaster;
+    const char *at = mailbox.len ? memrchr(mailbox.ptr, '@', mailbox.len) : NULL;
+    if (at) {
+        p->local = slice_make(mailbox.ptr, (size_t)(at - mailbox.ptr));
+        p->domain = slice_make(at + 1, (size_t)(mailbox.ptr + mailbox.len - at - 1));
+    } else {
+        p->local = mailbox;
+    }
+}
+
+/* What the filters see of this session. */
+static void facts_init(worker_t *w, session_t *s, filter_facts_t *fx, const char *ip)
+{
+    memset(fx, 0, sizeof *fx);
+    fx->cfg = w->cfg;
+    fx->host = &w->host;
+    fx->session = s;
+    fx->family = s->family;
+    fx->addr = s->addr;
+    fx->ip = ip;
+    fx->helo = s->helo ? slice_make(s->helo, strlen(s->helo)) : slice_make("", 0);
+    fx->messages = s->txn;
+    fx->rcpts = s->rcpts_conn;
+    fx->spf = &s->spf;
 }
 
 static void arm_recv(worker_t *w, session_t *s)
@@ -139,6 +179,10 @@ static void tx_abort(worker_t *w, session_t *s)
     s->txlog_len = 0;
     s->rcpts = s->rcpt_ok = 0;
     s->local_code = 0;
+    spfc_cancel(w, s);
+    s->wait_stage = 0;
+    free(s->wait_rcpt);
+    s->wait_rcpt = NULL;
 }
 
 static void held_shrink(session_t *s)
@@ -178,6 +222,7 @@ static void session_free(worker_t *w, session_t *s)
     free(s->send);
     free(s->helo);
     free(s->txlog);
+    spf_state_free(&s->spf);
     free(s);
 }
 
@@ -308,8 +353,6 @@ void session_accept(worker_t *w, int fd)
     }
     int total = atomic_fetch_add(&w->limits->total, 1) + 1;
     int per_ip = atomic_fetch_add(&w->limits->per_ip[ip_slot(s)], 1) + 1;
-    bool over = (w->cfg->max_connections && total > (int)w->cfg->max_connections) ||
-                (w->cfg->max_connections_per_ip && per_ip > (int)w->cfg->max_connections_per_ip);
     s->idx = (uint32_t)slot;
     s->gen = ++w->sess_gen[slot] & 0xffffffu;
     w->sess[slot] = s;
@@ -322,10 +365,17 @@ void session_accept(worker_t *w, int fd)
     smtp_init(&s->smtp, &w->smtp_cfg, &w->scratch);
     char ip[64];
     fmt_ip(s, ip, sizeof ip);
-    if (over) {
-        smtp_close(&s->smtp, 421, "4.7.0", "Error: too many connections, try again later");
+    filter_facts_t fx;
+    facts_init(w, s, &fx, ip);
+    fx.conn_total = (uint32_t)total;
+    fx.conn_per_ip = (uint32_t)per_ip;
+    filter_verdict_t v;
+    if (filter_run(w->chain, FS_CONNECT, &fx, &v) >= FA_REJECT) {
+        smtp_close(&s->smtp, v.act == FA_WAIT ? 421 : v.code, v.act == FA_WAIT ? "4.3.0" : v.esc,
+                   v.act == FA_WAIT ? "Error: try again later" : v.text);
         log_line(LOG_WARN, "event=refused session=%016llx client=%s reason=%s", (unsigned long long)s->id, ip,
-                 total > (int)w->cfg->max_connections ? "max_connections" : "max_connections_per_ip");
+                 v.reason == FR_CONN_TOTAL ? "max_connections" : v.reason == FR_CONN_PER_IP ? "max_connections_per_ip"
+                                                                                           : "filter");
         s->flags |= SF_QUIT;
         session_flush(w, s);
         return;
@@ -399,10 +449,11 @@ static void log_tx(worker_t *w, session_t *s, const char *result)
 {
     char ip[64];
     fmt_ip(s, ip, sizeof ip);
-    log_line(LOG_INFO, "event=tx session=%016llx tx=%u client=%s helo=\"%s\" %.*s rcpts=%u size=%llu result=\"%s\" "
-                       "duration_ms=%llu",
+    log_line(LOG_INFO, "event=tx session=%016llx tx=%u client=%s helo=\"%s\" %.*s rcpts=%u spf=%s size=%llu "
+                       "result=\"%s\" duration_ms=%llu",
              (unsigned long long)s->id, s->txn, ip, s->helo ? s->helo : "", (int)s->txlog_len,
-             s->txlog ? s->txlog : "", s->rcpt_ok, (unsigned long long)(s->smtp.state == SMTP_S_DATA ? s->smtp.tx.scan.size : s->smtp.last_size), result,
+             s->txlog ? s->txlog : "", s->rcpt_ok,
+             s->spf.status == SPF_DONE ? spf_result_name(s->spf.result) : s->spf.status ? "pending" : "-", (unsigned long long)(s->smtp.state == SMTP_S_DATA ? s->smtp.tx.scan.size : s->smtp.last_size), result,
              (unsigned long long)(w->now - s->tx_ms));
 }
 
@@ -421,6 +472,21 @@ static void on_mail(worker_t *w, session_t *s, const smtp_event_t *ev)
     tx_abort(w, s);
     s->txn++;
     s->tx_ms = w->now;
+    filter_facts_t fx;
+    filter_verdict_t v;
+    facts_init(w, s, &fx, NULL);
+    fx.sender = &ev->path;
+    enum filter_act a = filter_run(w->chain, FS_MAIL, &fx, &v);
+    if (a == FA_REJECT || a == FA_TEMPFAIL) {
+        spfc_cancel(w, s);
+        if (v.code == 421) {
+            smtp_close(&s->smtp, v.code, v.esc, v.text);
+            s->flags |= SF_QUIT;
+        } else {
+            smtp_reply(&s->smtp, v.code, v.esc, v.text);
+        }
+        return;
+    }
     txlog_add(s, "from=<%.*s>", ev->path.mailbox.ptr, ev->path.mailbox.len);
     if (!relay_mode(w)) {
         smtp_accept(&s->smtp);
@@ -477,20 +543,27 @@ void session_ds_ready(worker_t *w, session_t *s)
         session_process(w, s); /* reads on, then flushes the group */
 }
 
-/* A verdict of our own for the pending command, given in its turn. */
-static void local_verdict(worker_t *w, session_t *s, int code, const char *esc, const char *text)
+/* A verdict of our own for the pending command, given in its turn: behind
+ * the forwarded commands still waiting for the downstream's replies. */
+static void local_verdict(worker_t *w, session_t *s, const filter_verdict_t *v)
 {
-    enum ds_expect kind = code == 550 ? DX_LOCAL_DENIED : code == 501 ? DX_LOCAL_TOO_LONG : DX_NONE;
-    if (smtp_deferred(&s->smtp) && s->ds && kind != DX_NONE && ds_queue_cmd(w, s->ds, kind, NULL, 0)) {
+    if (smtp_deferred(&s->smtp) && s->ds && v->reason != FR_NONE &&
+        ds_queue_cmd(w, s->ds, (enum ds_expect)(DX_LOCAL + v->reason), NULL, 0)) {
         smtp_defer(&s->smtp); /* keeps the pipelined group whole */
         return;
     }
     if (smtp_deferred(&s->smtp)) {
-        s->local_code = code, s->local_esc = esc, s->local_text = text;
+        s->local_code = v->code, s->local_esc = v->esc, s->local_text = v->text;
         return;
     }
-    smtp_reply(&s->smtp, code, esc, text);
+    smtp_reply(&s->smtp, v->code, v->esc, v->text);
     session_flush(w, s);
+}
+
+static void local_error(worker_t *w, session_t *s, int code, const char *esc, const char *text)
+{
+    filter_verdict_t v = {FA_TEMPFAIL, FR_NONE, code, esc, text};
+    local_verdict(w, s, &v);
 }
 
 /* Deferred verdicts are all in: a local verdict that waited goes out. */
@@ -522,46 +595,121 @@ static void ds_command(worker_t *w, session_t *s, enum ds_expect what, const cha
         return;
     }
     if (!ds_queue_cmd(w, s->ds, what, cmd, n)) {
-        local_verdict(w, s, 451, "4.3.0", "Error: too many commands in flight, try again later");
+        local_error(w, s, 451, "4.3.0", "Error: too many commands in flight, try again later");
         return;
     }
     smtp_defer(&s->smtp);
 }
 
-static void on_rcpt(worker_t *w, session_t *s, const smtp_event_t *ev)
+/* The chain's verdict on a recipient, then the recipient goes on. */
+static void rcpt_decide(worker_t *w, session_t *s, const smtp_path_t *path)
 {
-    s->rcpts++;
-    if (!policy_rcpt_allowed(w->cfg, &ev->path)) {
-        local_verdict(w, s, 550, "5.7.1", "Error: relay access denied");
+    filter_facts_t fx;
+    filter_verdict_t v;
+    smtp_path_t sender;
+    facts_init(w, s, &fx, NULL);
+    path_of(session_sender(s), false, &sender);
+    fx.sender = &sender;
+    fx.rcpt = path;
+    enum filter_act a = filter_run(w->chain, FS_RCPT, &fx, &v);
+    if (a == FA_WAIT) {
+        /* The event's slices die with the receive buffer: keep the mailbox
+         * until the verdict can be given (session_spf_done). */
+        s->wait_rcpt = strndup(path->mailbox.ptr, path->mailbox.len);
+        if (!s->wait_rcpt) {
+            local_error(w, s, 451, "4.3.0", "Error: out of resources, try again later");
+            return;
+        }
+        s->wait_postmaster = path->postmaster;
+        s->wait_stage = FS_RCPT;
         return;
     }
-    txlog_add(s, " rcpt=<%.*s>", ev->path.mailbox.ptr, ev->path.mailbox.len);
+    if (a == FA_REJECT || a == FA_TEMPFAIL) {
+        local_verdict(w, s, &v);
+        return;
+    }
+    txlog_add(s, " rcpt=<%.*s>", path->mailbox.ptr, path->mailbox.len);
     if (!relay_mode(w)) {
         s->rcpt_ok++;
         smtp_accept(&s->smtp);
         return;
     }
     if (!s->ds) {
-        local_verdict(w, s, 451, "4.4.1", "Error: downstream connection lost");
+        local_error(w, s, 451, "4.4.1", "Error: downstream connection lost");
         return;
     }
     char cmd[600];
-    int k = snprintf(cmd, sizeof cmd, "RCPT TO:<%.*s>\r\n", (int)ev->path.mailbox.len, ev->path.mailbox.ptr);
+    int k = snprintf(cmd, sizeof cmd, "RCPT TO:<%.*s>\r\n", (int)path->mailbox.len, path->mailbox.ptr);
     if (k <= 0 || (size_t)k >= sizeof cmd) {
-        local_verdict(w, s, 501, "5.1.3", "Error: address too long");
+        filter_reason_reply(FR_TOO_LONG, w->cfg, NULL, &v);
+        local_verdict(w, s, &v);
         return;
     }
     ds_command(w, s, DX_RCPT, cmd, (size_t)k);
 }
 
+static void on_rcpt(worker_t *w, session_t *s, const smtp_event_t *ev)
+{
+    s->rcpts++;
+    s->rcpts_conn++;
+    rcpt_decide(w, s, &ev->path);
+}
+
+/* Trace headers for the message: the filters' tags (Received-SPF,
+ * Authentication-Results), then our Received. The chain is pure, so running
+ * its DATA stage again when the downstream says 354 gives what it gave at
+ * DATA. */
+static void trace_headers(worker_t *w, session_t *s, char *out, size_t n, size_t *len)
+{
+    filter_facts_t fx;
+    filter_verdict_t v;
+    smtp_path_t sender;
+    facts_init(w, s, &fx, NULL);
+    path_of(session_sender(s), false, &sender);
+    fx.sender = &sender;
+    fx.hdr = out;
+    fx.hdr_cap = n > 1024 ? n - 1024 : 0; /* the Received header's room */
+    if (filter_run(w->chain, FS_DATA, &fx, &v) >= FA_REJECT)
+        fx.hdr_len = 0;
+    size_t rl = 0;
+    received_header(w, s, out + fx.hdr_len, n - fx.hdr_len, &rl);
+    *len = fx.hdr_len + rl;
+}
+
+/* DATA: the chain may refuse the message (SPF at the data stage) or wait. */
+static bool data_allowed(worker_t *w, session_t *s)
+{
+    filter_facts_t fx;
+    filter_verdict_t v;
+    smtp_path_t sender;
+    char hdr[2048];
+    facts_init(w, s, &fx, NULL);
+    path_of(session_sender(s), false, &sender);
+    fx.sender = &sender;
+    fx.hdr = hdr;
+    fx.hdr_cap = sizeof hdr;
+    enum filter_act a = filter_run(w->chain, FS_DATA, &fx, &v);
+    if (a == FA_WAIT) {
+        s->wait_stage = FS_DATA;
+        return false;
+    }
+    if (a == FA_REJECT || a == FA_TEMPFAIL) {
+        local_verdict(w, s, &v);
+        return false;
+    }
+    return true;
+}
+
 static void on_data(worker_t *w, session_t *s)
 {
+    if (!data_allowed(w, s))
+        return;
     if (!relay_mode(w)) {
-        char hdr[1024];
+        char hdr[4096];
         size_t hl;
         smtp_accept(&s->smtp);
-        received_header(w, s, hdr, sizeof hdr, &hl);
-        s->mcap = 16384;
+        trace_headers(w, s, hdr, sizeof hdr, &hl);
+        s->mcap = 16384 > hl ? 16384 : 2 * hl;
         s->mbuf = malloc(s->mcap);
         if (s->mbuf) {
             memcpy(s->mbuf, hdr, hl);
@@ -570,7 +718,7 @@ static void on_data(worker_t *w, session_t *s)
         return;
     }
     if (!s->ds) {
-        local_verdict(w, s, 451, "4.4.1", "Error: downstream connection lost");
+        local_error(w, s, 451, "4.4.1", "Error: downstream connection lost");
         return;
     }
     ds_command(w, s, DX_DATA, "DATA\r\n", 6);
@@ -614,6 +762,25 @@ static void tx_done(worker_t *w, session_t *s, const char *result)
 
 static void on_data_end(worker_t *w, session_t *s)
 {
+    filter_facts_t fx;
+    filter_verdict_t v;
+    smtp_path_t sender;
+    facts_init(w, s, &fx, NULL);
+    path_of(session_sender(s), false, &sender);
+    fx.sender = &sender;
+    enum filter_act a = filter_run(w->chain, FS_DATA_END, &fx, &v);
+    if (a == FA_REJECT || a == FA_TEMPFAIL || a == FA_WAIT) {
+        if (s->ds) { /* cut mid-DATA: the downstream drops the message */
+            dsconn_t *c = s->ds;
+            s->ds = NULL;
+            ds_release(w, c, false);
+        }
+        if (a == FA_WAIT)
+            v = (filter_verdict_t){FA_TEMPFAIL, FR_NONE, 451, "4.3.0", "Error: try again later"};
+        verdict(w, s, v.code, v.esc, v.text);
+        tx_done(w, s, v.text);
+        return;
+    }
     if (relay_mode(w)) {
         if (!s->ds) {
             verdict(w, s, 451, "4.4.1", "Error: downstream connection lost");
@@ -663,9 +830,9 @@ void session_ds_reply(worker_t *w, session_t *s, enum ds_expect what, int code, 
                 smtp_reply(&s->smtp, 354, NULL, "End data with <CR><LF>.<CR><LF>");
             if (s->smtp.state == SMTP_S_DATA) {
                 s->rcpt_ok = s->smtp.tx.rcpt_ok; /* every RCPT verdict is in */
-                char hdr[1024];
+                char hdr[4096];
                 size_t hl;
-                received_header(w, s, hdr, sizeof hdr, &hl);
+                trace_headers(w, s, hdr, sizeof hdr, &hl);
                 ds_append(w, s->ds, hdr, hl);
             } else if (s->ds) {
                 /* the downstream waits for a body our client will not send */
@@ -697,10 +864,9 @@ void session_ds_reply(worker_t *w, session_t *s, enum ds_expect what, int code, 
     }
     /* Our own verdicts queued behind this reply go out in their turn. */
     for (enum ds_expect l; s->ds && (l = ds_pop_local(s->ds)) != DX_NONE;) {
-        if (l == DX_LOCAL_DENIED)
-            smtp_resolve(&s->smtp, 550, "5.7.1", "Error: relay access denied");
-        else
-            smtp_resolve(&s->smtp, 501, "5.1.3", "Error: address too long");
+        filter_verdict_t v;
+        filter_reason_reply((enum filter_reason)(l - DX_LOCAL), w->cfg, &s->spf, &v);
+        smtp_resolve(&s->smtp, v.code, v.esc, v.text);
         session_flush(w, s);
     }
     /* Every verdict is in and the MAIL was refused: the downstream has no
@@ -714,6 +880,42 @@ void session_ds_reply(worker_t *w, session_t *s, enum ds_expect what, int code, 
     session_process(w, s);
 }
 
+static void on_helo(worker_t *w, session_t *s)
+{
+    filter_facts_t fx;
+    filter_verdict_t v;
+    facts_init(w, s, &fx, NULL);
+    enum filter_act a = filter_run(w->chain, FS_HELO, &fx, &v);
+    if (a == FA_REJECT || a == FA_TEMPFAIL)
+        smtp_reply(&s->smtp, v.code, v.esc, v.text);
+    else
+        smtp_accept(&s->smtp);
+}
+
+/* The SPF result is in: a stage that waited for it goes on. */
+void session_spf_done(worker_t *w, session_t *s)
+{
+    if (s->flags & SF_CLOSING)
+        return;
+    uint8_t st = s->wait_stage;
+    s->wait_stage = 0;
+    if (st == FS_RCPT) {
+        char *m = s->wait_rcpt;
+        s->wait_rcpt = NULL;
+        smtp_path_t p;
+        path_of(slice_make(m, strlen(m)), s->wait_postmaster, &p);
+        rcpt_decide(w, s, &p);
+        free(m);
+    } else if (st == FS_DATA) {
+        on_data(w, s);
+    } else {
+        return; /* in before anyone asked */
+    }
+    session_flush(w, s);
+    if (!(s->flags & SF_CLOSING))
+        session_process(w, s);
+}
+
 static void handle_event(worker_t *w, session_t *s, const smtp_event_t *ev)
 {
     switch (ev->type) {
@@ -725,7 +927,7 @@ static void handle_event(worker_t *w, session_t *s, const smtp_event_t *ev)
         for (char *p = s->helo; p && *p; p++)
             if (*p == '"' || *p == '\\')
                 *p = '?'; /* it goes into log lines and a header */
-        smtp_accept(&s->smtp);
+        on_helo(w, s);
         break;
     case SMTP_EV_MAIL:
         on_mail(w, s, ev);
@@ -888,8 +1090,8 @@ void session_timeout(worker_t *w, session_t *s)
 {
     if (s->flags & SF_CLOSING)
         return;
-    if (s->ds && (smtp_pending(&s->smtp) != SMTP_EV_NONE || smtp_deferred(&s->smtp))) {
-        refresh_timer(w, s); /* waiting on the downstream, whose own timer runs */
+    if ((s->ds && (smtp_pending(&s->smtp) != SMTP_EV_NONE || smtp_deferred(&s->smtp))) || s->wait_stage) {
+        refresh_timer(w, s); /* waiting on the downstream or on SPF, whose own timers run */
         return;
     }
     smtp_close(&s->smtp, 421, "4.4.2", "Error: timeout exceeded");

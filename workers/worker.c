@@ -252,11 +252,15 @@ static void arm_tick(worker_t *w)
     io_uring_sqe_set_data64(sqe, ud_make(OP_TICK, 0, 0));
 }
 
-int worker_init(worker_t *w, int id, const mx_config_t *cfg, conn_limits_t *limits, char *err, size_t errlen)
+int worker_init(worker_t *w, int id, const mx_config_t *cfg, const filter_chain_t *chain, conn_limits_t *limits,
+                char *err, size_t errlen)
 {
     memset(w, 0, sizeof *w);
     w->id = id;
     w->cfg = cfg;
+    w->chain = chain;
+    w->host.spf_start = spfc_start;
+    w->host.ctx = w;
     w->limits = limits;
     smtp_config_defaults(&w->smtp_cfg, slice_make(cfg->hostname, strlen(cfg->hostname)));
     w->smtp_cfg.line_max = cfg->smtp_line_limit;
@@ -281,7 +285,7 @@ int worker_init(worker_t *w, int id, const mx_config_t *cfg, conn_limits_t *limi
     }
     w->next_id = (uint64_t)id << 48 | ((uint64_t)time(NULL) & 0xffffffffu) << 16;
     sem_init(&w->ready, 0, 0);
-    if (listen_setup(w, err, errlen) || ds_init(w, err, errlen))
+    if (spfc_init(w, err, errlen) || listen_setup(w, err, errlen) || ds_init(w, err, errlen))
         return -1;
     return 0;
 }
@@ -377,8 +381,13 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
                 arm_accept(w, i);
             }
         run_timers(w);
+        if (w->chain->spf)
+            spfc_tick(w);
         if (!w->stopped)
             arm_tick(w);
+        break;
+    case OP_SPF_RECV:
+        spfc_cqe(w, cqe);
         break;
     case OP_RECV:
     case OP_SEND:
@@ -429,6 +438,8 @@ void *worker_main(void *arg)
         arm_accept(w, i);
     arm_wake(w);
     arm_tick(w);
+    if (w->chain->spf)
+        spfc_tick(w); /* arms the helper socket's recv */
     for (;;) {
         int rc = io_uring_submit_and_wait(&w->ring, 1);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
@@ -477,6 +488,7 @@ void worker_destroy(worker_t *w)
             free(w->ds[i]->out);
             free(w->ds[i]);
         }
+    spfc_destroy(w);
     close(w->wake_fd);
     sem_destroy(&w->ready);
     free(w->ds);

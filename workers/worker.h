@@ -20,6 +20,7 @@
 
 #include "config.h"
 #include "dsreply.h"
+#include "filter.h"
 #include "smtp.h"
 
 #define RECV_BUF_SIZE 8192u  /* one provided buffer */
@@ -41,6 +42,7 @@ enum op {
     OP_DS_CONNECT,
     OP_DS_RECV,
     OP_DS_SEND,
+    OP_SPF_RECV,
 };
 
 static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
@@ -111,6 +113,12 @@ struct session {
     uint64_t id;
     uint64_t start_ms, tx_ms;
     uint32_t txn;           /* transactions so far */
+    uint32_t rcpts_conn;    /* RCPT commands in this connection */
+    uint8_t wait_stage;     /* enum filter_stage the chain waits on; 0: none */
+    char *wait_rcpt;        /* the waiting RCPT's mailbox (its slices died with the buffer) */
+    bool wait_postmaster;
+    spf_state_t spf;        /* this transaction's SPF check */
+    tnode_t spf_timer;      /* in w->t_spf while the check runs */
 };
 
 enum ds_state {
@@ -134,9 +142,8 @@ enum ds_expect {
     DX_EOD,
     DX_RSET,
     /* Verdicts of our own, queued in turn behind pipelined commands; no
-     * downstream reply belongs to them. */
-    DX_LOCAL_DENIED,  /* 550 5.7.1 relay access denied */
-    DX_LOCAL_TOO_LONG, /* 501 5.1.3 address too long */
+     * downstream reply belongs to them: DX_LOCAL + enum filter_reason. */
+    DX_LOCAL = 16,
 };
 
 struct dsconn {
@@ -215,12 +222,26 @@ struct worker {
     /* scratch output for the engine; moved into the session after each call */
     smtp_out_t scratch;
     uint64_t next_id;
+    /* the filter chain (shared, read-only) and the SPF helper */
+    const filter_chain_t *chain;
+    filter_host_t host;
+    int spf_fd;                   /* our end of the helper's socketpair; -1: none */
+    atomic_int spf_newfd;         /* a restarted helper's socket, from the main thread */
+    char *spf_in;                 /* one reply datagram */
+    bool spf_recv_armed;
+    uint32_t spf_seq;
+    uint32_t spf_gen;             /* which socket an OP_SPF_RECV was armed on */
+    tnode_t t_spf;                /* sessions waiting for the helper, by deadline */
+    struct spf_cent **spf_cache;  /* 4-way sets of results, by TTL */
+    uint32_t spf_sets;            /* a power of two; 0: no cache */
     /* counters (per worker, summed when read) */
     uint64_t n_conn, n_msg, n_rejected;
+    uint64_t n_spf_checks, n_spf_cached, n_spf_errors;
 };
 
 /* worker.c */
-int worker_init(worker_t *w, int id, const mx_config_t *cfg, conn_limits_t *limits, char *err, size_t errlen);
+int worker_init(worker_t *w, int id, const mx_config_t *cfg, const filter_chain_t *chain, conn_limits_t *limits,
+                char *err, size_t errlen);
 void *worker_main(void *arg);
 void worker_destroy(worker_t *w);
 void worker_wake(worker_t *w);
@@ -245,6 +266,16 @@ void session_ds_reply(worker_t *w, session_t *s, enum ds_expect what, int code, 
 void session_ds_ready(worker_t *w, session_t *s);
 void session_ds_failed(worker_t *w, session_t *s, int code, const char *esc, const char *text);
 session_t *session_get(worker_t *w, uint32_t idx, uint32_t gen);
+void session_spf_done(worker_t *w, session_t *s);
+slice_t session_sender(const session_t *s);
+
+/* spf_client.c: the worker's side of the SPF helper */
+int spfc_init(worker_t *w, char *err, size_t errlen);
+void spfc_start(void *ctx, const filter_facts_t *fx);
+void spfc_cqe(worker_t *w, struct io_uring_cqe *cqe);
+void spfc_tick(worker_t *w);
+void spfc_cancel(worker_t *w, session_t *s);
+void spfc_destroy(worker_t *w);
 
 /* downstream.c */
 int ds_init(worker_t *w, char *err, size_t errlen);

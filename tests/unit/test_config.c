@@ -111,6 +111,17 @@ static void test_defaults(void **state)
     assert_string_equal(c.maildir, "./mail");
     assert_int_equal(c.drain_timeout, 30);
     assert_int_equal(c.log_level, CONFIG_LOG_INFO);
+    assert_string_equal(c.filters, "limits,relay,recipients,size");
+    assert_string_equal(c.recipient_map, "");
+    assert_int_equal(c.max_messages_per_connection, 0);
+    assert_int_equal(c.spf_fail, CONFIG_SPF_REJECT);
+    assert_int_equal(c.spf_softfail, CONFIG_SPF_ACCEPT);
+    assert_int_equal(c.spf_temperror, CONFIG_SPF_TEMPFAIL);
+    assert_int_equal(c.spf_permerror, CONFIG_SPF_ACCEPT);
+    assert_int_equal(c.spf_stage, CONFIG_SPF_AT_RCPT);
+    assert_int_equal(c.spf_timeout, 20);
+    assert_string_equal(c.spf_user, "nobody");
+    assert_string_equal(c.dns_server, "");
     assert_false(relay(&c, "localhost"));
 
     /* Every key in the table takes its own default back. */
@@ -120,7 +131,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 27);
+    assert_int_equal(nkeys, 44);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -159,6 +170,23 @@ static const kv_case_t kv_cases[] = {
     {"maildir", "/var/mail/mxgate", "", "expected a path"},
     {"drain_timeout", "0", "3601", "expected seconds from 0 to 3600"},
     {"log_level", "WARN", "verbose", "expected debug, info, warn or error: verbose"},
+    {"filters", "Relay, spf,limits", "relay, sp f", "not a name: sp f"},
+    {"recipient_map", "/etc/mxgate/recipients", "/etc/\x01", "control character in path"},
+    {"max_messages_per_connection", "10", "-1", "expected a number from 0 to 1000000"},
+    {"max_recipients_per_connection", "100", "x", "expected a number from 0 to 10000000"},
+    {"spf_fail", "tempfail", "bounce", "expected accept, reject or tempfail: bounce"},
+    {"spf_softfail", "reject", "tag", "expected accept, reject or tempfail: tag"},
+    {"spf_neutral", "reject", "", "expected accept, reject or tempfail"},
+    {"spf_none", "tempfail", "no", "expected accept, reject or tempfail: no"},
+    {"spf_temperror", "accept", "451", "expected accept, reject or tempfail: 451"},
+    {"spf_permerror", "reject", "ignore", "expected accept, reject or tempfail: ignore"},
+    {"spf_stage", "data", "mail", "expected rcpt or data: mail"},
+    {"spf_timeout", "5s", "0", "expected seconds from 1 to 600"},
+    {"spf_cache_size", "0", "10000001", "expected a number from 0 to 10000000"},
+    {"spf_threads", "64", "0", "expected a number from 1 to 1024"},
+    {"spf_user", "_mxspf", "a, b", "expected one name: a, b"},
+    {"dns_server", "127.0.0.1:5353", "localhost:53", "not an IPv4 address: localhost:53"},
+    {"dns_timeout", "2", "61", "expected seconds from 1 to 60"},
 };
 
 static void test_each_key(void **state)

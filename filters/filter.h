@@ -1,0 +1,147 @@
+/*
+ * filter.h - the filter chain: policy at each stage of a session.
+ *
+ * A filter looks at one or more stages (connect, HELO, MAIL, RCPT, DATA,
+ * end of data) and answers accept, reject (code, enhanced code, text),
+ * tempfail, tag (headers to prepend; the message goes on), or wait: its
+ * answer depends on work still running (an SPF lookup), and the worker runs
+ * the chain for that stage again once the work is done. The session waits;
+ * the worker serves its other sessions meanwhile.
+ *
+ * Filters are pure functions of the facts the worker gives them: no I/O, no
+ * state of their own per session (whatever must be remembered lives in the
+ * facts, owned by the session), so running a stage twice gives the same
+ * answer. The one effect a filter may ask for is starting asynchronous work,
+ * through the hooks in filter_host_t.
+ *
+ * Adding a filter is a file in filters/ defining a filter_def_t and a line
+ * in filter.c's table; the config key `filters` orders them.
+ */
+#ifndef MXGATE_FILTER_H
+#define MXGATE_FILTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "addr.h"
+#include "config.h"
+#include "slice.h"
+
+enum filter_stage { FS_CONNECT = 0, FS_HELO, FS_MAIL, FS_RCPT, FS_DATA, FS_DATA_END, FS_COUNT };
+
+enum filter_act {
+    FA_ACCEPT = 0, /* no objection: the next filter decides */
+    FA_TAG,        /* accept, with headers appended to facts->hdr */
+    FA_REJECT,     /* a 5xx */
+    FA_TEMPFAIL,   /* a 4xx; 421 also closes the session */
+    FA_WAIT,       /* ask again when the asynchronous work is done */
+};
+
+/*
+ * Why a command was refused. The reason travels through the downstream
+ * pipeline's FIFO as one octet (a refused RCPT answered in its turn behind
+ * forwarded ones), so the reply is rebuilt from it: filter_reason_reply().
+ */
+enum filter_reason {
+    FR_NONE = 0,
+    FR_RELAY,          /* 550 5.7.1 relay access denied */
+    FR_UNKNOWN_USER,   /* 550 5.1.1 */
+    FR_CONN_MESSAGES,  /* 421 4.7.0 messages per connection */
+    FR_CONN_RCPTS,     /* 452 4.5.3 recipients per connection */
+    FR_CONN_TOTAL,     /* 421 4.7.0 too many connections */
+    FR_CONN_PER_IP,    /* 421 4.7.0 too many connections from one address */
+    FR_TOO_LONG,       /* 501 5.1.3 address too long to forward */
+    FR_SPF,            /* the reply depends on the SPF result: spf_reply() */
+    FR_COUNT
+};
+
+/* SPF as one transaction sees it; owned by the session (filters/spf.c). */
+typedef struct spf_state {
+    uint8_t status;       /* enum spf_status */
+    uint8_t result;       /* enum spf_result (workers/spf_proto.h numbering) */
+    uint32_t reqid;       /* the helper request this transaction waits for */
+    char *text;           /* received value, NUL, comment, NUL; kept between transactions */
+    uint32_t received_len, comment_len, text_cap;
+} spf_state_t;
+
+enum spf_status { SPF_IDLE = 0, SPF_PENDING, SPF_DONE };
+
+typedef struct filter_facts filter_facts_t;
+
+/* What a filter may ask of the worker. */
+typedef struct filter_host {
+    /* Start an SPF check of this transaction; the result lands in
+     * facts->spf (at once, from the cache, or later). */
+    void (*spf_start)(void *ctx, const filter_facts_t *fx);
+    void *ctx;
+} filter_host_t;
+
+/* Everything a filter may look at. Slices live as long as the stage. */
+struct filter_facts {
+    const mx_config_t *cfg;
+    const filter_host_t *host;
+    void *session;         /* the worker's, for its hooks; opaque here */
+    uint8_t family;        /* AF_INET or AF_INET6 */
+    const uint8_t *addr;   /* the client's address, 4 or 16 octets */
+    const char *ip;        /* its text form */
+    uint32_t conn_total;   /* client connections, all workers (connect stage) */
+    uint32_t conn_per_ip;  /* from this client's address */
+    slice_t helo;          /* empty before HELO */
+    const smtp_path_t *sender; /* MAIL onwards */
+    const smtp_path_t *rcpt;   /* RCPT */
+    uint32_t messages;     /* transactions begun in this connection, this one included */
+    uint32_t rcpts;        /* RCPT commands in this connection, this one included */
+    spf_state_t *spf;
+    /* FA_TAG: headers ("Name: value\r\n"...) are appended here. */
+    char *hdr;
+    size_t hdr_len, hdr_cap;
+};
+
+typedef struct filter_verdict {
+    uint8_t act;    /* enum filter_act */
+    uint8_t reason; /* enum filter_reason */
+    int code;
+    const char *esc;
+    const char *text; /* static, or in facts->spf (lives with the transaction) */
+} filter_verdict_t;
+
+typedef struct filter_def {
+    const char *name;
+    /* Start-up: load what the filter needs (a file). 0 or -1 with err. */
+    int (*init)(const mx_config_t *cfg, char *err, size_t errlen);
+    void (*fini)(void);
+    /* One stage; fill v and return its act. NULL: no opinion. */
+    enum filter_act (*stage[FS_COUNT])(const filter_facts_t *fx, filter_verdict_t *v);
+} filter_def_t;
+
+/* The chain the config asks for, in order. */
+typedef struct filter_chain {
+    const filter_def_t *f[16];
+    int n;
+    bool spf; /* SPF is in the chain: the worker needs the helper */
+} filter_chain_t;
+
+/* Build the chain from cfg->filters and initialize each filter (start-up,
+ * main thread). -1 with err naming the bad filter. */
+int filter_chain_init(filter_chain_t *ch, const mx_config_t *cfg, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+void filter_chain_fini(filter_chain_t *ch);
+
+/*
+ * Run one stage: filters in order until one rejects, tempfails or waits.
+ * Tags add up. Returns the final verdict (FA_ACCEPT or FA_TAG when every
+ * filter let it through).
+ */
+enum filter_act filter_run(const filter_chain_t *ch, enum filter_stage st, filter_facts_t *fx,
+                           filter_verdict_t *v);
+
+/* The reply for a reason (FR_SPF needs the transaction's SPF state). */
+void filter_reason_reply(enum filter_reason r, const mx_config_t *cfg, const spf_state_t *spf, filter_verdict_t *v);
+
+/* Append a header line (text without CRLF; folded at spaces when long). */
+bool filter_add_header(filter_facts_t *fx, const char *name, const char *value, size_t vlen);
+
+extern const filter_def_t filter_relay, filter_recipients, filter_limits, filter_spf;
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * limits.c - per-client limits: connections (all workers, and per client
+ * address) at connect, messages and recipients per connection. Over a limit
+ * the client hears a 4xx: it may come back, or use another connection.
+ */
+#include "filter.h"
+
+static enum filter_act limits_connect(const filter_facts_t *fx, filter_verdict_t *v)
+{
+    const mx_config_t *c = fx->cfg;
+    if (c->max_connections && fx->conn_total > c->max_connections) {
+        filter_reason_reply(FR_CONN_TOTAL, c, NULL, v);
+        return FA_TEMPFAIL;
+    }
+    if (c->max_connections_per_ip && fx->conn_per_ip > c->max_connections_per_ip) {
+        filter_reason_reply(FR_CONN_PER_IP, c, NULL, v);
+        return FA_TEMPFAIL;
+    }
+    return FA_ACCEPT;
+}
+
+static enum filter_act limits_mail(const filter_facts_t *fx, filter_verdict_t *v)
+{
+    uint32_t max = fx->cfg->max_messages_per_connection;
+    if (max && fx->messages > max) {
+        filter_reason_reply(FR_CONN_MESSAGES, fx->cfg, NULL, v);
+        return FA_TEMPFAIL;
+    }
+    return FA_ACCEPT;
+}
+
+static enum filter_act limits_rcpt(const filter_facts_t *fx, filter_verdict_t *v)
+{
+    uint32_t max = fx->cfg->max_recipients_per_connection;
+    if (max && fx->rcpts > max) {
+        filter_reason_reply(FR_CONN_RCPTS, fx->cfg, NULL, v);
+        return FA_TEMPFAIL;
+    }
+    return FA_ACCEPT;
+}
+
+const filter_def_t filter_limits = {
+    .name = "limits",
+    .stage = {[FS_CONNECT] = limits_connect, [FS_MAIL] = limits_mail, [FS_RCPT] = limits_rcpt},
+};
