@@ -41,44 +41,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mxgate-e2e.XXXXXX")
 pids=""
-cleanup() {
-    for p in $pids; do kill "$p" 2>/dev/null || true; done
-    for p in $pids; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+. bench/common.sh
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-now() { date +%s.%N; }
-# utime + stime of a process (all threads), in clock ticks; fields after "(comm) ".
-ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-HZ=$(getconf CLK_TCK)
-calc() { awk "BEGIN { printf \"%.${2:-3}f\", ($1) }"; }
-
-wait_port() { # port seconds
-    python3 - "$1" "$2" <<'EOF'
-import socket, sys, time
-port, limit = int(sys.argv[1]), float(sys.argv[2])
-end = time.monotonic() + limit
-while time.monotonic() < end:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.settimeout(2)
-            if s.recv(512).startswith(b"220"):
-                s.sendall(b"QUIT\r\n")
-                sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(0.05)
-sys.exit("port %d not greeting within %.0f s" % (port, limit))
-EOF
-}
 
 start_sink() { # port logfile -> sets sink_pid
     # smtp-sink insists on dropping privileges when started as root.
@@ -89,11 +53,6 @@ start_sink() { # port logfile -> sets sink_pid
     sink_pid=$!
     pids="$pids $sink_pid"
     wait_port "$port" 10
-}
-stop_pid() {
-    kill "$1" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
-    kill -9 "$1" 2>/dev/null || true
 }
 sink_messages() { tr '\r' '\n' < "$1" | grep -Eo 'mesg=[0-9]+' | tail -1 | cut -d= -f2; }
 
