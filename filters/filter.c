@@ -139,25 +139,27 @@ bool filter_add_header(filter_facts_t *fx, const char *name, const char *value, 
     *o++ = ':';
     *o++ = ' ';
     size_t col = nl + 2;
-    for (size_t i = 0; i < vlen;) {
-        size_t w = i; /* the next word, with the space before it */
-        while (w < vlen && value[w] == ' ')
+    const char *p = value, *end = value + vlen;
+    while (p < end) {
+        /* the next word, with the spaces before it */
+        const char *w = p;
+        while (w < end && *w == ' ')
             w++;
-        while (w < vlen && value[w] != ' ')
-            w++;
-        if (col + (w - i) > 76 && i > 0 && value[i] == ' ' && col > nl + 2) {
+        const char *sp = memchr(w, ' ', (size_t)(end - w));
+        const char *we = sp ? sp : end;
+        if (col + (size_t)(we - p) > 76 && p > value && *p == ' ' && col > nl + 2) {
             memcpy(o, "\r\n\t", 3);
             o += 3;
             col = 1;
-            i++; /* the space becomes the fold */
+            p++; /* the space becomes the fold */
         }
-        size_t k = w - i;
+        size_t k = (size_t)(we - p);
         if (col + k > 990)
             k = col < 990 ? 990 - col : 0; /* one word longer than a line: cut */
-        memcpy(o, value + i, k);
+        memcpy(o, p, k);
         o += k;
         col += k;
-        i = w;
+        p = we;
     }
     *o++ = '\r';
     *o++ = '\n';

@@ -54,7 +54,9 @@ bool spf_set_result(spf_state_t *spf, unsigned result, const char *received, siz
     char reply[600];
     const char *name = spf_result_name(result);
     int k;
-    if (result == SPFR_TEMPERROR)
+    if (result == SPFR_PASS)
+        k = 0, reply[0] = '\0'; /* a pass is never refused */
+    else if (result == SPFR_TEMPERROR)
         k = snprintf(reply, sizeof reply, "Error: SPF check of the sender failed temporarily, try again later");
     else if (clen)
         k = snprintf(reply, sizeof reply, "Error: SPF %s: %.*s", name, (int)(clen > 400 ? 400 : clen), comment);
@@ -122,20 +124,30 @@ static enum filter_act spf_data(const filter_facts_t *fx, filter_verdict_t *v)
     enum filter_act a = refusal(fx, v);
     if (a != FA_ACCEPT)
         return a;
+    if (!fx->hdr)
+        return FA_TAG; /* the caller only asks whether DATA may go on */
     filter_facts_t *out = (filter_facts_t *)fx; /* the header buffer is the facts' one writable part */
+    /* "<host>; spf=<result> smtp.mailfrom=<sender>" (smtp.helo=<name> for
+     * the null sender), built without printf: this runs per message. */
     char ar[CONFIG_DOMAIN_MAX + ADDR_PATH_MAX + 64];
     const smtp_path_t *s = fx->sender;
-    int k = s && !s->null
-                ? snprintf(ar, sizeof ar, "%s; spf=%s smtp.mailfrom=%.*s", fx->cfg->hostname,
-                           spf_result_name(spf->result), (int)s->mailbox.len, s->mailbox.ptr)
-                : snprintf(ar, sizeof ar, "%s; spf=%s smtp.helo=%.*s", fx->cfg->hostname,
-                           spf_result_name(spf->result), (int)fx->helo.len, fx->helo.ptr);
+    const char *name = spf_result_name(spf->result);
+    slice_t who = s && !s->null ? s->mailbox : fx->helo;
+    const char *prop = s && !s->null ? " smtp.mailfrom=" : " smtp.helo=";
+    size_t hl = strlen(fx->cfg->hostname), nl = strlen(name), pl = strlen(prop), k = 0;
+    if (hl + 6 + nl + pl + who.len < sizeof ar) {
+        memcpy(ar + k, fx->cfg->hostname, hl), k += hl;
+        memcpy(ar + k, "; spf=", 6), k += 6;
+        memcpy(ar + k, name, nl), k += nl;
+        memcpy(ar + k, prop, pl), k += pl;
+        memcpy(ar + k, who.ptr, who.len), k += who.len;
+    }
     if (spf->received_len)
         filter_add_header(out, "Received-SPF", spf->text, spf->received_len);
     else
-        filter_add_header(out, "Received-SPF", spf_result_name(spf->result), strlen(spf_result_name(spf->result)));
-    if (k > 0 && (size_t)k < sizeof ar)
-        filter_add_header(out, "Authentication-Results", ar, (size_t)k);
+        filter_add_header(out, "Received-SPF", name, nl);
+    if (k)
+        filter_add_header(out, "Authentication-Results", ar, k);
     return FA_TAG;
 }
 

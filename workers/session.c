@@ -117,6 +117,14 @@ static void facts_init(worker_t *w, session_t *s, filter_facts_t *fx, const char
     fx->spf = &s->spf;
 }
 
+/* The facts within a transaction: the sender from the session's copy. */
+static void facts_tx(worker_t *w, session_t *s, filter_facts_t *fx, smtp_path_t *sender)
+{
+    facts_init(w, s, fx, NULL);
+    path_of(session_sender(s), false, sender);
+    fx->sender = sender;
+}
+
 static void arm_recv(worker_t *w, session_t *s)
 {
     struct io_uring_sqe *sqe = worker_sqe(w);
@@ -607,9 +615,7 @@ static void rcpt_decide(worker_t *w, session_t *s, const smtp_path_t *path)
     filter_facts_t fx;
     filter_verdict_t v;
     smtp_path_t sender;
-    facts_init(w, s, &fx, NULL);
-    path_of(session_sender(s), false, &sender);
-    fx.sender = &sender;
+    facts_tx(w, s, &fx, &sender);
     fx.rcpt = path;
     enum filter_act a = filter_run(w->chain, FS_RCPT, &fx, &v);
     if (a == FA_WAIT) {
@@ -664,9 +670,7 @@ static void trace_headers(worker_t *w, session_t *s, char *out, size_t n, size_t
     filter_facts_t fx;
     filter_verdict_t v;
     smtp_path_t sender;
-    facts_init(w, s, &fx, NULL);
-    path_of(session_sender(s), false, &sender);
-    fx.sender = &sender;
+    facts_tx(w, s, &fx, &sender);
     fx.hdr = out;
     fx.hdr_cap = n > 1024 ? n - 1024 : 0; /* the Received header's room */
     if (filter_run(w->chain, FS_DATA, &fx, &v) >= FA_REJECT)
@@ -682,12 +686,7 @@ static bool data_allowed(worker_t *w, session_t *s)
     filter_facts_t fx;
     filter_verdict_t v;
     smtp_path_t sender;
-    char hdr[2048];
-    facts_init(w, s, &fx, NULL);
-    path_of(session_sender(s), false, &sender);
-    fx.sender = &sender;
-    fx.hdr = hdr;
-    fx.hdr_cap = sizeof hdr;
+    facts_tx(w, s, &fx, &sender); /* no header buffer: only the verdict is wanted */
     enum filter_act a = filter_run(w->chain, FS_DATA, &fx, &v);
     if (a == FA_WAIT) {
         s->wait_stage = FS_DATA;
@@ -765,9 +764,7 @@ static void on_data_end(worker_t *w, session_t *s)
     filter_facts_t fx;
     filter_verdict_t v;
     smtp_path_t sender;
-    facts_init(w, s, &fx, NULL);
-    path_of(session_sender(s), false, &sender);
-    fx.sender = &sender;
+    facts_tx(w, s, &fx, &sender);
     enum filter_act a = filter_run(w->chain, FS_DATA_END, &fx, &v);
     if (a == FA_REJECT || a == FA_TEMPFAIL || a == FA_WAIT) {
         if (s->ds) { /* cut mid-DATA: the downstream drops the message */
