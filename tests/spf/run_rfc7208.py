@@ -24,8 +24,9 @@ How the zone data is served, as the suite's own driver (pyspf's) does:
     /usr/bin/python3 tests/spf/run_rfc7208.py [--binary build/mxgate]
         [--suite PATH] [-k SUBSTRING] [-v]
 
-The suite is ../shared/testdata/spf/rfc7208-tests.yml relative to the
-repository root unless MXGATE_SPF_SUITE or --suite names another file.
+The suite is tests/spf/suite/rfc7208-tests.yml (the openspf.org suite,
+release 2014.04, BSD-licensed: its LICENSE and CHANGES are beside it)
+unless MXGATE_SPF_SUITE or --suite names another file.
 """
 import argparse
 import os
@@ -48,8 +49,7 @@ DEFAULT_BINARY = os.path.join(ROOT, "build", "mxgate")
 
 
 def default_suite():
-    return os.environ.get("MXGATE_SPF_SUITE") or os.path.normpath(
-        os.path.join(ROOT, "..", "shared", "testdata", "spf", "rfc7208-tests.yml"))
+    return os.environ.get("MXGATE_SPF_SUITE") or os.path.join(ROOT, "tests", "spf", "suite", "rfc7208-tests.yml")
 
 
 def load_suite(path):
