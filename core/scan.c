@@ -20,6 +20,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define SCAN_X86 1
 #endif
@@ -240,8 +241,9 @@ static fast_fn pick_fast(void)
     if (!chosen)
     {
         /* the fast layers use tzcnt/lzcnt and BMI as well */
-        bool bits = __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
-                    __builtin_cpu_supports("lzcnt");
+        unsigned a, b, c, d; /* LZCNT: CPUID 0x80000001, ECX bit 5 (clang has no name for it) */
+        bool lzcnt = __get_cpuid(0x80000001, &a, &b, &c, &d) && (c & (1u << 5));
+        bool bits = __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") && lzcnt;
         chosen = bits && __builtin_cpu_supports("avx512bw") ? fast_avx512
                  : bits && __builtin_cpu_supports("avx2")   ? fast_avx2
                                                             : fast_sse2;
