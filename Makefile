@@ -96,6 +96,12 @@ $(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) tests/unit/testuti
 	$(CLANG) -std=c17 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
 	  -fno-sanitize-recover=all -Icore -Itests/unit -Itests/fuzz $< $(CORE_SRC) $(INIH) -o $@
 
+# The SPF record check runs in the helper, on records from anyone's DNS.
+$(B)/fuzz/fuzz_spfrecord: tests/fuzz/fuzz_spfrecord.c workers/spf_dns.c workers/spf_dns.h
+	@mkdir -p $(@D)
+	$(CLANG) -std=c17 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=all -Iworkers $< -lspf2 -lresolv -lpthread -o $@
+
 # make fuzz: every target for FUZZ_TIME seconds (default 10 minutes).
 fuzz: $(FUZZ_BIN)
 	@for f in $(FUZZ_BIN); do n=$$(basename $$f); mkdir -p $(B)/fuzz/work-$$n; \

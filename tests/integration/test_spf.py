@@ -307,3 +307,24 @@ def test_spf_off_adds_no_headers(sink, gateway, dns):
     assert res.delivered
     assert "Received-SPF" not in headers(sink.wait_message(mid))
     assert _helper_pid(gw) is None
+
+
+def test_spf_timeout(sink, gateway, dns):
+    """A check that outlives spf_timeout is a temperror, given at the
+    timeout, not when the DNS server finally answers."""
+    gw = spf_gateway(gateway, sink, dns, workers=1, dns_timeout=10, spf_timeout=1)
+    with Client(gw.port) as c:
+        c.ehlo()
+        dns.pause()
+        try:
+            assert c.cmd("MAIL FROM:<alice@neutral.test>").code == 250
+            t0 = time.monotonic()
+            r = c.cmd("RCPT TO:<user@example.com>", timeout=8)
+            waited = time.monotonic() - t0
+        finally:
+            dns.resume()
+        assert r.code == 451 and r.esc == "4.4.3", r
+        assert 0.7 < waited < 3, waited
+        # the session goes on, and a late reply from the helper is dropped
+        assert c.cmd("RSET").code == 250
+        assert c.cmd("NOOP").code == 250
