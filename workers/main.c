@@ -193,15 +193,21 @@ int main(int argc, char **argv, char **envp)
     }
     for (int i = 0; i < n; i++)
         worker_wake(&w[i]);
-    uint64_t msgs = 0, conns = 0, rejected = 0;
+    uint64_t msgs = 0, conns = 0, rejected = 0, spf = 0, spf_cached = 0, spf_err = 0;
     for (int i = 0; i < n; i++) { /* per-worker counters, summed when read */
         pthread_join(th[i], NULL);
         msgs += w[i].n_msg;
         conns += w[i].n_conn;
         rejected += w[i].n_rejected;
+        spf += w[i].n_spf_checks;
+        spf_cached += w[i].n_spf_cached;
+        spf_err += w[i].n_spf_errors;
     }
-    log_line(LOG_INFO, "event=stop connections=%llu messages=%llu bodies_rejected=%llu", (unsigned long long)conns,
-             (unsigned long long)msgs, (unsigned long long)rejected);
+    log_line(LOG_INFO,
+             "event=stop connections=%llu messages=%llu bodies_rejected=%llu spf_checks=%llu spf_cached=%llu "
+             "spf_temperrors=%llu",
+             (unsigned long long)conns, (unsigned long long)msgs, (unsigned long long)rejected,
+             (unsigned long long)spf, (unsigned long long)spf_cached, (unsigned long long)spf_err);
     if (spf_pid > 0) {
         kill(spf_pid, SIGTERM);
         waitpid(spf_pid, NULL, 0);

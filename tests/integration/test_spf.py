@@ -227,6 +227,8 @@ def test_cached_results_skip_dns(sink, gateway, dns):
         assert res.delivered, res
         assert "spf=pass" in headers(sink.wait_message(mid))
     assert dns.query_count() == before
+    gw.stop()
+    assert gw.wait_log(r"event=stop .*spf_checks=6 spf_cached=5 spf_temperrors=0")
 
 
 def test_slow_dns_does_not_stall_the_worker(sink, gateway, dns):
