@@ -84,7 +84,6 @@ struct filter_facts {
     void *session;         /* the worker's, for its hooks; opaque here */
     uint8_t family;        /* AF_INET or AF_INET6 */
     const uint8_t *addr;   /* the client's address, 4 or 16 octets */
-    const char *ip;        /* its text form */
     uint32_t conn_total;   /* client connections, all workers (connect stage) */
     uint32_t conn_per_ip;  /* from this client's address */
     slice_t helo;          /* empty before HELO */

@@ -2,7 +2,7 @@
  * log.c - logfmt lines on stderr, one write(2) per line so lines from
  * different workers never interleave.
  */
-#include "worker.h"
+#include "log.h"
 
 #include <stdarg.h>
 #include <stdio.h>

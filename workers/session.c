@@ -102,7 +102,7 @@ static void path_of(slice_t mailbox, bool postmaster, smtp_path_t *p)
 }
 
 /* What the filters see of this session. */
-static void facts_init(worker_t *w, session_t *s, filter_facts_t *fx, const char *ip)
+static void facts_init(worker_t *w, session_t *s, filter_facts_t *fx)
 {
     memset(fx, 0, sizeof *fx);
     fx->cfg = w->cfg;
@@ -110,7 +110,6 @@ static void facts_init(worker_t *w, session_t *s, filter_facts_t *fx, const char
     fx->session = s;
     fx->family = s->family;
     fx->addr = s->addr;
-    fx->ip = ip;
     fx->helo = s->helo ? slice_make(s->helo, strlen(s->helo)) : slice_make("", 0);
     fx->messages = s->txn;
     fx->rcpts = s->rcpts_conn;
@@ -120,7 +119,7 @@ static void facts_init(worker_t *w, session_t *s, filter_facts_t *fx, const char
 /* The facts within a transaction: the sender from the session's copy. */
 static void facts_tx(worker_t *w, session_t *s, filter_facts_t *fx, smtp_path_t *sender)
 {
-    facts_init(w, s, fx, NULL);
+    facts_init(w, s, fx);
     path_of(session_sender(s), false, sender);
     fx->sender = sender;
 }
@@ -374,7 +373,7 @@ void session_accept(worker_t *w, int fd)
     char ip[64];
     fmt_ip(s, ip, sizeof ip);
     filter_facts_t fx;
-    facts_init(w, s, &fx, ip);
+    facts_init(w, s, &fx);
     fx.conn_total = (uint32_t)total;
     fx.conn_per_ip = (uint32_t)per_ip;
     filter_verdict_t v;
@@ -482,7 +481,7 @@ static void on_mail(worker_t *w, session_t *s, const smtp_event_t *ev)
     s->tx_ms = w->now;
     filter_facts_t fx;
     filter_verdict_t v;
-    facts_init(w, s, &fx, NULL);
+    facts_init(w, s, &fx);
     fx.sender = &ev->path;
     enum filter_act a = filter_run(w->chain, FS_MAIL, &fx, &v);
     if (a == FA_REJECT || a == FA_TEMPFAIL) {
@@ -881,7 +880,7 @@ static void on_helo(worker_t *w, session_t *s)
 {
     filter_facts_t fx;
     filter_verdict_t v;
-    facts_init(w, s, &fx, NULL);
+    facts_init(w, s, &fx);
     enum filter_act a = filter_run(w->chain, FS_HELO, &fx, &v);
     if (a == FA_REJECT || a == FA_TEMPFAIL)
         smtp_reply(&s->smtp, v.code, v.esc, v.text);

@@ -17,6 +17,8 @@
  */
 #include "spfd.h"
 
+#include "log.h"
+
 #include "spf_dns.h"
 #include "spf_proto.h"
 
@@ -37,8 +39,6 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-
-enum { SPFD_DEBUG, SPFD_INFO, SPFD_WARN, SPFD_ERROR };
 
 #define SPFD_QUEUE_MAX 4096 /* requests waiting for a pool thread */
 #define SPFD_FDS_MAX 1024   /* worker sockets */
@@ -109,44 +109,7 @@ struct spfd {
     time_t overload_logged;
 };
 
-/* ---- logging: logfmt on stderr, one write per line ------------------------ */
-
-static int spfd_level = SPFD_INFO;
-
-static void spfd_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void spfd_log(int level, const char *fmt, ...)
-{
-    static const char *const names[] = {"debug", "info", "warn", "error"};
-    if (level < spfd_level)
-        return;
-    char buf[4096];
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    /* gmtime_r takes glibc's tz lock: format once a second per thread. */
-    static __thread time_t cached_sec = -1;
-    static __thread char cached[32];
-    static __thread size_t cached_len;
-    if (ts.tv_sec != cached_sec) {
-        struct tm tm;
-        gmtime_r(&ts.tv_sec, &tm);
-        cached_len = strftime(cached, sizeof cached, "ts=%Y-%m-%dT%H:%M:%S", &tm);
-        cached_sec = ts.tv_sec;
-    }
-    memcpy(buf, cached, cached_len);
-    size_t n = cached_len;
-    n += (size_t)snprintf(buf + n, sizeof buf - n, ".%03ldZ level=%s ", ts.tv_nsec / 1000000, names[level]);
-    va_list ap;
-    va_start(ap, fmt);
-    int k = vsnprintf(buf + n, sizeof buf - n - 1, fmt, ap);
-    va_end(ap);
-    n += k < 0 ? 0 : (size_t)k;
-    if (n > sizeof buf - 2)
-        n = sizeof buf - 2;
-    buf[n++] = '\n';
-    if (write(STDERR_FILENO, buf, n) < 0)
-        return;
-}
+/* ---- logging: log_line (log.c), as the gateway logs ---------------------- */
 
 /* An untrusted string as a logfmt value: quoted, escaped, cut short. */
 static const char *qv(char *dst, size_t cap, const char *s, size_t len)
@@ -184,7 +147,7 @@ static void spfd_lib_error(const char *file, int line, const char *msg) __attrib
 static void spfd_lib_error(const char *file, int line, const char *msg)
 {
     char q[512];
-    spfd_log(SPFD_ERROR, "event=spf_helper_libspf2_abort file=%s line=%d msg=%s", file ? file : "-", line,
+    log_line(LOG_ERROR, "event=spf_helper_libspf2_abort file=%s line=%d msg=%s", file ? file : "-", line,
              qv(q, sizeof q, msg ? msg : "", msg ? strlen(msg) : 0));
     abort();
 }
@@ -194,18 +157,7 @@ static void spfd_lib_warn(const char *file, int line, const char *msg)
     char q[512];
     (void)file;
     (void)line;
-    spfd_log(SPFD_DEBUG, "event=spf_libspf2_warning msg=%s", qv(q, sizeof q, msg ? msg : "", msg ? strlen(msg) : 0));
-}
-
-static void spfd_dns_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void spfd_dns_log(int level, const char *fmt, ...)
-{
-    char buf[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    spfd_log(level, "%s", buf);
+    log_line(LOG_DEBUG, "event=spf_libspf2_warning msg=%s", qv(q, sizeof q, msg ? msg : "", msg ? strlen(msg) : 0));
 }
 
 /* ---- command line ------------------------------------------------------------ */
@@ -275,7 +227,7 @@ static int spfd_parse(int argc, char **argv, spfd_opts_t *o, char *err, size_t e
     o->dns_timeout = 5;
     o->cache_size = 8192;
     o->user = "nobody";
-    o->level = SPFD_INFO;
+    o->level = LOG_INFO;
     if (gethostname(o->hostname, sizeof o->hostname - 1) != 0 || !o->hostname[0])
         strcpy(o->hostname, "localhost");
     bool have_fds = false;
@@ -773,7 +725,7 @@ static void *spfd_pool(void *arg)
     spfd_job_t *job = malloc(sizeof *job);
     spfd_answer_t *a = malloc(sizeof *a);
     if (!job || !a) {
-        spfd_log(SPFD_ERROR, "event=spf_helper_thread_fail error=\"out of memory\"");
+        log_line(LOG_ERROR, "event=spf_helper_thread_fail error=\"out of memory\"");
         free(job);
         free(a);
         return NULL;
@@ -796,9 +748,9 @@ static void *spfd_pool(void *arg)
         int sent = spfd_send(job->fd, job->id, a, SPFD_SEND_WAIT_MS);
         if (sent)
             t->send_failed++;
-        if (spfd_level <= SPFD_DEBUG) {
+        if (log_level <= LOG_DEBUG) {
             char qh[SPF_NAME_MAX * 4 + 16], qs[SPF_SENDER_MAX * 4 + 16];
-            spfd_log(SPFD_DEBUG,
+            log_line(LOG_DEBUG,
                      "event=spf_check fd=%d id=%u helo=%s sender=%s result=%s ttl=%u dns_queries=%u "
                      "cache_hits=%u voids=%u sent=%s ms=%.1f",
                      job->fd, job->id, qv(qh, sizeof qh, job->helo, job->helo_len),
@@ -825,7 +777,7 @@ static void reply_now(spfd_t *d, int fd, uint32_t id, const char *why)
     a.comment_len = copy_text(a.comment, SPF_COMMENT_MAX, why);
     if (spfd_send(fd, id, &a, 0)) { /* the dispatcher never waits */
         d->send_failed++;
-        spfd_log(SPFD_DEBUG, "event=spf_helper_send_fail fd=%d id=%u error=\"%s\"", fd, id, strerror(errno));
+        log_line(LOG_DEBUG, "event=spf_helper_send_fail fd=%d id=%u error=\"%s\"", fd, id, strerror(errno));
     }
 }
 
@@ -837,7 +789,7 @@ static void spfd_request(spfd_t *d, int fd, const unsigned char *buf, size_t n, 
     d->requests++;
     if (n < sizeof h.id) {
         d->malformed++;
-        spfd_log(SPFD_WARN, "event=spf_helper_bad_request fd=%d len=%zu reason=no_id action=drop", fd, n);
+        log_line(LOG_WARN, "event=spf_helper_bad_request fd=%d len=%zu reason=no_id action=drop", fd, n);
         return;
     }
     memset(&h, 0, sizeof h);
@@ -854,7 +806,7 @@ static void spfd_request(spfd_t *d, int fd, const unsigned char *buf, size_t n, 
         why = "length";
     if (why) {
         d->malformed++;
-        spfd_log(SPFD_WARN, "event=spf_helper_bad_request fd=%d id=%u len=%zu reason=%s action=temperror", fd, h.id, n,
+        log_line(LOG_WARN, "event=spf_helper_bad_request fd=%d id=%u len=%zu reason=%s action=temperror", fd, h.id, n,
                  why);
         reply_now(d, fd, h.id, "malformed SPF request");
         return;
@@ -867,7 +819,7 @@ static void spfd_request(spfd_t *d, int fd, const unsigned char *buf, size_t n, 
         time_t now = time(NULL);
         if (now != d->overload_logged) { /* once a second at most */
             d->overload_logged = now;
-            spfd_log(SPFD_WARN, "event=spf_helper_overload queue=%d overloaded_total=%llu", SPFD_QUEUE_MAX,
+            log_line(LOG_WARN, "event=spf_helper_overload queue=%d overloaded_total=%llu", SPFD_QUEUE_MAX,
                      (unsigned long long)d->overloaded);
         }
         reply_now(d, fd, h.id, "SPF helper overloaded");
@@ -901,7 +853,7 @@ static bool spfd_read(spfd_t *d, int fd)
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
                 return false;
-            spfd_log(SPFD_WARN, "event=spf_helper_recv_fail fd=%d error=\"%s\"", fd, strerror(errno));
+            log_line(LOG_WARN, "event=spf_helper_recv_fail fd=%d error=\"%s\"", fd, strerror(errno));
             return true;
         }
         if (n == 0)
@@ -925,7 +877,7 @@ static int spfd_dispatch(spfd_t *d)
         if (poll(pf, d->o.nfds, -1) < 0) {
             if (errno == EINTR)
                 continue;
-            spfd_log(SPFD_ERROR, "event=spf_helper_poll_fail error=\"%s\"", strerror(errno));
+            log_line(LOG_ERROR, "event=spf_helper_poll_fail error=\"%s\"", strerror(errno));
             free(pf);
             return -1;
         }
@@ -933,7 +885,7 @@ static int spfd_dispatch(spfd_t *d)
             if (pf[i].fd < 0 || !pf[i].revents)
                 continue;
             if ((pf[i].revents & POLLNVAL) || spfd_read(d, pf[i].fd)) {
-                spfd_log(SPFD_DEBUG, "event=spf_helper_eof fd=%d", pf[i].fd);
+                log_line(LOG_DEBUG, "event=spf_helper_eof fd=%d", pf[i].fd);
                 pf[i].fd = -1; /* kept open: see the top of this file */
                 open--;
             }
@@ -1029,7 +981,7 @@ int spfd_main(int argc, char **argv)
         fprintf(stderr, "mxgate --spf-helper: %s\n", err);
         return 2;
     }
-    spfd_level = d.o.level;
+    log_level = d.o.level;
     /* The gateway's main thread spawns this process with its signals
      * blocked (it takes them with sigwait): start from a clean mask. */
     sigset_t none;
@@ -1050,22 +1002,22 @@ int spfd_main(int argc, char **argv)
     struct passwd *pw = geteuid() == 0 ? getpwnam(d.o.user) : NULL;
     close_other_fds(&d.o);
     if (chdir("/") != 0) /* no hold on the gateway's working directory */
-        spfd_log(SPFD_WARN, "event=spf_helper_chdir_fail error=\"%s\"", strerror(errno));
+        log_line(LOG_WARN, "event=spf_helper_chdir_fail error=\"%s\"", strerror(errno));
     pthread_mutex_init(&d.mu, NULL);
     pthread_cond_init(&d.cv, NULL);
     spf_dns_conf_t dc = {.server = d.o.dns_server,
                          .timeout_s = d.o.dns_timeout,
                          .cache_size = d.o.cache_size,
-                         .log = spfd_dns_log,
-                         .debug = spfd_level <= SPFD_DEBUG};
+                         .log = log_line,
+                         .debug = log_level <= LOG_DEBUG};
     d.dns = spf_dns_new(&dc, err, sizeof err);
     if (!d.dns || spfd_setup_pool(&d, err, sizeof err) || drop_privileges(pw, err, sizeof err)) {
-        spfd_log(SPFD_ERROR, "event=spf_helper_fail error=\"%s\"", err);
+        log_line(LOG_ERROR, "event=spf_helper_fail error=\"%s\"", err);
         spfd_free(&d);
         return 1;
     }
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) {
-        spfd_log(SPFD_ERROR, "event=spf_helper_fail error=\"prctl: %s\"", strerror(errno));
+        log_line(LOG_ERROR, "event=spf_helper_fail error=\"prctl: %s\"", strerror(errno));
         spfd_free(&d);
         return 1;
     }
@@ -1076,14 +1028,14 @@ int spfd_main(int argc, char **argv)
 
     for (unsigned i = 0; i < d.o.threads; i++) {
         if ((errno = pthread_create(&d.pool[i].th, NULL, spfd_pool, &d.pool[i]))) {
-            spfd_log(SPFD_ERROR, "event=spf_helper_fail error=\"pthread_create: %s\"", strerror(errno));
+            log_line(LOG_ERROR, "event=spf_helper_fail error=\"pthread_create: %s\"", strerror(errno));
             if (spfd_stop_pool(&d))
                 spfd_free(&d);
             return 1;
         }
         d.pool[i].started = true;
     }
-    spfd_log(SPFD_INFO,
+    log_line(LOG_INFO,
              "event=spf_helper_start pid=%d threads=%u fds=%u dns_server=%s dns_timeout=%u cache_size=%u "
              "hostname=%s uid=%u",
              (int)getpid(), d.o.threads, d.o.nfds, spf_dns_server_name(d.dns), d.o.dns_timeout, d.o.cache_size,
@@ -1098,7 +1050,7 @@ int spfd_main(int argc, char **argv)
         send_failed += d.pool[i].send_failed;
     }
     spf_dns_cache_stats(d.dns, &hits, &misses, &entries);
-    spfd_log(SPFD_INFO,
+    log_line(LOG_INFO,
              "event=spf_helper_stop reason=%s requests=%llu checks=%llu overloaded=%llu malformed=%llu "
              "send_failed=%llu cache_hits=%llu cache_misses=%llu cache_entries=%u",
              rc ? "error" : "eof", (unsigned long long)d.requests, (unsigned long long)checks,

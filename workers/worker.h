@@ -21,6 +21,7 @@
 #include "config.h"
 #include "dsreply.h"
 #include "filter.h"
+#include "log.h"
 #include "smtp.h"
 
 #define RECV_BUF_SIZE 8192u  /* one provided buffer */
@@ -300,9 +301,5 @@ int maildir_prepare(const char *dir, char *err, size_t errlen);
 int maildir_deliver(const char *dir, const char *hostname, uint64_t id, const char *hdr, size_t hlen,
                     const char *body, size_t blen, char *name, size_t namelen);
 
-/* log.c */
-extern int log_level;
-void log_line(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 #endif

@@ -231,6 +231,17 @@ def test_cached_results_skip_dns(sink, gateway, dns):
     assert gw.wait_log(r"event=stop .*spf_checks=6 spf_cached=5 spf_temperrors=0")
 
 
+def test_no_cache_asks_every_time(sink, gateway, dns):
+    """spf_cache_size = 0: each transaction is checked anew (the helper's
+    DNS cache still answers, so count checks, not queries)."""
+    gw = spf_gateway(gateway, sink, dns, workers=1, spf_cache_size=0)
+    for i in range(3):
+        mid, res = deliver(gw, "alice@cached.test")
+        assert res.delivered, res
+    gw.stop()
+    assert gw.wait_log(r"event=stop .*spf_checks=3 spf_cached=0 ")
+
+
 def test_slow_dns_does_not_stall_the_worker(sink, gateway, dns):
     """One worker: while a session waits for a paused DNS server, another
     session's NOOP round trips stay fast."""

@@ -84,7 +84,6 @@ static env_t *env_new(const char *filters)
     e->fx.host = &e->host;
     e->fx.family = AF_INET;
     e->fx.addr = ip;
-    e->fx.ip = "192.0.2.1";
     e->fx.helo = slice_make("client.example.org", 18);
     e->fx.spf = &e->spf;
     e->fx.messages = 1;
