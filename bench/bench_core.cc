@@ -238,7 +238,8 @@ void BM_ParsePipelinedGroup(benchmark::State &state)
 }
 BENCHMARK(BM_ParsePipelinedGroup);
 
-void BM_ScanBody(benchmark::State &state)
+// The scanner over the body, with whichever SIMD layer is in use.
+void scan_body(benchmark::State &state)
 {
     const std::string &b = body();
     const char *in = b.data();
@@ -273,8 +274,29 @@ void BM_ScanBody(benchmark::State &state)
         benchmark::DoNotOptimize(fwd);
     }
     state.SetBytesProcessed((int64_t)state.iterations() * (int64_t)len);
+    state.SetLabel(scan_impl());
+}
+
+// The layer the CPU's best: what mxgate runs, and what the ratio is of.
+void BM_ScanBody(benchmark::State &state)
+{
+    scan_body(state);
 }
 BENCHMARK(BM_ScanBody);
+
+// Each lower layer, for machines without the best one.
+void BM_ScanLayer(benchmark::State &state, const char *layer)
+{
+    std::string best = scan_impl();
+    if (!scan_use(layer)) {
+        state.SkipWithError("this CPU cannot run that layer");
+        return;
+    }
+    scan_body(state);
+    scan_use(best.c_str());
+}
+BENCHMARK_CAPTURE(BM_ScanLayer, avx2, "avx2");
+BENCHMARK_CAPTURE(BM_ScanLayer, sse2, "sse2");
 
 void BM_Memchr(benchmark::State &state)
 {

@@ -3,12 +3,12 @@
  *
  * Two layers. The exact one is a byte-wise state machine (scan_byte loop in
  * scan_step) that knows every rule: CRLF, bare CR/LF, the line-start dot, the
- * end marker, line length. The fast one looks at 64 bytes at a time as three
- * bit masks (CR, LF, '.') and proves with a few shifts that the block holds
- * nothing but well-formed CRLF lines of allowed length and no line starting
- * with a dot; such a block is taken whole without a per-byte branch. A block
- * that fails the proof goes to the exact layer, so the fast layer can be as
- * strict as it likes: it only ever decides "nothing to see here".
+ * end marker, line length. The fast one proves, without a per-byte branch,
+ * that a run of bytes holds nothing but well-formed CRLF lines of allowed
+ * length and no end marker: 256-byte chunks from two bit masks (CR, LF) per
+ * 64 bytes, and, where a chunk cannot tell, 64-byte blocks from three (CR,
+ * LF, '.'). What fails the proof goes to the exact layer, so the fast layer
+ * can be as strict as it likes: it only ever decides "nothing to see here".
  *
  * The body run returned is always one contiguous piece of the input; anything
  * that would break contiguity (a dot held back at line start, an insert in
@@ -114,6 +114,36 @@ static inline masks_t masks_portable(const char *p)
 #endif
 
 /*
+ * After the chunks took p[i, i + n): the state of the last line, as the
+ * exact layer would have it. A line-start dot the chunks took is
+ * dot-stuffing, not counted in line_len (RFC 5321 4.5.3.1.6) -- unless the
+ * line so far is only "." or ".\r", which may yet be the end marker: then
+ * the taken bytes end before it. Returns the new i.
+ */
+static size_t after_chunks(const char *p, size_t i, size_t n, uint64_t at_start, uint64_t *line_len)
+{
+    const char *end = p + i + n, *ls = memrchr(p + i, '\n', n);
+    if (ls)
+        ls++;
+    else if (at_start)
+        ls = p + i;
+    else {
+        *line_len += n;
+        return i + n;
+    }
+    size_t t = (size_t)(end - ls);
+    *line_len = t;
+    if (t && *ls == '.') {
+        if (t == 1 || (t == 2 && ls[1] == '\r')) {
+            *line_len = 0;
+            return (size_t)(ls - p);
+        }
+        *line_len = t - 1;
+    }
+    return i + n;
+}
+
+/*
  * Take clean 64-byte blocks from p while at least 65 bytes remain (the 65th
  * tells whether a CR in the last position is followed by LF). Returns the
  * bytes taken; updates *st and sc->line_len as the exact layer would.
@@ -128,19 +158,17 @@ static inline masks_t masks_portable(const char *p)
         uint64_t prev_cr = *st == ST_CR, at_start = *st == ST_LINESTART;                                  \
         if (*st != ST_MID && !prev_cr && !at_start)                                                       \
             return 0;                                                                                     \
-        size_t chunk_at = 1; /* a refused chunk is left to the blocks */                                 \
+        size_t chunk_at = 64; /* a refused chunk is left to the blocks */                                \
         while (len - i >= 65) {                                                                           \
-            if (i >= chunk_at && line_len <= 255 && limit >= 520 && len - i >= 257) {                     \
+            if (i >= chunk_at && line_len <= 191 && limit >= 520 && len - i >= 320) {                     \
                 size_t n = CHUNKS(p, i, len);                                                             \
-                chunk_at = i + n + 256;                                                                   \
                 if (n) {                                                                                  \
-                    i += n;                                                                               \
-                    const char *lf = memrchr(p + i - 256, '\n', 256);                                     \
-                    line_len = (uint64_t)(p + i - 1 - lf);                                                \
+                    i = after_chunks(p, i, n, at_start, &line_len);                                       \
                     prev_cr = p[i - 1] == '\r';                                                          \
                     at_start = p[i - 1] == '\n';                                                         \
-                    continue;                                                                             \
                 }                                                                                         \
+                chunk_at = i + 256;                                                                       \
+                continue;                                                                                 \
             }                                                                                             \
             masks_t m = MASKS(p + i);                                                                     \
             uint64_t next_lf = (uint64_t)(p[i + 64] == '\n') << 63;                                       \
@@ -183,45 +211,100 @@ static inline masks_t masks_portable(const char *p)
     }
 
 #ifdef SCAN_X86
-/*
- * Whole 256-byte chunks, for when lines may be long (line_max >= 520): the
- * byte before each byte comes from a load one byte back, so the proof needs
- * no carry between blocks and stays in the vector unit. A chunk is clean
- * when the bytes after CRs are exactly the LFs, no LF is followed by a dot,
- * it holds at least one LF (so with the caller's line_len <= 255 no line
- * can reach 2 x 256 octets), and a CR at its end has its LF after it.
- * p[i - 1] must be input already taken. Returns the bytes taken.
- */
-__attribute__((target("avx512bw,bmi,bmi2,lzcnt"))) static size_t chunks_avx512(const char *p, size_t i, size_t len)
-{
-    const __m512i cr = _mm512_set1_epi8('\r'), lf = _mm512_set1_epi8('\n'), dot = _mm512_set1_epi8('.');
-    size_t start = i;
-    while (len - i >= 257) {
-        __mmask64 bad = 0, any = 0;
-        for (int k = 0; k < 4; k++) {
-            const char *q = p + i + 64 * k;
-            __m512i v = _mm512_loadu_si512((const void *)q), w = _mm512_loadu_si512((const void *)(q - 1));
-            __mmask64 l = _mm512_cmpeq_epi8_mask(v, lf);
-            bad |= l ^ _mm512_cmpeq_epi8_mask(w, cr);
-            bad |= _mm512_mask_cmpeq_epi8_mask(_mm512_cmpeq_epi8_mask(w, lf), v, dot);
-            any |= l;
-        }
-        if (bad || !any || (p[i + 255] == '\r' && p[i + 256] != '\n'))
-            break;
-        i += 256;
-    }
-    return i - start;
-}
+/* lo = (lo >> n) | (hi << (64 - n)): a block's masks moved n places on,
+ * the first n bits from the block before. One SHRD; gcc's code for the C
+ * form costs three times as many instructions in the loop below. */
+#define FUNNEL(n, lo, hi) __asm__("shrd $" #n ", %1, %0" : "+r"(lo) : "r"(hi))
 
-static inline size_t no_chunks(const char *p, size_t i, size_t len)
-{
-    (void)p, (void)i, (void)len;
-    return 0;
-}
+/*
+ * Whole 256-byte chunks, for when lines may be long (line_max >= 520). Two
+ * masks per 64-byte block, CR and LF; the rest is integer work on them:
+ *   - the bytes after CRs are exactly the LFs (no bare CR, no bare LF);
+ *   - no LF comes three bytes after another LF. With CRLF pairing, the end
+ *     marker CRLF "." CRLF is exactly such a pair, and a one-octet line is
+ *     the only other: rare, and then left to the blocks. A line-start dot
+ *     that is not the end marker is dot-stuffing and is taken as it is;
+ *     the caller accounts for it;
+ *   - every chunk holds a LF, so with the caller's line_len <= 191 no line
+ *     reaches 2 x 256 octets.
+ * Loads are 64-byte aligned after a first partial block; the masks of the
+ * block before are carried (SHRD), so no load straddles two cache lines.
+ * p[i - 64 .. i) must be input already taken, clean, and len - i >= 320.
+ * Returns the bytes taken. The layers differ only in how they get the two
+ * masks.
+ */
+#define CHUNKS(NAME, CRLF, ATTR)                                                                                  \
+    ATTR static size_t NAME(const char *p, size_t i, size_t len)                                          \
+    {                                                                                                     \
+        size_t start = i;                                                                                 \
+        uint64_t cp, lp, c, l;                                                                            \
+        CRLF(p + i - 64, cp, lp);                                                                         \
+        size_t head = (size_t)(-(uintptr_t)(p + i) & 63);                                                 \
+        if (head) { /* up to the next cache line; line_len <= 191 bounds it */                           \
+            CRLF(p + i, c, l);                                                                            \
+            uint64_t x = cp, e = lp;                                                                      \
+            FUNNEL(63, x, c);                                                                             \
+            FUNNEL(61, e, l);                                                                             \
+            if (((x ^ l) | (e & l)) & ((1ull << head) - 1))                                               \
+                return 0;                                                                                 \
+            cp = cp >> head | c << (64 - head), lp = lp >> head | l << (64 - head);                       \
+            i += head;                                                                                    \
+        }                                                                                                 \
+        while (len - i >= 256) {                                                                          \
+            const char *q = p + i;                                                                        \
+            uint64_t bad = 0, any = 0;                                                                    \
+            _Pragma("GCC unroll 4") for (int k = 0; k < 4; k++)                                           \
+            {                                                                                             \
+                /* the stream is read once: ask for it well ahead */                                     \
+                _mm_prefetch(q + 2048 + 64 * k, _MM_HINT_T0);                                             \
+                CRLF(q + 64 * k, c, l);                                                                   \
+                FUNNEL(63, cp, c);                                                                        \
+                FUNNEL(61, lp, l);                                                                        \
+                bad |= (cp ^ l) | (lp & l);                                                               \
+                any |= l;                                                                                 \
+                cp = c, lp = l;                                                                           \
+            }                                                                                             \
+            if (bad || !any)                                                                              \
+                break;                                                                                    \
+            i += 256;                                                                                     \
+        }                                                                                                 \
+        return i - start;                                                                                 \
+    }
+
+/* The CR and LF masks of the 64 bytes at p. */
+#define CRLF_AVX512(p, c, l)                                                                                      \
+    do {                                                                                                  \
+        __m512i v_ = _mm512_loadu_si512((const void *)(p));                                              \
+        c = _cvtmask64_u64(_mm512_cmpeq_epi8_mask(v_, _mm512_set1_epi8('\r')));                           \
+        l = _cvtmask64_u64(_mm512_cmpeq_epi8_mask(v_, _mm512_set1_epi8('\n')));                           \
+    } while (0)
+
+#define CRLF_AVX2(p, c, l)                                                                                        \
+    do {                                                                                                  \
+        __m256i a_ = _mm256_loadu_si256((const __m256i *)(p)), b_ = _mm256_loadu_si256((const __m256i *)(p) + 1); \
+        __m256i cr_ = _mm256_set1_epi8('\r'), lf_ = _mm256_set1_epi8('\n');                               \
+        c = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(a_, cr_)) |                                  \
+            (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(b_, cr_)) << 32;                   \
+        l = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(a_, lf_)) |                                  \
+            (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(b_, lf_)) << 32;                   \
+    } while (0)
+
+#define CRLF_SSE2(p, c, l)                                                                                        \
+    do {                                                                                                  \
+        const __m128i *q_ = (const __m128i *)(p);                                                         \
+        __m128i v0_ = _mm_loadu_si128(q_), v1_ = _mm_loadu_si128(q_ + 1);                                 \
+        __m128i v2_ = _mm_loadu_si128(q_ + 2), v3_ = _mm_loadu_si128(q_ + 3);                             \
+        c = mask16x4(v0_, v1_, v2_, v3_, _mm_set1_epi8('\r'));                                           \
+        l = mask16x4(v0_, v1_, v2_, v3_, _mm_set1_epi8('\n'));                                           \
+    } while (0)
+
+CHUNKS(chunks_avx512, CRLF_AVX512, __attribute__((target("avx512bw,bmi,bmi2,lzcnt"))))
+CHUNKS(chunks_avx2, CRLF_AVX2, __attribute__((target("avx2,bmi,bmi2,lzcnt"))))
+CHUNKS(chunks_sse2, CRLF_SSE2, )
 
 FAST_BLOCKS(fast_avx512, masks_avx512, chunks_avx512, __attribute__((target("avx512bw,bmi,bmi2,lzcnt"))))
-FAST_BLOCKS(fast_avx2, masks_avx2, no_chunks, __attribute__((target("avx2,bmi,bmi2,lzcnt"))))
-FAST_BLOCKS(fast_sse2, masks_sse2, no_chunks, )
+FAST_BLOCKS(fast_avx2, masks_avx2, chunks_avx2, __attribute__((target("avx2,bmi,bmi2,lzcnt"))))
+FAST_BLOCKS(fast_sse2, masks_sse2, chunks_sse2, )
 #else
 static inline size_t no_chunks(const char *p, size_t i, size_t len)
 {
@@ -234,24 +317,61 @@ FAST_BLOCKS(fast_portable, masks_portable, no_chunks, )
 
 typedef size_t (*fast_fn)(scan_t *, const char *, size_t, uint8_t *);
 
-static fast_fn pick_fast(void)
+static const struct impl {
+    const char *name;
+    fast_fn fn;
+} impls[] = {
+#ifdef SCAN_X86
+    { "avx512", fast_avx512 },
+    { "avx2", fast_avx2 },
+    { "sse2", fast_sse2 },
+#else
+    { "portable", fast_portable },
+#endif
+};
+static const struct impl *chosen; /* set once, to the same value by any thread */
+
+static bool can_run(const struct impl *m)
 {
 #ifdef SCAN_X86
-    static fast_fn chosen;
-    if (!chosen)
-    {
-        /* the fast layers use tzcnt/lzcnt and BMI as well */
-        unsigned a, b, c, d; /* LZCNT: CPUID 0x80000001, ECX bit 5 (clang has no name for it) */
-        bool lzcnt = __get_cpuid(0x80000001, &a, &b, &c, &d) && (c & (1u << 5));
-        bool bits = __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") && lzcnt;
-        chosen = bits && __builtin_cpu_supports("avx512bw") ? fast_avx512
-                 : bits && __builtin_cpu_supports("avx2")   ? fast_avx2
-                                                            : fast_sse2;
-    }
-    return chosen;
-#else
-    return fast_portable;
+    /* the AVX layers use tzcnt/lzcnt and BMI as well */
+    unsigned a, b, c, d; /* LZCNT: CPUID 0x80000001, ECX bit 5 (clang has no name for it) */
+    bool lzcnt = __get_cpuid(0x80000001, &a, &b, &c, &d) && (c & (1u << 5));
+    bool bits = __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") && lzcnt;
+    if (m->fn == fast_avx512)
+        return bits && __builtin_cpu_supports("avx512bw");
+    if (m->fn == fast_avx2)
+        return bits && __builtin_cpu_supports("avx2");
 #endif
+    (void)m;
+    return true;
+}
+
+static const struct impl *pick(void)
+{
+    const struct impl *m = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
+    if (!m) {
+        m = impls;
+        while (!can_run(m))
+            m++; /* the last one runs anywhere */
+        __atomic_store_n(&chosen, m, __ATOMIC_RELAXED);
+    }
+    return m;
+}
+
+const char *scan_impl(void)
+{
+    return pick()->name;
+}
+
+bool scan_use(const char *name)
+{
+    for (size_t k = 0; k < sizeof impls / sizeof *impls; k++)
+        if (strcmp(impls[k].name, name) == 0 && can_run(&impls[k])) {
+            __atomic_store_n(&chosen, &impls[k], __ATOMIC_RELAXED);
+            return true;
+        }
+    return false;
 }
 
 static const char CRLF[] = "\r\n";
@@ -288,7 +408,7 @@ void scan_step(scan_t *sc, const char *in, size_t len, scan_result_t *res)
     bool norm = sc->bare == SCAN_BARE_NORMALIZE;
     uint64_t text_max = sc->line_max >= 2 ? sc->line_max - 2 : (sc->line_max ? 0 : UINT64_MAX);
     bool fast_ok = sc->line_max == 0 || sc->line_max >= 67;
-    fast_fn fast = pick_fast();
+    fast_fn fast = pick()->fn;
     size_t slow_until = 0;
     res->end = false;
 

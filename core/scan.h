@@ -16,9 +16,9 @@
  * CRLF and dot-stuffs a line that would then start with a dot, so that no
  * downstream can find an end of data where mxgate did not.
  *
- * Clean 64-byte blocks are checked with SIMD masks (AVX2 or SSE2); anything
- * unusual in a block (a line starting with a dot, a bare CR/LF, a long line)
- * is handed to the exact byte-wise machine for that block.
+ * Clean text is checked with SIMD masks (AVX-512, AVX2 or SSE2), 256 or 64
+ * bytes at a time; anything unusual (the end marker, a bare CR/LF, a long
+ * line) is handed to the exact byte-wise machine.
  */
 #ifndef MXGATE_SCAN_H
 #define MXGATE_SCAN_H
@@ -66,5 +66,15 @@ void scan_init(scan_t *sc, uint64_t size_max, uint32_t line_max, enum scan_bare 
  * body is returned (the message is lost anyway), but the end is still found.
  */
 void scan_step(scan_t *sc, const char *in, size_t len, scan_result_t *res);
+
+/*
+ * The SIMD layer in use: "avx512", "avx2", "sse2" (x86-64) or "portable".
+ * The best one the CPU runs is chosen at the first scan_step. scan_use()
+ * takes another instead, for tests and benchmarks that compare them; it
+ * returns false, and changes nothing, when the CPU cannot run that one or
+ * there is none of that name. Not while another thread scans.
+ */
+const char *scan_impl(void);
+bool scan_use(const char *name);
 
 #endif

@@ -7,7 +7,8 @@
  *   h[0] 0x01 normalize bare CR/LF (else reject);
  *        bits 1-2 line_max: 0 none, 1: 2..65 (h[1]), 2: 64..319 (h[1]), 3: 1000
  *        bits 3-4 size_max: 0 none, 1: h[2], 2: 32 * h[2], 3: 1 MiB
- *   h[1], h[2] limit values; h[3] bits 0-2: number of chunk-length bytes.
+ *   h[1], h[2] limit values; h[3] bits 0-2: number of chunk-length bytes,
+ *        bits 3-4 SIMD layer: 1 avx2, 2 sse2, else the CPU's best.
  * tests/fuzz/gen-corpus.py writes seeds in this format.
  *
  * Checks (__builtin_trap on failure):
@@ -141,6 +142,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     case 2: size_max = 32u * h[2]; break;
     case 3: size_max = 1u << 20; break;
     }
+    static const char *best;
+    if (!best)
+        best = scan_impl();
+    static const char *const layer[4] = { NULL, "avx2", "sse2", NULL };
+    const char *want = layer[(h[3] >> 3) & 3];
+    if (!want || !scan_use(want))
+        scan_use(best);
     size_t nlen = h[3] & 7, off = HDR;
     if (size < off + nlen)
         return 0;

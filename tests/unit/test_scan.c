@@ -832,6 +832,84 @@ static void test_blocks(void **state)
     assert_int_equal(f, 0);
 }
 
+/*
+ * The 256-byte chunks (AVX-512, line_max >= 520 or none): they start after
+ * one 64-byte block, with a first partial block up to the next cache line,
+ * take dot-stuffed lines whole, and stop before the end marker, before a
+ * one-octet line and before a chunk with no LF. Each case is run at all 64
+ * alignments of the input (trailing bytes after the marker move its start),
+ * so the first partial block takes every length from 0 to 63.
+ */
+static void test_chunks(void **state)
+{
+    (void)state;
+    ctx_t c = { .label = "chunks" };
+    static char in[4096];
+    const char *const *cases[] = {
+        /* The marker right where the chunks start, and just after. */
+        B("#62a", "\r\n", ".\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n"),
+        B("#62a", "\r\n", "x\r\n", ".\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n"),
+        B("#61a", "\r\n", "#70b", "\r\n", ".\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n"),
+        /* Dot-stuffed lines inside the chunks, a one-octet line, the end. */
+        B("#62a", "\r\n", "..stuffed", "\r\n", "#70b", "\r\n", ".", "#60c", "\r\n", "#70b", "\r\n", "x\r\n", "#70b",
+          "\r\n", "..", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", ".\r\n"),
+        /* Empty lines, and a marker after them. */
+        B("#62a", "\r\n", "\r\n", "\r\n", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "\r\n",
+          ".\r\n", "#70b", "\r\n"),
+        /* A dot-stuffed line of 998 octets (the dot not counted) fits 1000;
+         * 999 does not. The chunks stop inside it, with no LF ahead. */
+        B("#62a", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", ".", "#998x", "\r\n",
+          "#70b", "\r\n", ".\r\n"),
+        B("#62a", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", ".", "#999x", "\r\n",
+          "#70b", "\r\n", ".\r\n"),
+        B("#62a", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#998x", "\r\n", "#70b",
+          "\r\n", ".\r\n"),
+        /* A line already 54 octets long where the chunks start: 560 is
+         * over 520, 500 is not. */
+        B("#8a", "\r\n", "#560b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", ".\r\n"),
+        B("#8a", "\r\n", "#500b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", ".\r\n"),
+        /* Lines of 300 and 510: chunks without a LF. */
+        B("#62a", "\r\n", "#300b", "\r\n", "#510b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", ".\r\n"),
+        /* Bare CR and bare LF deep inside the chunks. */
+        B("#62a", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\n", "#70b", "\r\n", "#70b", "\r\n", ".\r\n"),
+        B("#62a", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r", "#70b", "\r\n", "#70b", "\r\n", ".\r\n"),
+        B("#62a", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n.\n", "#70b", "\r\n", "#70b", "\r\n", ".\r\n"),
+    };
+    /* The model lets a scanner count a stuffing dot early; these must not. */
+    static const int long_line[] = { [5] = 1, [6] = 2, [7] = 1 }; /* 1: fits, 2: too long */
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        size_t n = build(in, cases[i]);
+        for (size_t pad = 0; pad < 64; pad++) {
+            memset(in + n, 'z', pad);
+            MODES_BOTH(&c, in, n + pad, 0, 0, CUT_WHOLE);
+            MODES_BOTH(&c, in, n + pad, 0, 1000, CUT_WHOLE);
+            MODES_BOTH(&c, in, n + pad, 0, 520, CUT_WHOLE);
+            if (i < sizeof long_line / sizeof *long_line && long_line[i]) {
+                drive(in, n + pad, NULL, 0, REJ, 0, 1000, &c.r);
+                if ((c.r.errors == SCAN_ERR_LINE_TOO_LONG) != (long_line[i] == 2) || (c.r.errors & ~SCAN_ERR_LINE_TOO_LONG)) {
+                    print_error("chunks: case %zu, pad %zu: errors %#x\n", i, pad, c.r.errors);
+                    c.failures++;
+                }
+            }
+        }
+    }
+    /* The marker after a line of every length from 0 to 130, so that it
+     * falls at every offset of a block and across chunk edges. */
+    for (size_t k = 0; k <= 130; k++) {
+        char run[16];
+        snprintf(run, sizeof run, "#%zuq", k);
+        size_t n = build(in, B("#62a", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", "#70b", "\r\n", run,
+                               "\r\n", ".\r\n", "#70b", "\r\n"));
+        for (size_t pad = 0; pad < 64; pad += 7) {
+            memset(in + n, 'z', pad);
+            MODES_BOTH(&c, in, n + pad, 0, 1000, CUT_WHOLE);
+        }
+    }
+    int f = c.failures;
+    ctx_free(&c);
+    assert_int_equal(f, 0);
+}
+
 /* ---- line and size limits at the edge -------------------------------------- */
 
 static void test_line_limits(void **state)
@@ -1215,6 +1293,7 @@ int main(void)
         cmocka_unit_test(test_empty_calls),
         cmocka_unit_test(test_exact),
         cmocka_unit_test(test_blocks),
+        cmocka_unit_test(test_chunks),
         cmocka_unit_test(test_line_limits),
         cmocka_unit_test(test_line_limit_splits),
         cmocka_unit_test(test_line_limit_normalized),
@@ -1223,5 +1302,16 @@ int main(void)
         cmocka_unit_test(test_random_alphabet),
         cmocka_unit_test(test_random_blocks),
     };
-    return cmocka_run_group_tests(tests, setup, NULL);
+    /* Every SIMD layer this CPU runs, each against the same model. */
+    static const char *const layers[] = { "avx512", "avx2", "sse2", "portable" };
+    int failed = 0, ran = 0;
+    for (size_t k = 0; k < sizeof layers / sizeof *layers; k++) {
+        if (!scan_use(layers[k]))
+            continue;
+        char name[32];
+        snprintf(name, sizeof name, "scan/%s", layers[k]);
+        failed += cmocka_run_group_tests_name(name, tests, setup, NULL);
+        ran++;
+    }
+    return ran ? failed : 1;
 }
