@@ -341,3 +341,48 @@ def test_spf_timeout(sink, gateway, dns):
         # the session goes on, and a late reply from the helper is dropped
         assert c.cmd("RSET").code == 250
         assert c.cmd("NOOP").code == 250
+
+
+def test_helper_backlog_full_is_a_temperror(sink, gateway, dns):
+    """With the helper stopped, requests pile up in its socket until the
+    socket is full. A check that cannot be sent is a temperror at once
+    ("overloaded"), never a stall; when the helper runs again, its late
+    answers to cancelled checks are dropped and checks work again."""
+    gw = spf_gateway(gateway, sink, dns, workers=1, spf_cache_size=0, spf_timeout=30)
+    deadline = time.monotonic() + 5
+    pid = None
+    while pid is None and time.monotonic() < deadline:
+        pid = _helper_pid(gw)
+        time.sleep(0.05)
+    assert pid, "no SPF helper process under the gateway"
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with Client(gw.port) as c:
+            c.ehlo()
+            # every MAIL sends one request (no cache); RSET drops its check
+            sent, full = 0, None
+            while full is None and sent < 20000:
+                c.send("".join("MAIL FROM:<u%d@neutral.test>\r\nRSET\r\n" % (sent + k) for k in range(200)))
+                for _ in range(400):
+                    assert c.reply(timeout=10).code == 250
+                sent += 200
+                full = gw.wait_log(r"event=spf_send_failed", timeout=0)
+            assert full, "the helper's socket never filled after %d requests" % sent
+            assert c.cmd("MAIL FROM:<last@neutral.test>").code == 250
+            t0 = time.monotonic()
+            r = c.cmd("RCPT TO:<user@example.com>", timeout=10)
+            assert r.code == 451 and r.esc == "4.4.3", r
+            assert time.monotonic() - t0 < 2
+            assert c.cmd("RSET").code == 250
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # the helper works through its backlog; checks succeed again
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        mid, res = deliver(gw, "alice@pass.test")
+        if res.delivered:
+            break
+        time.sleep(0.3)
+    assert res.delivered, res
+    assert "pass" in headers(sink.wait_message(mid)).split("Received-SPF:", 1)[1].split()[0]
+    assert _helper_pid(gw) == pid
