@@ -25,7 +25,7 @@ CORE_OBJ := $(CORE_SRC:%.c=$(B)/%.o)
 CORE_SAN := $(CORE_SRC:%.c=$(B)/san/%.o)
 
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
-UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%) $(B)/tests/test_scan_portable
 
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
@@ -82,6 +82,11 @@ $(B)/libmxcore-san.a: $(CORE_SAN)
 $(B)/tests/test_%: tests/unit/test_%.c tests/unit/testutil.h $(B)/libmxcore-san.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(SAN) -Icore -Ifilters -Itests/unit $< $(B)/libmxcore-san.a $(INIH) $(CMOCKA) -o $@
+
+# The scanner without SIMD, as it runs on a CPU that is not x86-64.
+$(B)/tests/test_scan_portable: tests/unit/test_scan.c tests/unit/testutil.h core/scan.c $(CORE_HDR)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SAN) -DSCAN_NO_SIMD -Icore -Itests/unit $< core/scan.c $(CMOCKA) -o $@
 
 # test_config.c includes workers/cli.c (it has no main) to test the loader;
 # test_filter.c includes the filters.

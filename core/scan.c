@@ -19,7 +19,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__) && !defined(SCAN_NO_SIMD) /* the masks are 64-bit integers */
 #include <cpuid.h>
 #include <immintrin.h>
 #define SCAN_X86 1
