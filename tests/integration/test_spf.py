@@ -283,14 +283,30 @@ def _helper_pid(gw):
     return int(out[0]) if out else None
 
 
+def _wait_helper(gw, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid = _helper_pid(gw)
+        if pid:
+            return pid
+        time.sleep(0.05)
+    raise AssertionError("no SPF helper process under the gateway")
+
+
+def _deliver_within(gw, sender, timeout):
+    """Retries until a message is delivered or timeout seconds pass (a
+    helper restarting, or working through a backlog)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        mid, res = deliver(gw, sender)
+        if res.delivered or time.monotonic() > deadline:
+            return mid, res
+        time.sleep(0.3)
+
+
 def test_helper_death_gives_temperror_and_restarts(sink, gateway, dns):
     gw = spf_gateway(gateway, sink, dns, workers=1, dns_timeout=5)
-    deadline = time.monotonic() + 5
-    pid = None
-    while pid is None and time.monotonic() < deadline:
-        pid = _helper_pid(gw)
-        time.sleep(0.05)
-    assert pid, "no SPF helper process under the gateway"
+    pid = _wait_helper(gw)
     with Client(gw.port) as c:
         c.ehlo()
         dns.pause()
@@ -302,12 +318,7 @@ def test_helper_death_gives_temperror_and_restarts(sink, gateway, dns):
         assert r.code == 451 and r.esc == "4.4.3", r
         dns.resume()
     # a new helper takes over; the gateway never stopped serving
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        mid, res = deliver(gw, "alice@pass.test")
-        if res.delivered:
-            break
-        time.sleep(0.3)
+    mid, res = _deliver_within(gw, "alice@pass.test", 10)
     assert res.delivered, res
     new = _helper_pid(gw)
     assert new and new != pid
@@ -349,12 +360,7 @@ def test_helper_backlog_full_is_a_temperror(sink, gateway, dns):
     ("overloaded"), never a stall; when the helper runs again, its late
     answers to cancelled checks are dropped and checks work again."""
     gw = spf_gateway(gateway, sink, dns, workers=1, spf_cache_size=0, spf_timeout=30)
-    deadline = time.monotonic() + 5
-    pid = None
-    while pid is None and time.monotonic() < deadline:
-        pid = _helper_pid(gw)
-        time.sleep(0.05)
-    assert pid, "no SPF helper process under the gateway"
+    pid = _wait_helper(gw)
     os.kill(pid, signal.SIGSTOP)
     try:
         with Client(gw.port) as c:
@@ -377,12 +383,7 @@ def test_helper_backlog_full_is_a_temperror(sink, gateway, dns):
     finally:
         os.kill(pid, signal.SIGCONT)
     # the helper works through its backlog; checks succeed again
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        mid, res = deliver(gw, "alice@pass.test")
-        if res.delivered:
-            break
-        time.sleep(0.3)
+    mid, res = _deliver_within(gw, "alice@pass.test", 20)
     assert res.delivered, res
     assert "pass" in headers(sink.wait_message(mid)).split("Received-SPF:", 1)[1].split()[0]
     assert _helper_pid(gw) == pid
