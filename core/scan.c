@@ -144,9 +144,10 @@ static size_t after_chunks(const char *p, size_t i, size_t n, uint64_t at_start,
 }
 
 /*
- * Take clean 64-byte blocks from p while at least 65 bytes remain (the 65th
- * tells whether a CR in the last position is followed by LF). Returns the
- * bytes taken; updates *st and sc->line_len as the exact layer would.
+ * Take clean input from p: 256-byte chunks where CHUNKS can prove them, else
+ * 64-byte blocks while at least 65 bytes remain (the 65th tells whether a CR
+ * in the last position is followed by LF). Returns the bytes taken; updates
+ * *st and sc->line_len as the exact layer would.
  */
 #define FAST_BLOCKS(NAME, MASKS, CHUNKS, ATTR)                                                                    \
     ATTR static size_t NAME(scan_t *sc, const char *p, size_t len, uint8_t *st)                           \

@@ -166,18 +166,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1)
         return 0;
-    size_t nlen = data[0] & 7, off = 1;
-    if (size < off + nlen)
-        return 0;
-    const uint8_t *lens = data + off;
-    off += nlen;
-    const char *in = (const char *)data + off;
-    size_t len = size - off;
-    if (len > FUZZ_MAX_INPUT)
-        len = FUZZ_MAX_INPUT;
-
+    size_t nlen = data[0] & 7, len, nsplits;
     static size_t splits[FUZZ_MAX_SPLITS];
-    size_t nsplits = fuzz_splits(lens, nlen, len, splits, FUZZ_MAX_SPLITS);
+    const char *in;
+    if (!fuzz_rest(data, size, 1, nlen, FUZZ_MAX_INPUT, &in, &len, splits, FUZZ_MAX_SPLITS, &nsplits))
+        return 0;
 
     tu_log_t whole = drive(in, len, NULL, 0, 1);
     tu_log_t split = drive(in, len, splits, nsplits, 0);

@@ -149,18 +149,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *want = layer[(h[3] >> 3) & 3];
     if (!want || !scan_use(want))
         scan_use(best);
-    size_t nlen = h[3] & 7, off = HDR;
-    if (size < off + nlen)
-        return 0;
-    const uint8_t *lens = data + off;
-    off += nlen;
-    const char *in = (const char *)data + off;
-    size_t len = size - off;
-    if (len > FUZZ_MAX_BODY)
-        len = FUZZ_MAX_BODY;
-
+    size_t nlen = h[3] & 7, len, nsplits;
     size_t splits[FUZZ_MAX_SPLITS];
-    size_t nsplits = fuzz_splits(lens, nlen, len, splits, FUZZ_MAX_SPLITS);
+    const char *in;
+    if (!fuzz_rest(data, size, HDR, nlen, FUZZ_MAX_BODY, &in, &len, splits, FUZZ_MAX_SPLITS, &nsplits))
+        return 0;
 
     outcome_t whole, split;
     run(size_max, line_max, mode, in, len, NULL, 0, &whole);

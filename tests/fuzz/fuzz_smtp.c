@@ -377,20 +377,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int delay = (h[3] & 0x08) != 0, early = (h[3] & 0x10) != 0, close_at_end = (h[3] & 0x20) != 0;
     verdicts_t v0 = { (0x9e3779b9u ^ ((uint32_t)h[4] * 0x01000193u)) | 1, (h[4] & 3) != 0 };
 
-    size_t nlen = h[5] & 7, off = HDR;
-    if (size < off + nlen)
-        return 0;
-    const uint8_t *lens = data + off;
-    off += nlen;
-    const char *in = (const char *)data + off;
-    size_t len = size - off;
-    if (len > FUZZ_MAX_SESSION)
-        len = FUZZ_MAX_SESSION;
-
-    /* split points: cumulative chunk lengths, cycling through the bytes;
-     * bytes below 0x80 give 1..16 octets, the others 1..1017 */
+    size_t nlen = h[5] & 7, len, nsplits;
     size_t splits[FUZZ_MAX_SPLITS];
-    size_t nsplits = fuzz_splits(lens, nlen, len, splits, FUZZ_MAX_SPLITS);
+    const char *in;
+    if (!fuzz_rest(data, size, HDR, nlen, FUZZ_MAX_SESSION, &in, &len, splits, FUZZ_MAX_SPLITS, &nsplits))
+        return 0;
 
     /* 1. this file's driver: contract checks, FULL, delayed verdicts */
     run_t *r = calloc(1, sizeof *r);

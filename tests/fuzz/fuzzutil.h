@@ -6,6 +6,7 @@
 #ifndef MXGATE_FUZZUTIL_H
 #define MXGATE_FUZZUTIL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,6 +37,25 @@ static inline size_t fuzz_splits(const uint8_t *lens, size_t nlen, size_t len, s
         splits[n++] = pos;
     }
     return n;
+}
+
+/*
+ * What follows a target's header at data[off]: nlen chunk-length bytes, then
+ * the bytes to feed (*in, *len; at most max of them), and the split points
+ * the chunk lengths give (fuzz_splits; *nsplits of them, at most
+ * max_splits). False when the input is too short to hold the chunk lengths.
+ */
+static inline bool fuzz_rest(const uint8_t *data, size_t size, size_t off, size_t nlen, size_t max, const char **in,
+                             size_t *len, size_t *splits, size_t max_splits, size_t *nsplits)
+{
+    if (size < off + nlen)
+        return false;
+    *in = (const char *)data + off + nlen;
+    *len = size - off - nlen;
+    if (*len > max)
+        *len = max;
+    *nsplits = fuzz_splits(data + off, nlen, *len, splits, max_splits);
+    return true;
 }
 
 /* Two logs that must be equal; on a difference print both and trap. */
