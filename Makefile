@@ -34,9 +34,9 @@ FUZZ_TEST_TIME ?= 40
 
 BENCH_SRC := $(wildcard bench/*.cc)
 
-SRV_SRC  := $(wildcard workers/*.c filters/*.c)
-SRV_HDR  := $(wildcard workers/*.h filters/*.h)
-SRV_INC  := -Icore -Iworkers -Ifilters
+SRV_SRC  := $(wildcard workers/*.c workers/spfd/*.c filters/*.c)
+SRV_HDR  := $(wildcard workers/*.h workers/spfd/*.h filters/*.h)
+SRV_INC  := -Icore -Iworkers -Iworkers/spfd -Ifilters
 SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lpthread
 
 .PHONY: all deps run test unit fuzz fuzz-test bench bench-e2e bench-spf asan clean
@@ -79,12 +79,12 @@ $(B)/libmxcore-san.a: $(CORE_SAN)
 
 # Unit tests always build with ASan and UBSan: a parser test that cannot see
 # an over-read is half a test.
-$(B)/tests/test_%: tests/unit/test_%.c tests/unit/testutil.h $(B)/libmxcore-san.a
+$(B)/tests/test_%: tests/unit/test_%.c tests/unit/testutil.h tests/unit/guard.h $(B)/libmxcore-san.a
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(SAN) -Icore -Ifilters -Itests/unit $< $(B)/libmxcore-san.a $(INIH) $(CMOCKA) -o $@
 
 # The scanner without SIMD, as it runs on a CPU that is not x86-64.
-$(B)/tests/test_scan_portable: tests/unit/test_scan.c tests/unit/testutil.h core/scan.c $(CORE_HDR)
+$(B)/tests/test_scan_portable: tests/unit/test_scan.c tests/unit/testutil.h tests/unit/guard.h core/scan.c $(CORE_HDR)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(SAN) -DSCAN_NO_SIMD -Icore -Itests/unit $< core/scan.c $(CMOCKA) -o $@
 
@@ -93,19 +93,24 @@ $(B)/tests/test_scan_portable: tests/unit/test_scan.c tests/unit/testutil.h core
 $(B)/tests/test_config: workers/cli.c workers/cli.h
 $(B)/tests/test_filter: $(wildcard filters/*.c filters/*.h)
 
+# The SPF record grammar is I/O-free and linked alone: no core/, no libspf2.
+$(B)/tests/test_spf_record: tests/unit/test_spf_record.c tests/unit/guard.h workers/spfd/spf_record.c workers/spfd/spf_record.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(SAN) -Iworkers/spfd -Itests/unit $< workers/spfd/spf_record.c $(CMOCKA) -o $@
+
 unit: $(UNIT_BIN)
 	@sh tests/run-unit.sh $(UNIT_BIN)
 
-$(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) tests/unit/testutil.h tests/fuzz/fuzzutil.h
+$(B)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(CORE_SRC) $(CORE_HDR) tests/unit/testutil.h tests/unit/guard.h tests/fuzz/fuzzutil.h
 	@mkdir -p $(@D)
 	$(CLANG) -std=c17 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
 	  -fno-sanitize-recover=all -Icore -Itests/unit -Itests/fuzz $< $(CORE_SRC) $(INIH) -o $@
 
 # The SPF record check runs in the helper, on records from anyone's DNS.
-$(B)/fuzz/fuzz_spfrecord: tests/fuzz/fuzz_spfrecord.c workers/spf_dns.c workers/spf_dns.h
+$(B)/fuzz/fuzz_spfrecord: tests/fuzz/fuzz_spfrecord.c tests/unit/guard.h workers/spfd/spf_record.c workers/spfd/spf_record.h
 	@mkdir -p $(@D)
 	$(CLANG) -std=c17 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
-	  -fno-sanitize-recover=all -Iworkers $< -lspf2 -lresolv -lpthread -o $@
+	  -fno-sanitize-recover=all -Iworkers/spfd -Itests/unit $< workers/spfd/spf_record.c -lspf2 -lresolv -lpthread -o $@
 
 # make fuzz: every target for FUZZ_TIME seconds (default 10 minutes).
 fuzz: $(FUZZ_BIN)

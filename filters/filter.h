@@ -59,7 +59,7 @@ enum filter_reason {
 /* SPF as one transaction sees it; owned by the session (filters/spf.c). */
 typedef struct spf_state {
     uint8_t status;       /* enum spf_status */
-    uint8_t result;       /* enum spf_result (workers/spf_proto.h numbering) */
+    uint8_t result;       /* enum spf_result (workers/spfd/spf_proto.h numbering) */
     uint32_t reqid;       /* the helper request this transaction waits for */
     char *text;           /* received value, NUL, comment, NUL; kept between transactions */
     uint32_t received_len, comment_len, text_cap;

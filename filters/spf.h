@@ -1,7 +1,7 @@
 /*
  * spf.h - the SPF filter's side of SPF (RFC 7208): what each result leads to
  * (spf_fail = reject, ...), the reply for a refusal, and the trace headers.
- * The lookups themselves run in the helper process (workers/spfd.c), started
+ * The lookups themselves run in the helper process (workers/spfd/), started
  * by the worker through filter_host_t.spf_start at MAIL; the filter waits for
  * the result at the stage spf_stage names (the first RCPT by default).
  */

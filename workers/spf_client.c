@@ -1,6 +1,6 @@
 /*
  * spf_client.c - the worker's side of SPF: a result cache, and requests to
- * the helper process (workers/spfd.c) over this worker's socketpair.
+ * the helper process (workers/spfd/) over this worker's socketpair.
  *
  * A request is one datagram sent without blocking (MSG_DONTWAIT: a full
  * socket buffer means the helper is far behind, and the check is a

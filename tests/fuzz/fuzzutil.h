@@ -13,14 +13,6 @@
 
 #include "testutil.h"
 
-#define CHECK(c)                                                                                          \
-    do {                                                                                                  \
-        if (!(c)) {                                                                                       \
-            fprintf(stderr, "%s: check failed at line %d: %s\n", __FILE__, __LINE__, #c);                 \
-            __builtin_trap();                                                                             \
-        }                                                                                                 \
-    } while (0)
-
 /*
  * Split points in (0, len) as cumulative chunk lengths, cycling through
  * lens[0..nlen): a byte below 0x80 gives 1..16 octets, the others 1..1017.

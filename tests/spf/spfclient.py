@@ -1,7 +1,7 @@
 """
 spfclient - drive the SPF helper (`mxgate --spf-helper`) from Python the way a
 worker does: one end of an AF_UNIX SOCK_SEQPACKET socketpair, one datagram per
-request or reply, replies matched by id (workers/spf_proto.h has the format).
+request or reply, replies matched by id (workers/spfd/spf_proto.h has the format).
 
     with SpfHelper("build/mxgate", dns.addr) as h:
         result, received, comment, ttl = h.check("192.0.2.1", "mx.example.com",
@@ -21,8 +21,8 @@ import subprocess
 import tempfile
 import time
 
-REQ = struct.Struct("=IBBHHH16s")    # spf_req_t
-RES = struct.Struct("=IBBHHHI")      # spf_res_t
+REQ = struct.Struct("=QBBHHH16s")    # spf_req_t: 64-bit id, 32 octets
+RES = struct.Struct("=QBBHHHII")     # spf_res_t: 64-bit id, 24 octets
 PROTO_MAX = 4096                     # SPF_PROTO_MAX
 RESULT_NAMES = ("none", "neutral", "pass", "fail", "softfail", "temperror", "permerror")
 
@@ -49,7 +49,7 @@ def decode_reply(dgram):
     """(id, result name, received, comment, ttl) of one reply datagram."""
     if len(dgram) < RES.size:
         raise HelperError("short reply: %d octets %r" % (len(dgram), dgram[:64]))
-    rid, result, _, rlen, clen, _, ttl = RES.unpack_from(dgram)
+    rid, result, _, rlen, clen, _, ttl, _ = RES.unpack_from(dgram)
     body = dgram[RES.size:]
     if rlen + clen != len(body):
         raise HelperError("reply %d: lengths %d+%d but %d octets follow the header"
@@ -156,7 +156,7 @@ class SpfHelper:
 
     def new_id(self):
         i = self._next_id
-        self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFFFFFFFFFF or 1
         return i
 
     def send_raw(self, dgram, timeout=5.0):

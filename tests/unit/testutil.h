@@ -1,8 +1,8 @@
 /*
  * testutil.h - shared by the unit tests and the fuzz targets.
  *
- * guard_copy(): puts bytes at the very end of a page followed by a PROT_NONE
- * page, so any read past the input crashes (picohttpparser's test trick).
+ * guard_copy() (guard.h): puts bytes at the very end of a page followed by a
+ * PROT_NONE page, so any read past the input crashes.
  *
  * tu_drive(): feeds a session to the engine cut at the given split points,
  * each piece in its own guarded buffer that is unmapped as soon as it has
@@ -20,35 +20,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "guard.h"
 #include "smtp.h"
-
-typedef struct guard_buf {
-    char *map;
-    size_t maplen;
-    char *data;
-} guard_buf_t;
-
-static inline void guard_copy(guard_buf_t *g, const char *p, size_t n)
-{
-    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-    size_t body = (n + pg - 1) / pg * pg;
-    if (body == 0)
-        body = pg;
-    g->maplen = body + pg;
-    g->map = mmap(NULL, g->maplen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (g->map == MAP_FAILED)
-        abort();
-    mprotect(g->map + body, pg, PROT_NONE);
-    g->data = g->map + body - n;
-    if (n)
-        memcpy(g->data, p, n);
-}
-
-static inline void guard_free(guard_buf_t *g)
-{
-    munmap(g->map, g->maplen);
-    g->map = NULL;
-}
 
 /* A growing text log. */
 typedef struct tu_log {

@@ -8,7 +8,7 @@
  * right: DNS-querying terms across includes, void lookups (section 4.6.4)
  * and the smallest TTL the result rests on. Its get_spf hook fetches each
  * SPF record, checks it against the RFC's grammar and hands libspf2 an
- * equivalent it evaluates correctly.
+ * equivalent it evaluates correctly (spf_record.h).
  *
  * Ownership: spf_dns_t (server address, cache) is created once before the
  * pool threads start and outlives them. Each pool thread owns one layer from

@@ -9,8 +9,16 @@
  * back in any order and carry the request's id; a worker drops a reply whose
  * id it no longer waits for (a check that timed out, a session gone).
  *
+ * The id is 64 bits, opaque to the helper, which echoes it whole: the worker
+ * puts a generation number in it beside the session's slot, so a reply that
+ * arrives after its timeout can never reach a newer session in that slot.
+ * It comes first, so even a malformed request's reply can carry it.
+ *
  * All integers are in host byte order: both ends are the same binary on the
  * same machine (the helper is this executable, started with --spf-helper).
+ * Every padding octet is a named field sent as zero, so no datagram carries
+ * uninitialised memory and the layout is the same for every compiler; the
+ * static assertions below hold it there.
  */
 #ifndef MXGATE_SPF_PROTO_H
 #define MXGATE_SPF_PROTO_H
@@ -32,7 +40,7 @@
  * identity as RFC 7208 section 2.3 says, with postmaster@helo as sender).
  */
 typedef struct spf_req {
-    uint32_t id;     /* echoed in the reply */
+    uint64_t id;     /* echoed in the reply, all 64 bits */
     uint8_t family;  /* 4 or 6 */
     uint8_t flags;   /* 0 */
     uint16_t helo_len;
@@ -50,7 +58,7 @@ typedef struct spf_req {
  * empty). Printable ASCII only, so it can go into a header and a reply.
  */
 typedef struct spf_res {
-    uint32_t id;
+    uint64_t id;     /* the request's */
     uint8_t result;  /* enum spf_result */
     uint8_t _pad;
     uint16_t received_len;
@@ -58,6 +66,11 @@ typedef struct spf_res {
     uint16_t _pad2;
     uint32_t ttl;    /* seconds the result may be cached: the smallest TTL of
                         the DNS answers it rests on; 0 for temperror */
+    uint32_t _pad3;  /* 0: rounds the header to the id's alignment */
 } spf_res_t;
+
+/* The fields add up to exactly these sizes: no padding the compiler adds. */
+_Static_assert(sizeof(spf_req_t) == 32, "spf_req_t has unnamed padding");
+_Static_assert(sizeof(spf_res_t) == 24, "spf_res_t has unnamed padding");
 
 #endif

@@ -26,9 +26,10 @@
  *
  * libspf2 1.2.10 is also lenient with record syntax and strict where the
  * RFC is not; get_spf checks each record against the RFC's grammar and
- * hands libspf2 an equivalent it evaluates correctly (record_rewrite).
+ * hands libspf2 an equivalent it evaluates correctly (spf_record.c).
  */
 #include "spf_dns.h"
+#include "spf_record.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -769,292 +770,7 @@ static SPF_dns_rr_t *layer_lookup(SPF_dns_server_t *srv, const char *domain, ns_
     return rr;
 }
 
-/* ---- the record, checked before libspf2 compiles it ------------------------------ */
-
-static bool is_digit(char c)
-{
-    return c >= '0' && c <= '9';
-}
-
-static bool is_alpha(char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
-}
-
-static bool is_alnum(char c)
-{
-    return is_digit(c) || is_alpha(c);
-}
-
-/* macro-string (section 7.1); *last_macro: it ends in a macro-expand. The
- * letters c, r and t belong to explanations only (section 7.3). */
-static bool macro_string_ok(const char *s, size_t n, bool *last_macro)
-{
-    *last_macro = false;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x21 || c > 0x7e)
-            return false;
-        if (c != '%') {
-            *last_macro = false;
-            i++;
-            continue;
-        }
-        if (i + 1 >= n)
-            return false;
-        char m = s[i + 1];
-        if (m == '%' || m == '_' || m == '-') {
-            i += 2;
-            *last_macro = true;
-            continue;
-        }
-        if (m != '{' || i + 2 >= n)
-            return false;
-        size_t j = i + 2;
-        char letter = (char)(s[j] | 0x20);
-        if (!is_alpha(s[j]) || !strchr("slodiphv", letter))
-            return false;
-        j++;
-        size_t digits = j;
-        while (j < n && is_digit(s[j]))
-            j++;
-        if (j > digits && (s[digits] == '0' || j - digits > 3)) /* 1..999 parts */
-            return false;
-        if (j < n && (s[j] == 'r' || s[j] == 'R'))
-            j++;
-        while (j < n && strchr(".-+,/_=", s[j]) && s[j])
-            j++;
-        if (j >= n || s[j] != '}')
-            return false;
-        i = j + 1;
-        *last_macro = true;
-    }
-    return true;
-}
-
-/* toplabel = ( *alphanum ALPHA *alphanum ) /
- *            ( 1*alphanum "-" *( alphanum / "-" ) alphanum ) */
-static bool toplabel_ok(const char *t, size_t n)
-{
-    bool alpha = false, hyphen = false;
-    if (n == 0)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (is_alpha(t[i]))
-            alpha = true;
-        else if (t[i] == '-')
-            hyphen = true;
-        else if (!is_digit(t[i]))
-            return false;
-    }
-    return hyphen ? is_alnum(t[0]) && is_alnum(t[n - 1]) : alpha;
-}
-
-/* domain-spec = macro-string domain-end;
- * domain-end  = ( "." toplabel [ "." ] ) / macro-expand */
-static bool domain_spec_ok(const char *s, size_t n)
-{
-    bool last_macro;
-    if (n == 0 || !macro_string_ok(s, n, &last_macro))
-        return false;
-    if (last_macro)
-        return true;
-    if (s[n - 1] == '.')
-        n--;
-    const char *dot = n ? memrchr(s, '.', n) : NULL;
-    return dot && toplabel_ok(dot + 1, (size_t)(s + n - dot - 1));
-}
-
-/* "/" ("0" / %x31-39 0*N DIGIT), at most max */
-static bool cidr_ok(const char *s, size_t n, unsigned max)
-{
-    if (n == 0 || n > 3 || (s[0] == '0' && n > 1))
-        return false;
-    unsigned v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!is_digit(s[i]))
-            return false;
-        v = v * 10 + (unsigned)(s[i] - '0');
-    }
-    return v <= max;
-}
-
-/* ip4 / ip6: ":" network [ "/" cidr ] */
-static bool ip_ok(const char *s, size_t n, int af)
-{
-    char buf[INET6_ADDRSTRLEN + 8];
-    unsigned char addr[16];
-    const char *slash = memchr(s, '/', n);
-    size_t alen = slash ? (size_t)(slash - s) : n;
-    if (slash && !cidr_ok(slash + 1, n - alen - 1, af == AF_INET ? 32 : 128))
-        return false;
-    if (alen == 0 || alen >= sizeof buf)
-        return false;
-    memcpy(buf, s, alen);
-    buf[alen] = '\0';
-    return inet_pton(af, buf, addr) == 1;
-}
-
-/* a / mx: [ ":" domain-spec ] [ ip4-cidr-length ] [ "/" ip6-cidr-length ] */
-static bool a_mx_ok(const char *s, size_t n)
-{
-    size_t e = n, j = n;
-    while (j > 0 && is_digit(s[j - 1]))
-        j--;
-    if (j < e && j >= 2 && s[j - 1] == '/' && s[j - 2] == '/') {
-        if (!cidr_ok(s + j, e - j, 128))
-            return false;
-        e = j - 2;
-    }
-    j = e;
-    while (j > 0 && is_digit(s[j - 1]))
-        j--;
-    if (j < e && j >= 1 && s[j - 1] == '/') {
-        if (!cidr_ok(s + j, e - j, 32))
-            return false;
-        e = j - 1;
-    }
-    if (e == 0)
-        return true;
-    return s[0] == ':' && domain_spec_ok(s + 1, e - 1);
-}
-
-static bool name_is(const char *t, size_t n, const char *name)
-{
-    return strlen(name) == n && strncasecmp(t, name, n) == 0;
-}
-
-/* One directive: [qualifier] mechanism. */
-static const char *directive_check(const char *t, size_t n, bool *all)
-{
-    if (n && strchr("+-?~", t[0])) {
-        t++;
-        n--;
-    }
-    size_t k = 0;
-    while (k < n && t[k] != ':' && t[k] != '/')
-        k++;
-    const char *arg = t + k;
-    size_t an = n - k;
-    bool colon = an > 1 && arg[0] == ':';
-    if (name_is(t, k, "all")) {
-        *all = true;
-        return an ? "bad all" : NULL;
-    }
-    if (name_is(t, k, "include") || name_is(t, k, "exists"))
-        return colon && domain_spec_ok(arg + 1, an - 1) ? NULL : "bad domain in include: or exists:";
-    if (name_is(t, k, "a") || name_is(t, k, "mx"))
-        return a_mx_ok(arg, an) ? NULL : "bad a or mx";
-    if (name_is(t, k, "ptr"))
-        return an == 0 || (colon && domain_spec_ok(arg + 1, an - 1)) ? NULL : "bad ptr";
-    if (name_is(t, k, "ip4") || name_is(t, k, "ip6"))
-        return colon && ip_ok(arg + 1, an - 1, t[2] == '4' ? AF_INET : AF_INET6) ? NULL : "bad ip4 or ip6";
-    return "unknown mechanism";
-}
-
-/*
- * Appends " term" (returns the octets written, under 3n + 40). libspf2
- * cannot hold a CIDR length of 0 (it reads 0 as "none given"), so
- * ip4:x/0 and ip6:x/0 go in as the two halves of the address space, the
- * same set. a/0 and mx/0 have no such equivalent and stay libspf2's
- * permerror.
- */
-static size_t append_directive(char *out, const char *t, size_t n)
-{
-    const char *q = strchr("+-?~", t[0]) && n ? t : NULL;
-    size_t qn = q ? 1 : 0;
-    const char *m = t + qn;
-    size_t mn = n - qn;
-    const char *halves = NULL;
-    if (mn > 6 && m[mn - 2] == '/' && m[mn - 1] == '0' && strncasecmp(m, "ip4:", 4) == 0)
-        halves = "ip4:0.0.0.0/1 ip4:128.0.0.0/1";
-    else if (mn > 6 && m[mn - 2] == '/' && m[mn - 1] == '0' && strncasecmp(m, "ip6:", 4) == 0)
-        halves = "ip6:::/1 ip6:8000::/1";
-    if (!halves) {
-        out[0] = ' ';
-        memcpy(out + 1, t, n);
-        return n + 1;
-    }
-    size_t h = strcspn(halves, " ");
-    return (size_t)sprintf(out, " %.*s%.*s %.*s%s", (int)qn, t, (int)h, halves, (int)qn, t, halves + h + 1);
-}
-
-/*
- * Checks a record selected as SPF against RFC 7208's grammar (section 12)
- * and writes the one libspf2 compiles: the mechanisms in their order, then
- * exp=, then redirect= (dropped when an "all" is present, section 6.1);
- * unknown modifiers left out, as they have no effect (section 6). libspf2
- * 1.2.10 accepts malformed records (bad domain-specs, leading zeros in
- * CIDRs, unknown modifier syntax, a second redirect=), evaluates redirect=
- * where it stands and refuses some modifier names the RFC allows.
- * Returns NULL, or why the record is a permerror.
- */
-static const char *record_rewrite(const char *rec, char *out, size_t cap)
-{
-    const char *p = rec + 6, *end = rec + strlen(rec); /* after "v=spf1" */
-    const char *exp = NULL, *redirect = NULL;
-    size_t exp_n = 0, redirect_n = 0, o = 6;
-    bool all = false;
-    for (const char *c = rec; c < end; c++)
-        if (*c != ' ' && (*c < 0x21 || *c > 0x7e))
-            return "a character outside printable ASCII";
-    if (cap < 3 * (size_t)(end - rec) + 64)
-        return "record too long";
-    memcpy(out, "v=spf1", 6);
-    while (p < end) {
-        while (p < end && *p == ' ')
-            p++;
-        const char *t = p;
-        while (p < end && *p != ' ')
-            p++;
-        size_t n = (size_t)(p - t), k = 0;
-        if (n == 0)
-            break;
-        if (is_alpha(t[0]))
-            for (k = 1; k < n && (is_alnum(t[k]) || t[k] == '-' || t[k] == '_' || t[k] == '.');)
-                k++;
-        if (k > 0 && k < n && t[k] == '=') { /* a modifier */
-            const char *v = t + k + 1;
-            size_t vn = n - k - 1;
-            bool last_macro;
-            if (name_is(t, k, "redirect") || name_is(t, k, "exp")) {
-                bool is_exp = k == 3;
-                if (is_exp ? exp != NULL : redirect != NULL)
-                    return is_exp ? "exp= twice" : "redirect= twice";
-                if (!domain_spec_ok(v, vn))
-                    return is_exp ? "bad exp= domain" : "bad redirect= domain";
-                *(is_exp ? &exp : &redirect) = t;
-                *(is_exp ? &exp_n : &redirect_n) = n;
-            } else if (!macro_string_ok(v, vn, &last_macro)) {
-                return "bad macro in a modifier";
-            }
-            continue;
-        }
-        const char *why = directive_check(t, n, &all);
-        if (why)
-            return why;
-        if (o + 3 * n + 40 >= cap)
-            return "record too long";
-        o += append_directive(out + o, t, n);
-    }
-    if (exp) {
-        out[o++] = ' ';
-        memcpy(out + o, exp, exp_n);
-        o += exp_n;
-    }
-    if (redirect && !all) {
-        out[o++] = ' ';
-        memcpy(out + o, redirect, redirect_n);
-        o += redirect_n;
-    }
-    out[o] = '\0';
-    return NULL;
-}
-
-static bool is_spf_record(const char *txt)
-{
-    return strncasecmp(txt, "v=spf1", 6) == 0 && (txt[6] == ' ' || txt[6] == '\0');
-}
+/* ---- the record, checked (spf_record.c) before libspf2 compiles it --------------- */
 
 static SPF_errcode_t record_error(SPF_response_t *resp, SPF_result_t result, SPF_errcode_t err, const char *fmt,
                                   const char *a, const char *b)
@@ -1085,7 +801,7 @@ static SPF_errcode_t layer_get_spf(SPF_server_t *server, SPF_request_t *req, SPF
     switch (rr->herrno) {
     case NETDB_SUCCESS:
         for (int i = 0; i < rr->num_rr; i++)
-            if (is_spf_record(rr->rr[i]->txt)) {
+            if (spf_record_is_spf(rr->rr[i]->txt)) {
                 found++;
                 idx = i;
             }
@@ -1104,9 +820,9 @@ static SPF_errcode_t layer_get_spf(SPF_server_t *server, SPF_request_t *req, SPF
         return record_error(resp, SPF_RESULT_PERMERROR, SPF_E_MULTIPLE_RECORDS, "%s for '%s'", "Multiple SPF records",
                             domain);
     }
-    size_t cap = 3 * strlen(rr->rr[idx]->txt) + 64;
+    size_t cap = SPF_RECORD_OUT_CAP(strlen(rr->rr[idx]->txt));
     char *rec = malloc(cap);
-    const char *why = rec ? record_rewrite(rr->rr[idx]->txt, rec, cap) : "out of memory";
+    const char *why = rec ? spf_record_rewrite(rr->rr[idx]->txt, rec, cap) : "out of memory";
     SPF_dns_rr_free(rr);
     if (why) {
         free(rec);

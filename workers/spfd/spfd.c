@@ -24,6 +24,7 @@
 
 #include <errno.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -64,7 +65,7 @@ typedef struct spfd_opts {
 /* One request, parsed and NUL-terminated; copied by value through the ring. */
 typedef struct spfd_job {
     int fd;
-    uint32_t id;
+    uint64_t id; /* the worker's, echoed whole */
     uint8_t family;
     uint8_t addr[16];
     uint16_t helo_len, sender_len;
@@ -393,7 +394,7 @@ static size_t copy_text(char *dst, size_t cap, const char *src)
 /* One reply datagram. A full socket buffer (a worker not reading) is
  * waited on for at most wait_ms, then the reply is dropped: the worker's
  * own timeout answers for it. */
-static int spfd_send(int fd, uint32_t id, const spfd_answer_t *a, int wait_ms)
+static int spfd_send(int fd, uint64_t id, const spfd_answer_t *a, int wait_ms)
 {
     spf_res_t h;
     memset(&h, 0, sizeof h);
@@ -465,8 +466,12 @@ static void build_received(spfd_answer_t *a, const char *host, uint8_t result, c
                            const char *env_from, const char *helo)
 {
     char buf[SPF_RECEIVED_MAX + 256], c[SPF_COMMENT_MAX + 1], q[SPF_SENDER_MAX * 2 + 8];
-    size_t k = 0;
-    for (const char *p = why ? why : ""; *p && k < sizeof c - 1; p++)
+    size_t k = 0, hl = strlen(host);
+    const char *w = why ? why : "";
+    if (strncmp(w, host, hl) == 0 && w[hl] == ':') /* libspf2's comment names the host already */
+        for (w += hl + 1; *w == ' ';)
+            w++;
+    for (const char *p = w; *p && k < sizeof c - 1; p++)
         c[k++] = *p == '(' || *p == ')' || *p == '\\' ? ' ' : *p;
     c[k] = '\0';
     int n = snprintf(buf, sizeof buf, "%s (%s: %s) receiver=%s; client-ip=%s;", spf_result_name(result), host, c,
@@ -751,7 +756,7 @@ static void *spfd_pool(void *arg)
         if (log_level <= LOG_DEBUG) {
             char qh[SPF_NAME_MAX * 4 + 16], qs[SPF_SENDER_MAX * 4 + 16];
             log_line(LOG_DEBUG,
-                     "event=spf_check fd=%d id=%u helo=%s sender=%s result=%s ttl=%u dns_queries=%u "
+                     "event=spf_check fd=%d id=%" PRIu64 " helo=%s sender=%s result=%s ttl=%u dns_queries=%u "
                      "cache_hits=%u voids=%u sent=%s ms=%.1f",
                      job->fd, job->id, qv(qh, sizeof qh, job->helo, job->helo_len),
                      qv(qs, sizeof qs, job->sender, job->sender_len), spf_result_name(a->result),
@@ -766,7 +771,7 @@ static void *spfd_pool(void *arg)
 
 /* ---- the dispatcher ------------------------------------------------------------ */
 
-static void reply_now(spfd_t *d, int fd, uint32_t id, const char *why)
+static void reply_now(spfd_t *d, int fd, uint64_t id, const char *why)
 {
     spfd_answer_t a;
     memset(&a, 0, sizeof a);
@@ -777,7 +782,7 @@ static void reply_now(spfd_t *d, int fd, uint32_t id, const char *why)
     a.comment_len = copy_text(a.comment, SPF_COMMENT_MAX, why);
     if (spfd_send(fd, id, &a, 0)) { /* the dispatcher never waits */
         d->send_failed++;
-        log_line(LOG_DEBUG, "event=spf_helper_send_fail fd=%d id=%u error=\"%s\"", fd, id, strerror(errno));
+        log_line(LOG_DEBUG, "event=spf_helper_send_fail fd=%d id=%" PRIu64 " error=\"%s\"", fd, id, strerror(errno));
     }
 }
 
@@ -806,8 +811,8 @@ static void spfd_request(spfd_t *d, int fd, const unsigned char *buf, size_t n, 
         why = "length";
     if (why) {
         d->malformed++;
-        log_line(LOG_WARN, "event=spf_helper_bad_request fd=%d id=%u len=%zu reason=%s action=temperror", fd, h.id, n,
-                 why);
+        log_line(LOG_WARN, "event=spf_helper_bad_request fd=%d id=%" PRIu64 " len=%zu reason=%s action=temperror", fd,
+                 h.id, n, why);
         reply_now(d, fd, h.id, "malformed SPF request");
         return;
     }
