@@ -175,8 +175,8 @@ int feed_all(smtp_t *s, const char *p, size_t len)
         len -= n;
         if (st == SMTP_EVENT) {
             events++;
-            if (smtp_pending(s))
-                smtp_accept(s);
+            if (smtp_ev_wants_verdict(ev.type))
+                smtp_accept(s, ev.slot);
             continue;
         }
         return st == SMTP_AGAIN && len == 0 ? events : -1;

@@ -33,6 +33,7 @@
 #define CONFIG_ADDR_MAX (CONFIG_DOMAIN_MAX + 7) /* "name:65535" and its NUL */
 #define CONFIG_PATH_MAX 4096                    /* PATH_MAX with its NUL */
 #define CONFIG_WORDS_MAX 256                    /* a list of names, "a,b,c" and its NUL */
+#define CONFIG_WORKERS_MAX 256                  /* worker threads */
 
 /* What an SPF result leads to (spf_fail, spf_softfail, ...). An accepted
  * message always carries Received-SPF and Authentication-Results. */
@@ -80,6 +81,7 @@ typedef struct mx_config {
 
     uint32_t command_timeout;        /* seconds */
     uint32_t data_timeout;           /* seconds */
+    uint32_t data_min_rate;          /* octets per second; 0: none */
     uint32_t greeting_delay;         /* milliseconds; 0: greet at once */
     uint32_t downstream_timeout;     /* seconds */
     uint32_t max_connections;        /* whole process */

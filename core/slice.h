@@ -19,6 +19,9 @@ typedef struct slice {
 
 #define SLICE_LIT(s) ((slice_t){ (s), sizeof(s) - 1 })
 #define SLICE_NULL ((slice_t){ NULL, 0 })
+/* The same as an initializer of static data (a compound literal is not
+ * a constant expression in ISO C). */
+#define SLICE_INIT(s) { (s), sizeof(s) - 1 }
 
 static inline slice_t slice_make(const char *p, size_t n)
 {

@@ -5,7 +5,8 @@
  * framed (length, CRLF, control bytes), its verb looked up in cmd_table, and
  * the row's check function decides from state and syntax alone. A check that
  * passes either answers itself (NOOP, RSET...) or hands the caller an event
- * and waits for a verdict; proceed_*() applies the verdict. Every state change
+ * with a reply slot and waits for its verdict; settle() applies verdicts in
+ * command order as they reach the head of the reply queue. Every state change
  * goes through enter(). Errors in the data phase are latched by the scanner
  * and answered once, after the final dot.
  *
@@ -94,6 +95,7 @@ void smtp_free(smtp_t *s)
 {
     free(s->_carry);
     s->_carry = NULL;
+    replyq_free(&s->rq);
 }
 
 /* The one place the state changes; a tracing build can log old -> new here. */
@@ -136,7 +138,8 @@ void smtp_close(smtp_t *s, int code, const char *esc, const char *text)
     if (s->state == SMTP_S_CLOSED)
         return;
     say_host(s, code, esc, text);
-    s->_pending = 0;
+    replyq_clear(&s->rq); /* verdicts still to come are dropped */
+    s->_mail_failed = false;
     enter(s, SMTP_S_CLOSED);
 }
 
@@ -164,11 +167,26 @@ static smtp_status_t info(smtp_ev_type_t t, smtp_event_t *ev)
     return SMTP_EVENT;
 }
 
-/* An event that waits for smtp_accept/smtp_reply. */
+/* An event that waits for a verdict in a reply slot. Reading ahead, a full
+ * queue pauses (the caller rolls the command back); with nothing open, only
+ * memory can be short, which is as fatal here as for the carry buffer. */
 static smtp_status_t ask(smtp_t *s, smtp_ev_type_t t, smtp_event_t *ev)
 {
+    bool ahead = smtp_open(s) != 0;
+    if (!replyq_push(&s->rq, (uint8_t)t, SMTP_SLOTS_MAX, &ev->slot)) {
+        if (!ahead)
+            abort();
+        return SMTP_PAUSED;
+    }
     ev->type = t;
-    s->_pending = (uint8_t)t;
+    /* MAIL and RCPT move the state on as if accepted, so the commands read
+     * behind them are checked against it; settle() corrects it. */
+    if (t == SMTP_EV_MAIL) {
+        enter(s, SMTP_S_MAIL);
+    } else if (t == SMTP_EV_RCPT) {
+        s->tx.rcpt_ok++;
+        enter(s, SMTP_S_RCPT);
+    }
     return SMTP_EVENT;
 }
 
@@ -189,6 +207,7 @@ static smtp_status_t check_helo(smtp_t *s, slice_t args, smtp_event_t *ev, smtp_
         return fail(s, ev, SMTP_ERR_SYNTAX, 501, "5.5.4",
                     t == SMTP_EV_EHLO ? "Syntax: EHLO hostname" : "Syntax: HELO hostname");
     reset_tx(s); /* RFC 5321 4.1.4: HELO/EHLO resets any transaction */
+    s->_mail_peer = false;
     ev->arg = args;
     return ask(s, t, ev);
 }
@@ -219,6 +238,38 @@ static smtp_status_t path_error(smtp_t *s, smtp_event_t *ev, enum addr_status st
         return fail(s, ev, SMTP_ERR_UTF8, 553, "5.6.7", "Error: SMTPUTF8 is required for non-ASCII addresses");
     return fail(s, ev, SMTP_ERR_SYNTAX, 501, sender ? "5.1.7" : "5.1.3",
                 sender ? "Bad sender address syntax" : "Bad recipient address syntax");
+}
+
+/* RCPT or DATA sent blind behind a MAIL refused for a peer's trouble: the
+ * MAIL's reply again, not counted (the client could not have known). */
+static smtp_status_t behind_peer_refusal(smtp_t *s, smtp_event_t *ev)
+{
+    (void)reply_line(s->out, s->_mail_code, false, s->_mail_esc[0] ? s->_mail_esc : NULL,
+                     SLICE_LIT("Error: sender not accepted, try again later"));
+    ev->type = SMTP_EV_ERROR;
+    ev->err = SMTP_ERR_SEQUENCE;
+    return SMTP_EVENT;
+}
+
+/* DATA with every recipient refused: 554, or, when none of them was refused
+ * for the client's fault (the downstream failed), their reply, uncounted. */
+static void say_no_recipients(smtp_t *s)
+{
+    if (!s->tx.rcpt_client_refused && s->tx.rcpt_peer_code) {
+        (void)reply_line(s->out, s->tx.rcpt_peer_code, false, s->tx.rcpt_peer_esc[0] ? s->tx.rcpt_peer_esc : NULL,
+                         SLICE_LIT("Error: no recipient could be accepted, try again later"));
+        return;
+    }
+    say(s, 554, "5.5.1", "Error: no valid recipients");
+    count_error(s);
+}
+
+static smtp_status_t no_recipients(smtp_t *s, smtp_event_t *ev)
+{
+    say_no_recipients(s);
+    ev->type = SMTP_EV_ERROR;
+    ev->err = SMTP_ERR_NO_RCPT;
+    return SMTP_EVENT;
 }
 
 static smtp_status_t check_mail(smtp_t *s, slice_t args, smtp_event_t *ev)
@@ -254,12 +305,15 @@ static smtp_status_t check_mail(smtp_t *s, slice_t args, smtp_event_t *ev)
     if (s->cfg->size_max && ev->params.has_size && ev->params.size > s->cfg->size_max)
         return fail(s, ev, SMTP_ERR_SIZE, 552, "5.3.4", "Message size exceeds fixed limit");
     s->tx.params = ev->params;
+    s->_mail_peer = false;
     return ask(s, SMTP_EV_MAIL, ev);
 }
 
 static smtp_status_t check_rcpt(smtp_t *s, slice_t args, smtp_event_t *ev)
 {
     const char *why = "";
+    if (s->state < SMTP_S_MAIL && s->_mail_peer)
+        return behind_peer_refusal(s, ev);
     if (s->state != SMTP_S_MAIL && s->state != SMTP_S_RCPT)
         return fail(s, ev, SMTP_ERR_SEQUENCE, 503, "5.5.1", "Error: need MAIL command");
     if (!path_prefix(&args, "TO:") || args.len == 0)
@@ -303,8 +357,10 @@ static smtp_status_t check_data(smtp_t *s, slice_t args, smtp_event_t *ev)
     smtp_status_t st = no_args(s, args, ev, "Syntax: DATA");
     if (st != SMTP_AGAIN)
         return st;
+    if (s->state < SMTP_S_MAIL && s->_mail_peer)
+        return behind_peer_refusal(s, ev);
     if (s->state == SMTP_S_MAIL && s->tx.rcpt_tried)
-        return fail(s, ev, SMTP_ERR_NO_RCPT, 554, "5.5.1", "Error: no valid recipients");
+        return no_recipients(s, ev);
     if (s->state != SMTP_S_RCPT)
         return fail(s, ev, SMTP_ERR_SEQUENCE, 503, "5.5.1",
                     s->state == SMTP_S_MAIL ? "Error: need RCPT command" : "Error: need MAIL command");
@@ -317,6 +373,7 @@ static smtp_status_t check_rset(smtp_t *s, slice_t args, smtp_event_t *ev)
     if (st != SMTP_AGAIN)
         return st;
     reset_tx(s);
+    s->_mail_peer = false;
     say(s, 250, "2.0.0", "Ok");
     return info(SMTP_EV_RSET, ev);
 }
@@ -569,29 +626,41 @@ static smtp_status_t feed_body(smtp_t *s, const char *in, size_t len, size_t *co
 }
 
 /*
- * With verdicts deferred, a command is taken only if it too waits for a
- * verdict (MAIL, RCPT, DATA passing their checks). Anything the engine would
- * answer at once is rolled back and left unread until the deferred verdicts
- * are in: its reply must not overtake theirs.
+ * With verdicts open, a command is taken only if it too waits for a verdict
+ * (RCPT, DATA passing their checks). Anything the engine would answer at once
+ * is rolled back and left unread until the open verdicts are in: its reply
+ * and its effect on the state must not overtake theirs.
  */
-static smtp_status_t feed_speculative(smtp_t *s, const char *in, size_t len, size_t *consumed,
-                                      smtp_event_t *ev)
+static smtp_status_t feed_ahead(smtp_t *s, const char *in, size_t len, size_t *consumed, smtp_event_t *ev)
 {
     smtp_t snap = *s;
     size_t out_len = s->out->len;
     smtp_status_t st = feed_command(s, in, len, consumed, ev);
-    bool ok = st == SMTP_EVENT ? (ev->type == SMTP_EV_MAIL || ev->type == SMTP_EV_RCPT || ev->type == SMTP_EV_DATA) &&
-                                     s->_pending
+    bool ok = st == SMTP_EVENT ? ev->type == SMTP_EV_RCPT || ev->type == SMTP_EV_DATA
                                : st == SMTP_AGAIN && s->out->len == out_len;
     if (ok)
         return st;
-    char *carry = s->_carry; /* may have been allocated just now; keep it */
+    /* Memory the step may have taken is kept: the carry, a grown ring. */
+    char *carry = s->_carry;
+    rq_slot_t *ring = s->rq.ring;
+    uint32_t cap = s->rq.cap;
     *s = snap;
     s->_carry = carry;
+    s->rq.ring = ring;
+    s->rq.cap = cap;
     s->out->len = out_len;
     *consumed = 0;
     memset(ev, 0, sizeof *ev);
     return SMTP_PAUSED;
+}
+
+/* Is the open head one that no command may be read past (HELO, DATA...)? */
+static bool blocks_reading(const smtp_t *s)
+{
+    if (!smtp_open(s))
+        return false;
+    const rq_slot_t *tail = replyq_slot(&s->rq, s->rq.tail - 1);
+    return tail->kind != SMTP_EV_MAIL && tail->kind != SMTP_EV_RCPT;
 }
 
 smtp_status_t smtp_feed(smtp_t *s, const char *in, size_t len, size_t *consumed, smtp_event_t *ev)
@@ -601,7 +670,11 @@ smtp_status_t smtp_feed(smtp_t *s, const char *in, size_t len, size_t *consumed,
     for (;;) {
         if (s->state == SMTP_S_CLOSED)
             return SMTP_CLOSED;
-        if (s->_pending)
+        if (smtp_drain(s))
+            return SMTP_FULL;
+        if (s->state == SMTP_S_CLOSED)
+            return SMTP_CLOSED; /* a verdict ended it (too many errors) */
+        if (blocks_reading(s))
             return SMTP_PAUSED;
         if (len == 0)
             return SMTP_AGAIN;
@@ -619,10 +692,8 @@ smtp_status_t smtp_feed(smtp_t *s, const char *in, size_t len, size_t *consumed,
         smtp_status_t st;
         if (s->state == SMTP_S_DATA)
             st = feed_body(s, in, len, &n, ev);
-        else if (s->_dq_data)
-            return SMTP_PAUSED; /* nothing is read past a DATA whose 354 is not out */
-        else if (s->_dq_mail || s->_dq_rcpt)
-            st = feed_speculative(s, in, len, &n, ev);
+        else if (smtp_open(s))
+            st = feed_ahead(s, in, len, &n, ev);
         else
             st = feed_command(s, in, len, &n, ev);
         *consumed += n;
@@ -632,7 +703,7 @@ smtp_status_t smtp_feed(smtp_t *s, const char *in, size_t len, size_t *consumed,
     }
 }
 
-/* ---- proceed: what a verdict does ---- */
+/* ---- settle: what a verdict does, in command order ---- */
 
 static void ehlo_reply(smtp_t *s, slice_t first)
 {
@@ -648,121 +719,107 @@ static void ehlo_reply(smtp_t *s, slice_t first)
         (void)reply_line(s->out, 250, i + 1 < ncaps, NULL, slice_make(caps[i], strlen(caps[i])));
 }
 
-static void proceed(smtp_t *s, smtp_ev_type_t t, int code, const char *esc, const char *text)
+static void say_reply(smtp_t *s, const smtp_reply_t *r)
 {
-    slice_t txt = slice_make(text, strlen(text));
-    switch (t) {
-    case SMTP_EV_HELO:
-        (void)reply_line(s->out, code, false, NULL, txt);
-        s->esmtp = false;
-        enter(s, SMTP_S_HELO);
-        break;
-    case SMTP_EV_EHLO:
-        ehlo_reply(s, txt);
-        s->esmtp = true;
-        enter(s, SMTP_S_HELO);
-        break;
-    case SMTP_EV_MAIL:
-        /* the check already parsed the parameters; keep them for the tx */
-        say(s, code, esc, text);
-        enter(s, SMTP_S_MAIL);
-        break;
-    case SMTP_EV_RCPT:
-        say(s, code, esc, text);
-        s->tx.rcpt_ok++;
-        s->tx.rcpt_tried++;
-        enter(s, SMTP_S_RCPT);
-        break;
-    case SMTP_EV_DATA:
-        (void)reply_line(s->out, code, false, NULL, txt);
-        scan_init(&s->tx.scan, s->cfg->size_max, s->cfg->text_line_max, (enum scan_bare)s->cfg->bare_newline);
-        enter(s, SMTP_S_DATA);
-        break;
-    case SMTP_EV_DATA_END:
-        say(s, code, esc, text);
-        reset_tx(s);
-        break;
-    default:
-        break;
-    }
+    (void)reply_line(s->out, r->code, false, r->esc, r->text);
 }
 
-static void refuse(smtp_t *s, smtp_ev_type_t t, int code, const char *esc, const char *text)
+/* A refusal: counted against the client unless it was not its fault. */
+static void refused(smtp_t *s, const smtp_reply_t *r)
 {
-    say(s, code, esc, text);
-    if (t == SMTP_EV_RCPT)
-        s->tx.rcpt_tried++;
-    if (t == SMTP_EV_MAIL)
-        reset_tx(s);
-    if (t == SMTP_EV_DATA_END) {
-        reset_tx(s); /* a refused message is not a client error */
+    say_reply(s, r);
+    if (!(r->flags & SMTP_R_PEER))
+        count_error(s);
+}
+
+/* A command read behind a refused MAIL: 503, or the MAIL's own reply when
+ * that was not the client's fault (the client could not have known). */
+static void behind_failed_mail(smtp_t *s)
+{
+    if (s->_mail_flags & SMTP_R_PEER) {
+        smtp_reply_t r = { s->_mail_code, s->_mail_esc[0] ? s->_mail_esc : NULL,
+                           SLICE_LIT("Error: sender not accepted, try again later"), SMTP_R_PEER };
+        refused(s, &r);
         return;
     }
+    say(s, 503, "5.5.1", "Error: need MAIL command");
     count_error(s);
 }
 
-void smtp_accept(smtp_t *s)
+/* Apply the head's verdict and write its reply. */
+static void settle(smtp_t *s, smtp_ev_type_t t, const smtp_reply_t *r)
 {
-    char host[REPLY_LINE_MAX];
-    switch ((smtp_ev_type_t)s->_pending) {
+    bool ok = r->code < 400;
+    switch (t) {
     case SMTP_EV_HELO:
     case SMTP_EV_EHLO:
-        snprintf(host, sizeof host, "%.*s", (int)s->cfg->hostname.len, s->cfg->hostname.ptr);
-        smtp_reply(s, 250, NULL, host);
-        return;
+        if (!ok) {
+            refused(s, r);
+            break;
+        }
+        if (t == SMTP_EV_EHLO)
+            ehlo_reply(s, r->text);
+        else
+            (void)reply_line(s->out, r->code, false, NULL, r->text);
+        s->esmtp = t == SMTP_EV_EHLO;
+        enter(s, SMTP_S_HELO);
+        break;
     case SMTP_EV_MAIL:
-        smtp_reply(s, 250, "2.1.0", "Ok");
-        return;
+        if (ok) {
+            say_reply(s, r);
+            break;
+        }
+        s->_mail_failed = true;
+        s->_mail_peer = r->flags & SMTP_R_PEER;
+        s->_mail_flags = r->flags;
+        s->_mail_code = (uint16_t)r->code;
+        snprintf(s->_mail_esc, sizeof s->_mail_esc, "%s", r->esc ? r->esc : "");
+        refused(s, r);
+        break;
     case SMTP_EV_RCPT:
-        smtp_reply(s, 250, "2.1.5", "Ok");
-        return;
+        s->tx.rcpt_tried++;
+        if (s->_mail_failed || !ok)
+            s->tx.rcpt_ok--;
+        if (s->_mail_failed) {
+            behind_failed_mail(s);
+        } else if (!ok) {
+            if (r->flags & SMTP_R_PEER) {
+                s->tx.rcpt_peer_code = (uint16_t)r->code;
+                snprintf(s->tx.rcpt_peer_esc, sizeof s->tx.rcpt_peer_esc, "%s", r->esc ? r->esc : "");
+            } else {
+                s->tx.rcpt_client_refused = true;
+            }
+            refused(s, r);
+        } else {
+            say_reply(s, r);
+        }
+        break;
     case SMTP_EV_DATA:
-        smtp_reply(s, 354, NULL, "End data with <CR><LF>.<CR><LF>");
-        return;
+        if (s->_mail_failed) {
+            behind_failed_mail(s);
+        } else if (s->tx.rcpt_ok == 0) {
+            say_no_recipients(s); /* as a DATA read after the refusals would get */
+        } else if (!ok) {
+            refused(s, r);
+        } else {
+            (void)reply_line(s->out, r->code, false, NULL, r->text);
+            scan_init(&s->tx.scan, s->cfg->size_max, s->cfg->text_line_max, (enum scan_bare)s->cfg->bare_newline);
+            enter(s, SMTP_S_DATA);
+        }
+        break;
     case SMTP_EV_DATA_END:
-        smtp_reply(s, 250, "2.0.0", "Ok: queued");
-        return;
+        say_reply(s, r); /* a refused message is not a client error */
+        reset_tx(s);
+        break;
     default:
-        return;
+        break;
     }
 }
 
-void smtp_reply(smtp_t *s, int code, const char *esc, const char *text)
+/* Every open verdict is in: the state the real verdicts lead to. */
+static void settle_state(smtp_t *s)
 {
-    smtp_ev_type_t t = (smtp_ev_type_t)s->_pending;
-    if (!t || smtp_deferred(s))
-        return; /* deferred verdicts first: see smtp_defer() */
-    s->_pending = 0;
-    if (code < 400)
-        proceed(s, t, code, esc, text ? text : "Ok");
-    else
-        refuse(s, t, code, esc, text ? text : "Error");
-}
-
-void smtp_defer(smtp_t *s)
-{
-    smtp_ev_type_t t = (smtp_ev_type_t)s->_pending;
-    if (t != SMTP_EV_MAIL && t != SMTP_EV_RCPT && t != SMTP_EV_DATA)
-        return;
-    s->_pending = 0;
-    /* The state moves on as if accepted, so the next command is checked
-     * against it; smtp_resolve() corrects it when a verdict says no. */
-    if (t == SMTP_EV_MAIL) {
-        s->_dq_mail = 1;
-        enter(s, SMTP_S_MAIL);
-    } else if (t == SMTP_EV_RCPT) {
-        s->_dq_rcpt++;
-        s->tx.rcpt_ok++;
-        enter(s, SMTP_S_RCPT);
-    } else {
-        s->_dq_data = 1;
-    }
-}
-
-/* All deferred verdicts are in: the state the real verdicts lead to. */
-static void settle(smtp_t *s)
-{
-    if (smtp_deferred(s) || s->state == SMTP_S_CLOSED || s->state == SMTP_S_DATA)
+    if (s->state == SMTP_S_CLOSED || s->state == SMTP_S_DATA)
         return;
     if (s->_mail_failed) {
         s->_mail_failed = false;
@@ -772,56 +829,61 @@ static void settle(smtp_t *s)
     }
 }
 
-void smtp_resolve(smtp_t *s, int code, const char *esc, const char *text)
+bool smtp_drain(smtp_t *s)
 {
-    smtp_ev_type_t t = smtp_deferred_head(s);
-    if (t == SMTP_EV_NONE)
-        return;
-    if (s->state == SMTP_S_CLOSED) {
-        s->_dq_mail = s->_dq_data = 0, s->_dq_rcpt = 0;
-        return;
+    const rq_slot_t *h;
+    while (s->state != SMTP_S_CLOSED && (h = replyq_ready(&s->rq))) {
+        if (reply_room(s->out) < SMTP_OUT_RESERVE)
+            return true;
+        char esc[RQ_ESC_MAX + 1];
+        smtp_reply_t r = replyq_reply(&s->rq, h, esc);
+        if (!r.text.ptr)
+            r.text = r.code < 400 ? SLICE_LIT("Ok") : SLICE_LIT("Error");
+        settle(s, (smtp_ev_type_t)h->kind, &r);
+        replyq_pop(&s->rq);
+        if (!smtp_open(s))
+            settle_state(s);
     }
-    text = text ? text : code < 400 ? "Ok" : "Error";
-    switch (t) {
+    return false;
+}
+
+void smtp_verdict(smtp_t *s, uint32_t slot, const smtp_reply_t *r)
+{
+    if (s->state == SMTP_S_CLOSED)
+        return;
+    smtp_reply_t v = *r;
+    if (v.code < 200 || v.code > 599)
+        v = (smtp_reply_t){ 451, "4.3.0", SLICE_LIT("Error: internal error, try again later"), SMTP_R_PEER };
+    bool now = slot == s->rq.head && reply_room(s->out) >= SMTP_OUT_RESERVE;
+    if (replyq_fill(&s->rq, slot, &v, now))
+        (void)smtp_drain(s);
+}
+
+void smtp_accept(smtp_t *s, uint32_t slot)
+{
+    const rq_slot_t *sl = replyq_slot(&s->rq, slot);
+    if (!sl || sl->filled)
+        return;
+    smtp_reply_t r = { 250, NULL, SLICE_LIT("Ok"), 0 };
+    switch ((smtp_ev_type_t)sl->kind) {
+    case SMTP_EV_HELO:
+    case SMTP_EV_EHLO:
+        r.text = s->cfg->hostname;
+        break;
     case SMTP_EV_MAIL:
-        s->_dq_mail = 0;
-        say(s, code, esc, text);
-        if (code >= 400) {
-            s->_mail_failed = true;
-            count_error(s);
-        }
+        r.esc = "2.1.0";
         break;
     case SMTP_EV_RCPT:
-        s->_dq_rcpt--;
-        s->tx.rcpt_tried++;
-        if (s->_mail_failed || code >= 400) {
-            s->tx.rcpt_ok--;
-            if (s->_mail_failed)
-                say(s, 503, "5.5.1", "Error: need MAIL command");
-            else
-                say(s, code, esc, text);
-            count_error(s); /* as the same command answered at once would */
-        } else {
-            say(s, code, esc, text);
-        }
+        r.esc = "2.1.5";
         break;
-    default: /* DATA */
-        s->_dq_data = 0;
-        if (s->_mail_failed || s->tx.rcpt_ok == 0) {
-            if (s->_mail_failed)
-                say(s, 503, "5.5.1", "Error: need MAIL command");
-            else
-                say(s, 554, "5.5.1", "Error: no valid recipients");
-            count_error(s);
-        } else if (code < 400) {
-            (void)reply_line(s->out, 354, false, NULL, slice_make(text, strlen(text)));
-            scan_init(&s->tx.scan, s->cfg->size_max, s->cfg->text_line_max, (enum scan_bare)s->cfg->bare_newline);
-            enter(s, SMTP_S_DATA);
-        } else {
-            say(s, code, esc, text);
-            count_error(s);
-        }
+    case SMTP_EV_DATA:
+        r = (smtp_reply_t){ 354, NULL, SLICE_LIT("End data with <CR><LF>.<CR><LF>"), 0 };
+        break;
+    case SMTP_EV_DATA_END:
+        r = (smtp_reply_t){ 250, "2.0.0", SLICE_LIT("Ok: queued"), 0 };
+        break;
+    default:
         break;
     }
-    settle(s);
+    smtp_verdict(s, slot, &r);
 }

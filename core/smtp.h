@@ -13,12 +13,26 @@
  *         break;           // AGAIN: need bytes; PAUSED: await a verdict;
  *     }                    // FULL: send out and call again; CLOSED: send, close
  *
- * Events for HELO, EHLO, MAIL, RCPT, DATA and end of data want a verdict:
- * the engine stops (SMTP_PAUSED, consuming nothing) until the caller calls
- * smtp_accept() or smtp_reply(), now or later (after an SPF lookup, after the
- * downstream answered). Every other command is answered by the engine itself
- * and reported for logging. Replies are appended to the smtp_out_t given at
- * init, always in command order, so a pipelined group is answered in one send.
+ * Events for HELO, EHLO, MAIL, RCPT, DATA and end of data want a verdict.
+ * Each takes a slot in the session's reply queue (core/replyq.h), named in
+ * ev.slot; the caller fills it with smtp_verdict() or smtp_accept(), now or
+ * later (after an SPF lookup, after the downstream answered), in any order.
+ * Replies leave in command order, whatever order the verdicts come in.
+ * Every other command is answered by the engine itself and reported for
+ * logging. Replies are appended to the smtp_out_t given at init, so a
+ * pipelined group is answered in one send.
+ *
+ * Reading ahead (RFC 2920): while MAIL and RCPT verdicts are open, the engine
+ * reads on as long as the next command is another RCPT or a DATA that passes
+ * its checks, with the state moved on as if the open verdicts were positive;
+ * the verdicts, applied in command order, correct it (a refused MAIL turns
+ * the RCPTs and DATA behind it into 503, or into the MAIL's own reply when
+ * that refusal was not the client's fault: SMTP_R_PEER; so do the RCPTs and
+ * DATA a pipelining client sent blind after a MAIL refused that way at once,
+ * until its next MAIL, RSET or HELO, uncounted; and a DATA whose recipients
+ * were all refused that way gets their reply rather than 554). Any other command
+ * waits (SMTP_PAUSED) until every open verdict is in; nothing is read after
+ * DATA, HELO/EHLO or the end of data until theirs is.
  *
  * Slices in an event point into the caller's input or into the engine's small
  * carry buffer (a command split across feeds). They stay valid until the next
@@ -54,6 +68,7 @@
 
 #include "addr.h"
 #include "reply.h"
+#include "replyq.h"
 #include "scan.h"
 #include "slice.h"
 
@@ -129,12 +144,20 @@ typedef struct smtp_event {
     slice_t arg;               /* HELO name, body bytes, VRFY/HELP argument, bad line */
     smtp_path_t path;          /* MAIL, RCPT */
     smtp_mail_params_t params; /* MAIL */
+    uint32_t slot;             /* verdict events: the reply slot to fill */
 } smtp_event_t;
+
+/* Does an event of this type take a reply slot (want a verdict)? */
+static inline bool smtp_ev_wants_verdict(smtp_ev_type_t t)
+{
+    return t == SMTP_EV_HELO || t == SMTP_EV_EHLO || t == SMTP_EV_MAIL || t == SMTP_EV_RCPT || t == SMTP_EV_DATA ||
+           t == SMTP_EV_DATA_END;
+}
 
 typedef enum smtp_status {
     SMTP_EVENT,  /* *ev is filled */
     SMTP_AGAIN,  /* all input consumed; feed more */
-    SMTP_PAUSED, /* a verdict is pending; nothing consumed */
+    SMTP_PAUSED, /* waiting for a verdict; nothing consumed */
     SMTP_FULL,   /* the output buffer needs sending first */
     SMTP_CLOSED, /* session over: send the output, then close */
 } smtp_status_t;
@@ -154,8 +177,15 @@ typedef struct smtp_tx {
     smtp_mail_params_t params;
     uint32_t rcpt_ok;      /* accepted recipients */
     uint32_t rcpt_tried;   /* RCPT commands that reached a verdict or a 452 */
+    bool rcpt_client_refused; /* a RCPT was refused for the client's own fault */
+    uint16_t rcpt_peer_code;  /* the last RCPT refused for a peer's trouble (SMTP_R_PEER) */
+    char rcpt_peer_esc[RQ_ESC_MAX + 1];
     scan_t scan;           /* body state, valid in SMTP_S_DATA */
 } smtp_tx_t;
+
+/* Most reply slots open at once: a pipelined MAIL, its RCPTs and DATA. Past
+ * it the engine stops reading until verdicts come in. */
+#define SMTP_SLOTS_MAX 128
 
 typedef struct smtp {
     const smtp_config_t *cfg;
@@ -163,18 +193,19 @@ typedef struct smtp {
     char *_carry;          /* partial command line, allocated on first use */
     uint16_t _carry_len;
     uint8_t state;         /* enum smtp_state */
-    uint8_t _pending;      /* smtp_ev_type_t awaiting a verdict, or 0 */
     uint8_t _skip;         /* discarding the rest of an over-long line */
-    uint8_t _dq_mail;      /* deferred verdicts, oldest first: a MAIL, */
-    uint8_t _dq_data;      /* ...then RCPTs (_dq_rcpt), then a DATA */
-    bool _mail_failed;     /* a deferred MAIL was refused: its RCPTs and DATA get 503 */
-    uint32_t _dq_rcpt;
+    bool _mail_failed;     /* the open MAIL was refused: RCPTs and DATA behind it follow */
+    bool _mail_peer;       /* the last MAIL was refused for a peer's trouble (SMTP_R_PEER):
+                            * RCPT and DATA get its reply until the next MAIL, RSET or HELO */
+    uint8_t _mail_flags;   /* ... its reply's SMTP_R_* */
+    uint16_t _mail_code;   /* ... and code */
+    char _mail_esc[RQ_ESC_MAX + 1];
     bool esmtp;            /* the client said EHLO */
-    bool utf8;             /* this transaction asked for SMTPUTF8 */
     uint32_t errors;
     uint32_t commands;
     uint32_t messages;     /* messages whose end of data was reached */
     uint64_t last_size;    /* body octets of the last message, kept past its end */
+    replyq_t rq;           /* replies in command order */
     smtp_tx_t tx;
 } smtp_t;
 
@@ -187,46 +218,33 @@ void smtp_greet(smtp_t *s);
 smtp_status_t smtp_feed(smtp_t *s, const char *in, size_t len, size_t *consumed, smtp_event_t *ev)
     __attribute__((warn_unused_result));
 
-/* The default positive reply for the pending command. */
-void smtp_accept(smtp_t *s);
-
 /*
- * Answer the pending command with this reply: 2xx/3xx accepts it (custom
- * text), 4xx/5xx refuses it. `esc` is an enhanced code or NULL for none.
+ * Fill reply slot `slot` (from a verdict event). 2xx/3xx accepts the command
+ * (with this text), 4xx/5xx refuses it. A slot that is no longer open (the
+ * session was closed or reset since) is ignored. Replies that are now at the
+ * head of the queue are written to the output at once, as far as it has
+ * room; if it fills up, smtp_feed() answers SMTP_FULL and writes the rest
+ * once the caller has sent and called again (or call smtp_drain()).
  */
-void smtp_reply(smtp_t *s, int code, const char *esc, const char *text);
+void smtp_verdict(smtp_t *s, uint32_t slot, const smtp_reply_t *r);
 
-/* Is a verdict pending, and for which event? */
-static inline smtp_ev_type_t smtp_pending(const smtp_t *s)
+/* The default positive reply for a slot: 250 2.1.0 for MAIL, 354 for DATA... */
+void smtp_accept(smtp_t *s, uint32_t slot);
+
+/* Write replies that are ready at the head as far as the output has room;
+ * true when some are left for lack of room. */
+bool smtp_drain(smtp_t *s);
+
+/* Reply slots still waiting for a verdict (or for room to be written). */
+static inline uint32_t smtp_open(const smtp_t *s)
 {
-    return (smtp_ev_type_t)s->_pending;
+    return replyq_len(&s->rq);
 }
 
-/*
- * Pipelining through to a downstream (RFC 2920): instead of answering the
- * pending MAIL, RCPT or DATA now, promise the verdict for later and let the
- * engine read on, so a client's MAIL, RCPT..., DATA group can be forwarded
- * in one write. Deferred verdicts are given with smtp_resolve(), oldest
- * first. The engine reads on only while every following command is one
- * that waits for a verdict (MAIL, RCPT, DATA): before any command it would
- * answer itself, and after a DATA, it stops (SMTP_PAUSED) until every
- * deferred verdict is in, so replies stay in command order. While verdicts
- * are deferred a newly pending event must be deferred too, or answered
- * only after the deferred ones are resolved (smtp_reply() does nothing
- * until then). A refused MAIL makes its deferred RCPTs and DATA 503.
- */
-void smtp_defer(smtp_t *s);
-void smtp_resolve(smtp_t *s, int code, const char *esc, const char *text);
-
-static inline unsigned smtp_deferred(const smtp_t *s)
+/* Is a command line partly received (its first byte is in, its LF not)? */
+static inline bool smtp_partial(const smtp_t *s)
 {
-    return s->_dq_mail + s->_dq_rcpt + s->_dq_data;
-}
-
-/* Which command the next smtp_resolve() answers. */
-static inline smtp_ev_type_t smtp_deferred_head(const smtp_t *s)
-{
-    return s->_dq_mail ? SMTP_EV_MAIL : s->_dq_rcpt ? SMTP_EV_RCPT : s->_dq_data ? SMTP_EV_DATA : SMTP_EV_NONE;
+    return s->_carry_len != 0 || s->_skip;
 }
 
 /* End the session with a reply (421 on timeout, shutdown, overload). */

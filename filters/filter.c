@@ -1,13 +1,12 @@
 /*
- * filter.c - the filter table, the chain the config asks for, and the
- * replies behind each refusal reason.
+ * filter.c - the filter table, the chain the config asks for, and header
+ * folding for the filters that tag.
  */
 #include "filter.h"
 
 #include <stdio.h>
 #include <string.h>
 
-#include "spf.h"
 
 /* Every filter mxgate has. A new one is a file and a line here. */
 static const filter_def_t *const table[] = {
@@ -98,32 +97,6 @@ enum filter_act filter_run(const filter_chain_t *ch, enum filter_stage st, filte
     memset(v, 0, sizeof *v);
     v->act = (uint8_t)out;
     return out;
-}
-
-void filter_reason_reply(enum filter_reason r, const mx_config_t *cfg, const spf_state_t *spf, filter_verdict_t *v)
-{
-    static const struct {
-        uint8_t act;
-        int code;
-        const char *esc, *text;
-    } fixed[FR_COUNT] = {
-        [FR_RELAY] = {FA_REJECT, 550, "5.7.1", "Error: relay access denied"},
-        [FR_UNKNOWN_USER] = {FA_REJECT, 550, "5.1.1", "Error: no such user here"},
-        [FR_CONN_MESSAGES] = {FA_TEMPFAIL, 421, "4.7.0", "Error: too many messages in one connection, reconnect"},
-        [FR_CONN_RCPTS] = {FA_TEMPFAIL, 452, "4.5.3", "Error: too many recipients in one connection"},
-        [FR_CONN_TOTAL] = {FA_TEMPFAIL, 421, "4.7.0", "Error: too many connections, try again later"},
-        [FR_CONN_PER_IP] = {FA_TEMPFAIL, 421, "4.7.0", "Error: too many connections from your address"},
-        [FR_TOO_LONG] = {FA_REJECT, 501, "5.1.3", "Error: address too long"},
-    };
-    if (r == FR_SPF) {
-        spf_reply(cfg, spf, v);
-        return;
-    }
-    if (r <= FR_NONE || r >= FR_COUNT || !fixed[r].code) {
-        *v = (filter_verdict_t){FA_TEMPFAIL, (uint8_t)r, 451, "4.3.0", "Error: internal error, try again later"};
-        return;
-    }
-    *v = (filter_verdict_t){fixed[r].act, (uint8_t)r, fixed[r].code, fixed[r].esc, fixed[r].text};
 }
 
 /* RFC 5322 2.2.3: a long header is folded at white space. Lines stay under

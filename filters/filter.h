@@ -38,30 +38,11 @@ enum filter_act {
     FA_WAIT,       /* ask again when the asynchronous work is done */
 };
 
-/*
- * Why a command was refused. The reason travels through the downstream
- * pipeline's FIFO as one octet (a refused RCPT answered in its turn behind
- * forwarded ones), so the reply is rebuilt from it: filter_reason_reply().
- */
-enum filter_reason {
-    FR_NONE = 0,
-    FR_RELAY,          /* 550 5.7.1 relay access denied */
-    FR_UNKNOWN_USER,   /* 550 5.1.1 */
-    FR_CONN_MESSAGES,  /* 421 4.7.0 messages per connection */
-    FR_CONN_RCPTS,     /* 452 4.5.3 recipients per connection */
-    FR_CONN_TOTAL,     /* 421 4.7.0 too many connections */
-    FR_CONN_PER_IP,    /* 421 4.7.0 too many connections from one address */
-    FR_TOO_LONG,       /* 501 5.1.3 address too long to forward */
-    FR_SPF,            /* the reply depends on the SPF result: spf_reply() */
-    FR_COUNT
-};
-
-/* SPF as one transaction sees it; owned by the session (filters/spf.c). */
+/* SPF as one transaction sees it; owned by the transaction (filters/spf.c). */
 typedef struct spf_state {
     uint8_t status;       /* enum spf_status */
     uint8_t result;       /* enum spf_result (workers/spfd/spf_proto.h numbering) */
-    uint32_t reqid;       /* the helper request this transaction waits for */
-    char *text;           /* received value, NUL, comment, NUL; kept between transactions */
+    char *text;           /* received value, NUL, comment, NUL, reply text, NUL */
     uint32_t received_len, comment_len, text_cap;
 } spf_state_t;
 
@@ -69,7 +50,8 @@ enum spf_status { SPF_IDLE = 0, SPF_PENDING, SPF_DONE };
 
 typedef struct filter_facts filter_facts_t;
 
-/* What a filter may ask of the worker. */
+/* What a filter may ask of the worker: hooks of the transaction the facts
+ * describe (ctx). */
 typedef struct filter_host {
     /* Start an SPF check of this transaction; the result lands in
      * facts->spf (at once, from the cache, or later). */
@@ -81,7 +63,6 @@ typedef struct filter_host {
 struct filter_facts {
     const mx_config_t *cfg;
     const filter_host_t *host;
-    void *session;         /* the worker's, for its hooks; opaque here */
     uint8_t family;        /* AF_INET or AF_INET6 */
     const uint8_t *addr;   /* the client's address, 4 or 16 octets */
     uint32_t conn_total;   /* client connections, all workers (connect stage) */
@@ -97,13 +78,25 @@ struct filter_facts {
     size_t hdr_len, hdr_cap;
 };
 
+/*
+ * A verdict carries its own reply: nothing downstream of the filter rebuilds
+ * it. `why` names the rule for the log ("relay", "max_connections", ...).
+ */
 typedef struct filter_verdict {
-    uint8_t act;    /* enum filter_act */
-    uint8_t reason; /* enum filter_reason */
+    uint8_t act;      /* enum filter_act */
     int code;
     const char *esc;
     const char *text; /* static, or in facts->spf (lives with the transaction) */
+    const char *why;  /* static */
 } filter_verdict_t;
+
+/* Fill *v with a refusal and return its act. */
+static inline enum filter_act filter_refuse(filter_verdict_t *v, enum filter_act act, int code, const char *esc,
+                                            const char *text, const char *why)
+{
+    *v = (filter_verdict_t){ (uint8_t)act, code, esc, text, why };
+    return act;
+}
 
 typedef struct filter_def {
     const char *name;
@@ -134,9 +127,6 @@ void filter_chain_fini(filter_chain_t *ch);
  */
 enum filter_act filter_run(const filter_chain_t *ch, enum filter_stage st, filter_facts_t *fx,
                            filter_verdict_t *v);
-
-/* The reply for a reason (FR_SPF needs the transaction's SPF state). */
-void filter_reason_reply(enum filter_reason r, const mx_config_t *cfg, const spf_state_t *spf, filter_verdict_t *v);
 
 /* Append a header line (text without CRLF; folded at spaces when long). */
 bool filter_add_header(filter_facts_t *fx, const char *name, const char *value, size_t vlen);

@@ -9,12 +9,12 @@ static enum filter_act limits_connect(const filter_facts_t *fx, filter_verdict_t
 {
     const mx_config_t *c = fx->cfg;
     if (c->max_connections && fx->conn_total > c->max_connections) {
-        filter_reason_reply(FR_CONN_TOTAL, c, NULL, v);
-        return FA_TEMPFAIL;
+        return filter_refuse(v, FA_TEMPFAIL, 421, "4.7.0", "Error: too many connections, try again later",
+                             "max_connections");
     }
     if (c->max_connections_per_ip && fx->conn_per_ip > c->max_connections_per_ip) {
-        filter_reason_reply(FR_CONN_PER_IP, c, NULL, v);
-        return FA_TEMPFAIL;
+        return filter_refuse(v, FA_TEMPFAIL, 421, "4.7.0", "Error: too many connections from your address",
+                             "max_connections_per_ip");
     }
     return FA_ACCEPT;
 }
@@ -23,8 +23,8 @@ static enum filter_act limits_mail(const filter_facts_t *fx, filter_verdict_t *v
 {
     uint32_t max = fx->cfg->max_messages_per_connection;
     if (max && fx->messages > max) {
-        filter_reason_reply(FR_CONN_MESSAGES, fx->cfg, NULL, v);
-        return FA_TEMPFAIL;
+        return filter_refuse(v, FA_TEMPFAIL, 421, "4.7.0", "Error: too many messages in one connection, reconnect",
+                             "max_messages_per_connection");
     }
     return FA_ACCEPT;
 }
@@ -33,8 +33,8 @@ static enum filter_act limits_rcpt(const filter_facts_t *fx, filter_verdict_t *v
 {
     uint32_t max = fx->cfg->max_recipients_per_connection;
     if (max && fx->rcpts > max) {
-        filter_reason_reply(FR_CONN_RCPTS, fx->cfg, NULL, v);
-        return FA_TEMPFAIL;
+        return filter_refuse(v, FA_TEMPFAIL, 452, "4.5.3", "Error: too many recipients in one connection",
+                             "max_recipients_per_connection");
     }
     return FA_ACCEPT;
 }

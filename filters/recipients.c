@@ -164,8 +164,7 @@ static enum filter_act recipients_rcpt(const filter_facts_t *fx, filter_verdict_
         if (map_has(key, r->local.len + 1 + d.len) || map_has(key + r->local.len, 1 + d.len))
             return FA_ACCEPT;
     }
-    filter_reason_reply(FR_UNKNOWN_USER, fx->cfg, NULL, v);
-    return FA_REJECT;
+    return filter_refuse(v, FA_REJECT, 550, "5.1.1", "Error: no such user here", "unknown_user");
 }
 
 const filter_def_t filter_recipients = {

@@ -40,7 +40,7 @@ void spf_reply(const mx_config_t *cfg, const spf_state_t *spf, filter_verdict_t 
     bool temp = !spf || spf_action(cfg, r) != CONFIG_SPF_REJECT;
     bool err = r == SPFR_TEMPERROR || r == SPFR_PERMERROR;
     v->act = temp ? FA_TEMPFAIL : FA_REJECT;
-    v->reason = FR_SPF;
+    v->why = "spf";
     v->code = temp ? 451 : 550;
     /* RFC 7372: x.7.23 validation failed, x.7.24 validation error; the
      * temperror code is RFC 3463's directory failure, 4.4.3. */

@@ -8,7 +8,13 @@
  * LF and the stuffing dot is removed. This is synchronous disk I/O on the
  * worker thread; it is the laptop mode, and production relays downstream.
  */
-#include "worker.h"
+#include "maildir.h"
+
+#include "config.h"
+#include "log.h"
+
+#include <stdbool.h>
+#include <stdint.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,7 +28,7 @@
 int maildir_prepare(const char *dir, char *err, size_t errlen)
 {
     static const char *const sub[] = { "", "/tmp", "/new", "/cur" };
-    char path[4200];
+    char path[CONFIG_PATH_MAX + 16];
     for (size_t i = 0; i < 4; i++) {
         snprintf(path, sizeof path, "%s%s", dir, sub[i]);
         if (mkdir(path, 0700) && errno != EEXIST) {
@@ -68,14 +74,14 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-int maildir_deliver(const char *dir, const char *hostname, uint64_t id, const char *hdr, size_t hlen,
+int maildir_deliver(const char *dir, const char *hostname, const char *uniq, const char *hdr, size_t hlen,
                     const char *body, size_t blen, char *name, size_t namelen)
 {
     struct timeval tv;
     gettimeofday(&tv, NULL);
-    snprintf(name, namelen, "%lld.M%06ldP%dQ%016llx.%s", (long long)tv.tv_sec, (long)tv.tv_usec, (int)getpid(),
-             (unsigned long long)id, hostname);
-    char tmp[4400], dst[4400], newdir[4200];
+    snprintf(name, namelen, "%lld.M%06ldP%dQ%s.%s", (long long)tv.tv_sec, (long)tv.tv_usec, (int)getpid(), uniq,
+             hostname);
+    char tmp[CONFIG_PATH_MAX + 300], dst[CONFIG_PATH_MAX + 300], newdir[CONFIG_PATH_MAX + 16];
     snprintf(tmp, sizeof tmp, "%s/tmp/%s", dir, name);
     snprintf(dst, sizeof dst, "%s/new/%s", dir, name);
     snprintf(newdir, sizeof newdir, "%s/new", dir);

@@ -8,6 +8,8 @@
  * finish up to drain_timeout, then 421) and exit 0.
  */
 #include "cli.h"
+#include "maildir.h"
+#include "spf_client.h"
 #include "spfd.h"
 #include "worker.h"
 
@@ -27,6 +29,8 @@
 
 extern char **environ;
 
+#define SPF_RESTART_PAUSE_S 1 /* between restarts of a helper that dies at once */
+
 /*
  * The SPF helper: this executable again, started with --spf-helper and one
  * end of a SOCK_SEQPACKET socketpair per worker. The main thread watches it
@@ -35,16 +39,16 @@ extern char **environ;
  */
 static pid_t spf_spawn(const mx_config_t *cfg, worker_t *w, int n, bool running)
 {
-    char exe[CONFIG_PATH_MAX], fds[1024] = "", threads[16], tmo[16];
+    char exe[CONFIG_PATH_MAX], fds[CONFIG_WORKERS_MAX * 8] = "", threads[16], tmo[16];
     ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (el <= 0) {
         log_line(LOG_ERROR, "event=spf_helper_failed error=\"readlink /proc/self/exe: %s\"", strerror(errno));
         return -1;
     }
     exe[el] = '\0';
-    int mine[256], theirs[256];
+    int mine[CONFIG_WORKERS_MAX], theirs[CONFIG_WORKERS_MAX];
     int k = 0;
-    for (int i = 0; i < n && i < 256; i++, k++) {
+    for (int i = 0; i < n && i < CONFIG_WORKERS_MAX; i++, k++) {
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv)) {
             log_line(LOG_ERROR, "event=spf_helper_failed error=\"socketpair: %s\"", strerror(errno));
@@ -76,13 +80,10 @@ static pid_t spf_spawn(const mx_config_t *cfg, worker_t *w, int n, bool running)
         return -1;
     }
     for (int i = 0; i < k; i++) {
-        if (!running) {
-            w[i].spf_fd = mine[i];
-        } else {
-            int old = atomic_exchange(&w[i].spf_newfd, mine[i]);
-            if (old >= 0)
-                close(old); /* never taken: that worker is stuck or gone */
-        }
+        if (!running)
+            spfc_set_fd(&w[i], mine[i]);
+        else
+            spfc_handover(&w[i], mine[i]);
     }
     log_line(LOG_INFO, "event=spf_helper_started pid=%d workers=%d", (int)pid, k);
     return pid;
@@ -177,7 +178,7 @@ int main(int argc, char **argv, char **envp)
                 log_line(LOG_ERROR, "event=spf_helper_exited pid=%d status=%d signal=%d action=restart", (int)pid,
                          WIFEXITED(st) ? WEXITSTATUS(st) : -1, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
                 if (time(NULL) - spf_started < 1)
-                    sleep(1); /* a helper that dies at once must not spin */
+                    sleep(SPF_RESTART_PAUSE_S); /* a helper that dies at once must not spin */
                 spf_pid = spf_spawn(&cfg, w, n, true);
                 spf_started = time(NULL);
             }
@@ -193,21 +194,29 @@ int main(int argc, char **argv, char **envp)
     }
     for (int i = 0; i < n; i++)
         worker_wake(&w[i]);
-    uint64_t msgs = 0, conns = 0, rejected = 0, spf = 0, spf_cached = 0, spf_err = 0;
+    counters_t sum = { 0 };
     for (int i = 0; i < n; i++) { /* per-worker counters, summed when read */
         pthread_join(th[i], NULL);
-        msgs += w[i].n_msg;
-        conns += w[i].n_conn;
-        rejected += w[i].n_rejected;
-        spf += w[i].n_spf_checks;
-        spf_cached += w[i].n_spf_cached;
-        spf_err += w[i].n_spf_errors;
+        sum.connections += w[i].n.connections;
+        sum.messages += w[i].n.messages;
+        sum.tx_refused += w[i].n.tx_refused;
+        sum.bodies_rejected += w[i].n.bodies_rejected;
+        sum.timeouts += w[i].n.timeouts;
+        sum.ds_connects += w[i].n.ds_connects;
+        sum.ds_failures += w[i].n.ds_failures;
+        sum.spf_checks += w[i].n.spf_checks;
+        sum.spf_cached += w[i].n.spf_cached;
+        sum.spf_errors += w[i].n.spf_errors;
     }
     log_line(LOG_INFO,
-             "event=stop connections=%llu messages=%llu bodies_rejected=%llu spf_checks=%llu spf_cached=%llu "
-             "spf_temperrors=%llu",
-             (unsigned long long)conns, (unsigned long long)msgs, (unsigned long long)rejected,
-             (unsigned long long)spf, (unsigned long long)spf_cached, (unsigned long long)spf_err);
+             "event=stop connections=%llu messages=%llu transactions_refused=%llu bodies_rejected=%llu "
+             "timeouts=%llu downstream_connects=%llu downstream_connect_failures=%llu spf_checks=%llu "
+             "spf_cached=%llu spf_temperrors=%llu",
+             (unsigned long long)sum.connections, (unsigned long long)sum.messages,
+             (unsigned long long)sum.tx_refused, (unsigned long long)sum.bodies_rejected,
+             (unsigned long long)sum.timeouts, (unsigned long long)sum.ds_connects,
+             (unsigned long long)sum.ds_failures, (unsigned long long)sum.spf_checks,
+             (unsigned long long)sum.spf_cached, (unsigned long long)sum.spf_errors);
     if (spf_pid > 0) {
         kill(spf_pid, SIGTERM);
         waitpid(spf_pid, NULL, 0);

@@ -1,14 +1,11 @@
 /*
- * spf_client.c - the worker's side of SPF: a result cache, and requests to
- * the helper process (workers/spfd/) over this worker's socketpair.
+ * spf_client.c - the worker's side of SPF (see spf_client.h).
  *
  * A request is one datagram sent without blocking (MSG_DONTWAIT: a full
  * socket buffer means the helper is far behind, and the check is a
  * temperror rather than a stall). Replies come back through the worker's
  * ring (an IORING_OP_RECV kept armed on the socket), so the loop never
- * waits on DNS. A reply carries the request id: the session's slot in its
- * low 22 bits and a sequence number above, and it is taken only by the
- * session still waiting for exactly that id.
+ * waits on DNS.
  *
  * Results are cached per worker (share-nothing: no lock) for the TTL the
  * helper reports, keyed by everything the result and its Received-SPF text
@@ -16,15 +13,17 @@
  * of 4-way sets; a new entry takes an empty or expired way, else the one
  * closest to expiry.
  *
- * If the helper dies, the socket reads end-of-file: every waiting session
+ * If the helper dies, the socket reads end-of-file: every pending request
  * gets temperror at once, new checks get temperror until the main thread
- * has started a new helper and handed its socket over (w->spf_newfd,
- * taken at the next tick).
+ * has started a new helper and handed its socket over (taken at the next
+ * tick).
  */
-#include "worker.h"
+#include "spf_client.h"
 
+#include "lend.h"
 #include "spf.h"
 #include "spf_proto.h"
+#include "worker.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -34,7 +33,8 @@
 #include <unistd.h>
 
 #define WAYS 4
-#define ID_SLOT_BITS 22
+#define KEY_MAX (17 + SPF_NAME_MAX + 1 + SPF_SENDER_MAX)
+#define MAX_TTL_S 86400u
 
 struct spf_cent {
     uint64_t hash;
@@ -44,22 +44,50 @@ struct spf_cent {
     char data[]; /* key, received value, comment */
 };
 
-int spfc_init(worker_t *w, char *err, size_t errlen)
+typedef struct spf_req_slot {
+    uint32_t gen;
+    bool live;
+    spf_owner_t owner;
+    timer_node_t timer;
+    uint16_t klen;
+    char key[KEY_MAX]; /* for caching the answer */
+} req_slot_t;
+
+struct spfc {
+    spfc_done_fn *done;
+    int fd;                  /* our end of the helper's socketpair; -1: none */
+    atomic_int newfd;        /* a restarted helper's socket, from the main thread */
+    uint32_t fd_gen;         /* which socket an OP_SPF_RECV was armed on */
+    bool recv_armed;
+    char *in;                /* one reply datagram; the kernel's while armed */
+    req_slot_t **req;        /* pending requests, by slot */
+    uint32_t nreq, *free_slots, nfree;
+    struct spf_cent **cache; /* 4-way sets of results, by TTL */
+    uint32_t sets;           /* a power of two; 0: no cache */
+};
+
+int spfc_init(worker_t *w, spfc_done_fn *done, char *err, size_t errlen)
 {
-    w->spf_fd = -1;
-    atomic_init(&w->spf_newfd, -1);
-    tlist_init(&w->t_spf);
     if (!w->chain || !w->chain->spf)
         return 0;
-    w->spf_in = malloc(SPF_PROTO_MAX);
+    spfc_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "worker %d: out of memory for SPF", w->id);
+        return -1;
+    }
+    w->spf = c;
+    c->done = done;
+    c->fd = -1;
+    atomic_init(&c->newfd, -1);
+    c->in = malloc(SPF_PROTO_MAX);
     uint32_t want = w->cfg->spf_cache_size / WAYS + 1;
     if (w->cfg->spf_cache_size) {
-        w->spf_sets = 1;
-        while (w->spf_sets < want)
-            w->spf_sets *= 2;
-        w->spf_cache = calloc((size_t)w->spf_sets * WAYS, sizeof *w->spf_cache);
+        c->sets = 1;
+        while (c->sets < want)
+            c->sets *= 2;
+        c->cache = calloc((size_t)c->sets * WAYS, sizeof *c->cache);
     }
-    if (!w->spf_in || (w->spf_sets && !w->spf_cache)) {
+    if (!c->in || (c->sets && !c->cache)) {
         snprintf(err, errlen, "worker %d: out of memory for SPF", w->id);
         return -1;
     }
@@ -68,16 +96,47 @@ int spfc_init(worker_t *w, char *err, size_t errlen)
 
 void spfc_destroy(worker_t *w)
 {
-    for (size_t i = 0; w->spf_cache && i < (size_t)w->spf_sets * WAYS; i++)
-        free(w->spf_cache[i]);
-    free(w->spf_cache);
-    free(w->spf_in);
-    if (w->spf_fd >= 0)
-        close(w->spf_fd);
-    int nfd = atomic_exchange(&w->spf_newfd, -1);
+    spfc_t *c = w->spf;
+    if (!c)
+        return;
+    for (size_t i = 0; c->cache && i < (size_t)c->sets * WAYS; i++)
+        free(c->cache[i]);
+    for (uint32_t i = 0; i < c->nreq; i++) {
+        if (c->req[i])
+            timer_stop(&w->timers, &c->req[i]->timer);
+        free(c->req[i]);
+    }
+    free(c->req);
+    free(c->free_slots);
+    free(c->cache);
+    free(c->in);
+    if (c->fd >= 0)
+        close(c->fd);
+    int nfd = atomic_exchange(&c->newfd, -1);
     if (nfd >= 0)
         close(nfd);
+    free(c);
+    w->spf = NULL;
 }
+
+void spfc_set_fd(worker_t *w, int fd)
+{
+    if (w->spf)
+        w->spf->fd = fd;
+}
+
+void spfc_handover(worker_t *w, int fd)
+{
+    if (!w->spf) {
+        close(fd);
+        return;
+    }
+    int old = atomic_exchange(&w->spf->newfd, fd);
+    if (old >= 0)
+        close(old); /* never taken: that worker is stuck or gone */
+}
+
+/* ---- the cache ---- */
 
 /* family, address, HELO, NUL, sender: what the result depends on. */
 static size_t make_key(uint8_t family, const uint8_t *addr, slice_t helo, slice_t sender, char *key, size_t n)
@@ -86,7 +145,9 @@ static size_t make_key(uint8_t family, const uint8_t *addr, slice_t helo, slice_
     if (need > n)
         return 0;
     key[0] = (char)family;
-    memcpy(key + 1, addr, 16);
+    memcpy(key + 1, addr, family == AF_INET6 ? 16 : 4);
+    if (family != AF_INET6)
+        memset(key + 5, 0, 12);
     memcpy(key + 17, helo.ptr, helo.len);
     key[17 + helo.len] = '\0';
     memcpy(key + 18 + helo.len, sender.ptr, sender.len);
@@ -101,11 +162,13 @@ static uint64_t hash64(const char *p, size_t n)
     return h ^ (h >> 29);
 }
 
-static struct spf_cent *cache_find(worker_t *w, const char *key, size_t klen, uint64_t h)
+static struct spf_cent *cache_find(worker_t *w, const char *key, size_t klen)
 {
-    if (!w->spf_sets)
+    spfc_t *c = w->spf;
+    if (!c->sets)
         return NULL;
-    struct spf_cent **set = w->spf_cache + (h & (w->spf_sets - 1)) * WAYS;
+    uint64_t h = hash64(key, klen);
+    struct spf_cent **set = c->cache + (h & (c->sets - 1)) * WAYS;
     for (int i = 0; i < WAYS; i++) {
         struct spf_cent *e = set[i];
         if (e && e->hash == h && e->klen == klen && e->expires > w->now && memcmp(e->data, key, klen) == 0)
@@ -116,10 +179,11 @@ static struct spf_cent *cache_find(worker_t *w, const char *key, size_t klen, ui
 
 static void cache_put(worker_t *w, const char *key, size_t klen, const spf_res_t *r, const char *text)
 {
-    if (!w->spf_sets || r->ttl == 0 || r->result == SPFR_TEMPERROR || klen > UINT16_MAX)
+    spfc_t *c = w->spf;
+    if (!c->sets || r->ttl == 0 || r->result == SPFR_TEMPERROR || klen > UINT16_MAX)
         return;
     uint64_t h = hash64(key, klen);
-    struct spf_cent **set = w->spf_cache + (h & (w->spf_sets - 1)) * WAYS, **slot = &set[0];
+    struct spf_cent **set = c->cache + (h & (c->sets - 1)) * WAYS, **slot = &set[0];
     for (int i = 0; i < WAYS; i++) {
         struct spf_cent *e = set[i];
         if (!e || e->expires <= w->now || (e->hash == h && e->klen == klen && !memcmp(e->data, key, klen))) {
@@ -133,7 +197,7 @@ static void cache_put(worker_t *w, const char *key, size_t klen, const spf_res_t
     if (!e)
         return;
     e->hash = h;
-    e->expires = w->now + (uint64_t)(r->ttl > 86400 ? 86400 : r->ttl) * 1000;
+    e->expires = w->now + (uint64_t)(r->ttl > MAX_TTL_S ? MAX_TTL_S : r->ttl) * 1000;
     e->result = r->result;
     e->klen = (uint16_t)klen;
     e->rlen = r->received_len;
@@ -144,95 +208,182 @@ static void cache_put(worker_t *w, const char *key, size_t klen, const spf_res_t
     *slot = e;
 }
 
-static void fail_check(session_t *s, const char *why)
+/* ---- pending requests ---- */
+
+static req_slot_t *req_get(worker_t *w, uint64_t id)
 {
-    spf_set_result(&s->spf, SPFR_TEMPERROR, "temperror", 9, why, strlen(why));
+    spfc_t *c = w->spf;
+    uint32_t idx = (uint32_t)id;
+    if (!c || idx >= c->nreq || !c->req[idx])
+        return NULL;
+    req_slot_t *q = c->req[idx];
+    return q->live && q->gen == (uint32_t)(id >> 32) ? q : NULL;
 }
 
-void spfc_start(void *ctx, const filter_facts_t *fx)
+static req_slot_t *req_new(worker_t *w, uint64_t *id)
 {
-    worker_t *w = ctx;
-    session_t *s = fx->session;
-    slice_t sender = fx->sender && !fx->sender->null ? fx->sender->mailbox : slice_make("", 0);
-    char key[17 + SPF_NAME_MAX + 1 + SPF_SENDER_MAX];
-    slice_t helo = fx->helo;
+    spfc_t *c = w->spf;
+    uint32_t idx;
+    if (c->nfree) {
+        idx = c->free_slots[--c->nfree];
+    } else {
+        uint32_t n = c->nreq ? c->nreq * 2 : 64;
+        req_slot_t **nr = realloc(c->req, n * sizeof *nr);
+        if (!nr)
+            return NULL;
+        c->req = nr;
+        uint32_t *nf = realloc(c->free_slots, n * sizeof *nf);
+        if (!nf)
+            return NULL;
+        c->free_slots = nf;
+        for (uint32_t i = c->nreq; i < n; i++)
+            c->req[i] = NULL;
+        for (uint32_t i = n; i > c->nreq + 1; i--)
+            c->free_slots[c->nfree++] = i - 1;
+        idx = c->nreq;
+        c->nreq = n;
+    }
+    if (!c->req[idx] && !(c->req[idx] = calloc(1, sizeof *c->req[idx]))) {
+        c->free_slots[c->nfree++] = idx;
+        return NULL;
+    }
+    req_slot_t *q = c->req[idx];
+    q->gen++;
+    q->live = true;
+    *id = (uint64_t)q->gen << 32 | idx;
+    return q;
+}
+
+static void req_end(worker_t *w, req_slot_t *q, uint64_t id)
+{
+    spfc_t *c = w->spf;
+    timer_stop(&w->timers, &q->timer);
+    q->live = false;
+    c->free_slots[c->nfree++] = (uint32_t)id;
+}
+
+static void answer(worker_t *w, req_slot_t *q, uint64_t id, unsigned result, slice_t received, slice_t comment)
+{
+    spf_owner_t o = q->owner;
+    req_end(w, q, id);
+    w->spf->done(w, &o, result, received, comment);
+}
+
+static uint64_t id_of(const spfc_t *c, const req_slot_t *q)
+{
+    for (uint32_t i = 0; i < c->nreq; i++)
+        if (c->req[i] == q)
+            return (uint64_t)q->gen << 32 | i;
+    return 0;
+}
+
+static void on_timeout(worker_t *w, timer_node_t *t)
+{
+    req_slot_t *q = TIMER_OWNER(t, req_slot_t, timer);
+    w->n.spf_errors++;
+    answer(w, q, id_of(w->spf, q), SPFR_TEMPERROR, SLICE_LIT("temperror"), SLICE_LIT("the SPF check timed out"));
+}
+
+static void fail_now(spf_state_t *out, const char *why)
+{
+    if (!spf_set_result(out, SPFR_TEMPERROR, "temperror", 9, why, strlen(why)))
+        out->status = SPF_DONE, out->result = SPFR_TEMPERROR;
+}
+
+uint64_t spfc_start(worker_t *w, const spf_owner_t *o, uint8_t family, const uint8_t *addr, slice_t helo,
+                    slice_t sender, spf_state_t *out)
+{
+    spfc_t *c = w->spf;
+    char key[KEY_MAX];
+    if (!helo.ptr)
+        helo = SLICE_LIT("");
+    if (!sender.ptr)
+        sender = SLICE_LIT(""); /* the null sender: the helper checks the HELO name */
     if (helo.len > SPF_NAME_MAX)
         helo.len = SPF_NAME_MAX;
-    w->n_spf_checks++;
-    size_t klen = make_key(fx->family, fx->addr, helo, sender, key, sizeof key);
+    w->n.spf_checks++;
+    if (!c) {
+        fail_now(out, "SPF is not configured");
+        return 0;
+    }
+    size_t klen = make_key(family, addr, helo, sender, key, sizeof key);
     if (!klen) {
-        spf_set_result(&s->spf, SPFR_NONE, "none (sender address too long to check)", 39, "", 0);
-        return;
+        if (!spf_set_result(out, SPFR_NONE, "none (sender address too long to check)", 39, "", 0))
+            fail_now(out, "out of memory");
+        return 0;
     }
-    struct spf_cent *e = cache_find(w, key, klen, hash64(key, klen));
+    struct spf_cent *e = cache_find(w, key, klen);
     if (e) {
-        w->n_spf_cached++;
-        spf_set_result(&s->spf, e->result, e->data + e->klen, e->rlen, e->data + e->klen + e->rlen, e->clen);
-        return;
+        w->n.spf_cached++;
+        if (!spf_set_result(out, e->result, e->data + e->klen, e->rlen, e->data + e->klen + e->rlen, e->clen))
+            fail_now(out, "out of memory");
+        return 0;
     }
-    if (w->spf_fd < 0) {
-        w->n_spf_errors++;
-        fail_check(s, "the SPF service is not running");
-        return;
+    uint64_t id = 0;
+    req_slot_t *q = c->fd >= 0 ? req_new(w, &id) : NULL;
+    if (!q) {
+        w->n.spf_errors++;
+        fail_now(out, c->fd < 0 ? "the SPF service is not running" : "out of memory");
+        return 0;
     }
     char buf[sizeof(spf_req_t) + SPF_NAME_MAX + SPF_SENDER_MAX];
-    spf_req_t *q = (spf_req_t *)buf;
-    memset(q, 0, sizeof *q);
-    q->id = (s->idx & ((1u << ID_SLOT_BITS) - 1)) | (++w->spf_seq << ID_SLOT_BITS);
-    q->family = fx->family == AF_INET6 ? 6 : 4;
-    memcpy(q->addr, fx->addr, q->family == 6 ? 16 : 4);
-    q->helo_len = (uint16_t)helo.len;
-    q->sender_len = (uint16_t)sender.len;
-    memcpy(buf + sizeof *q, helo.ptr, helo.len);
-    memcpy(buf + sizeof *q + helo.len, sender.ptr, sender.len);
-    size_t n = sizeof *q + helo.len + sender.len;
-    if (send(w->spf_fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)n) {
-        w->n_spf_errors++;
+    spf_req_t r;
+    memset(&r, 0, sizeof r);
+    r.id = id;
+    r.family = family == AF_INET6 ? 6 : 4;
+    memcpy(r.addr, addr, r.family == 6 ? 16 : 4);
+    r.helo_len = (uint16_t)helo.len;
+    r.sender_len = (uint16_t)sender.len;
+    memcpy(buf, &r, sizeof r);
+    memcpy(buf + sizeof r, helo.ptr, helo.len);
+    memcpy(buf + sizeof r + helo.len, sender.ptr, sender.len);
+    size_t n = sizeof r + helo.len + sender.len;
+    if (send(c->fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)n) {
+        w->n.spf_errors++;
         log_line(LOG_WARN, "event=spf_send_failed worker=%d error=\"%s\"", w->id, strerror(errno));
-        fail_check(s, "the SPF service is overloaded");
-        return;
+        req_end(w, q, id);
+        fail_now(out, "the SPF service is overloaded");
+        return 0;
     }
-    s->spf.status = SPF_PENDING;
-    s->spf.reqid = q->id;
-    tlist_put(&w->t_spf, &s->spf_timer, w->now + (uint64_t)w->cfg->spf_timeout * 1000);
+    q->owner = *o;
+    q->klen = (uint16_t)klen;
+    memcpy(q->key, key, klen);
+    timer_arm(&w->timers, &q->timer, w->now + (uint64_t)w->cfg->spf_timeout * 1000, on_timeout);
+    out->status = SPF_PENDING;
+    return id;
 }
 
-void spfc_cancel(worker_t *w, session_t *s)
+void spfc_cancel(worker_t *w, uint64_t id)
 {
-    (void)w;
-    if (s->spf.status == SPF_PENDING)
-        tlist_del(&s->spf_timer);
-    s->spf.status = SPF_IDLE;
+    req_slot_t *q = req_get(w, id);
+    if (q)
+        req_end(w, q, id);
 }
+
+/* ---- the helper's socket ---- */
 
 static void arm_recv(worker_t *w)
 {
+    spfc_t *c = w->spf;
     struct io_uring_sqe *sqe = worker_sqe(w);
-    io_uring_prep_recv(sqe, w->spf_fd, w->spf_in, SPF_PROTO_MAX, 0);
-    io_uring_sqe_set_data64(sqe, ud_make(OP_SPF_RECV, 0, w->spf_gen));
-    w->spf_recv_armed = true;
+    LEND(c->in, SPF_PROTO_MAX);
+    io_uring_prep_recv(sqe, c->fd, c->in, SPF_PROTO_MAX, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_SPF_RECV, 0, c->fd_gen));
+    c->recv_armed = true;
 }
 
-/* Every session still waiting gets temperror (the helper is gone). */
+/* Every pending request gets temperror (the helper is gone). */
 static void fail_all(worker_t *w, const char *why)
 {
-    while (w->t_spf.next != &w->t_spf) {
-        session_t *s = (session_t *)((char *)w->t_spf.next - offsetof(session_t, spf_timer));
-        tlist_del(&s->spf_timer);
-        w->n_spf_errors++;
-        fail_check(s, why);
-        session_spf_done(w, s);
+    spfc_t *c = w->spf;
+    for (uint32_t i = 0; i < c->nreq; i++) {
+        req_slot_t *q = c->req[i];
+        if (q && q->live) {
+            w->n.spf_errors++;
+            answer(w, q, (uint64_t)q->gen << 32 | i, SPFR_TEMPERROR, SLICE_LIT("temperror"),
+                   slice_make(why, strlen(why)));
+        }
     }
-}
-
-static void helper_gone(worker_t *w, int res)
-{
-    log_line(LOG_ERROR, "event=spf_helper_lost worker=%d error=\"%s\" waiting=%s", w->id,
-             res ? strerror(-res) : "end of file", w->t_spf.next != &w->t_spf ? "yes" : "no");
-    close(w->spf_fd);
-    w->spf_fd = -1;
-    w->spf_gen++;
-    fail_all(w, "the SPF service failed");
 }
 
 static void take_reply(worker_t *w, const char *p, size_t n)
@@ -245,60 +396,57 @@ static void take_reply(worker_t *w, const char *p, size_t n)
         log_line(LOG_WARN, "event=spf_bad_reply worker=%d size=%zu", w->id, n);
         return;
     }
-    uint32_t idx = r.id & ((1u << ID_SLOT_BITS) - 1);
-    session_t *s = idx < w->nsess_slots ? w->sess[idx] : NULL;
-    if (!s || (s->flags & SF_CLOSING) || s->spf.status != SPF_PENDING || s->spf.reqid != r.id)
-        return; /* timed out, or the transaction is gone */
-    tlist_del(&s->spf_timer);
+    req_slot_t *q = req_get(w, r.id);
+    if (!q)
+        return; /* timed out or cancelled: its slot may serve a newer request */
     const char *text = p + sizeof r;
-    char key[17 + SPF_NAME_MAX + 1 + SPF_SENDER_MAX];
-    slice_t helo = slice_make(s->helo ? s->helo : "", s->helo ? strlen(s->helo) : 0);
-    if (helo.len > SPF_NAME_MAX)
-        helo.len = SPF_NAME_MAX;
-    size_t klen = make_key(s->family, s->addr, helo, session_sender(s), key, sizeof key);
-    if (klen)
-        cache_put(w, key, klen, &r, text);
+    cache_put(w, q->key, q->klen, &r, text);
     if (r.result == SPFR_TEMPERROR)
-        w->n_spf_errors++;
-    if (!spf_set_result(&s->spf, r.result, text, r.received_len, text + r.received_len, r.comment_len))
-        fail_check(s, "out of memory");
-    session_spf_done(w, s);
+        w->n.spf_errors++;
+    answer(w, q, r.id, r.result, slice_make(text, r.received_len), slice_make(text + r.received_len, r.comment_len));
 }
 
 void spfc_cqe(worker_t *w, struct io_uring_cqe *cqe)
 {
+    spfc_t *c = w->spf;
+    if (!c)
+        return;
     uint64_t ud = io_uring_cqe_get_data64(cqe);
-    if (UD_GEN(ud) != (w->spf_gen & 0xffffffu))
-        return; /* armed on a socket that is gone */
-    w->spf_recv_armed = false;
-    if (cqe->res > 0)
-        take_reply(w, w->spf_in, (size_t)cqe->res);
-    else if (cqe->res != -EINTR && cqe->res != -EAGAIN && !w->stopped) {
-        helper_gone(w, cqe->res);
+    if (UD_GEN(ud) != (c->fd_gen & GEN_MASK))
+        return; /* armed on a socket that is gone (its buffer was reclaimed then) */
+    c->recv_armed = false;
+    RECLAIM(c->in, SPF_PROTO_MAX);
+    if (cqe->res > 0) {
+        take_reply(w, c->in, (size_t)cqe->res);
+    } else if (cqe->res != -EINTR && cqe->res != -EAGAIN && !w->stopped) {
+        log_line(LOG_ERROR, "event=spf_helper_lost worker=%d error=\"%s\"", w->id,
+                 cqe->res ? strerror(-cqe->res) : "end of file");
+        close(c->fd);
+        c->fd = -1;
+        c->fd_gen++;
+        fail_all(w, "the SPF service failed");
         return;
     }
-    if (w->spf_fd >= 0 && !w->spf_recv_armed)
+    if (c->fd >= 0 && !c->recv_armed)
         arm_recv(w);
 }
 
 void spfc_tick(worker_t *w)
 {
-    int nfd = atomic_exchange(&w->spf_newfd, -1);
+    spfc_t *c = w->spf;
+    if (!c)
+        return;
+    int nfd = atomic_exchange(&c->newfd, -1);
     if (nfd >= 0) {
-        if (w->spf_fd >= 0)
-            close(w->spf_fd);
-        w->spf_fd = nfd;
-        w->spf_gen++;
-        w->spf_recv_armed = false;
+        if (c->fd >= 0)
+            close(c->fd);
+        if (c->recv_armed)
+            RECLAIM(c->in, SPF_PROTO_MAX); /* that receive ends with its socket and is ignored */
+        c->fd = nfd;
+        c->fd_gen++;
+        c->recv_armed = false;
         log_line(LOG_INFO, "event=spf_helper_attached worker=%d", w->id);
     }
-    if (w->spf_fd >= 0 && !w->spf_recv_armed)
+    if (c->fd >= 0 && !c->recv_armed)
         arm_recv(w);
-    while (w->t_spf.next != &w->t_spf && w->t_spf.next->deadline <= w->now) {
-        session_t *s = (session_t *)((char *)w->t_spf.next - offsetof(session_t, spf_timer));
-        tlist_del(&s->spf_timer);
-        w->n_spf_errors++;
-        fail_check(s, "the SPF check timed out");
-        session_spf_done(w, s);
-    }
 }

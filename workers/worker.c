@@ -4,14 +4,22 @@
  * Written the way liburing's examples are: SINGLE_ISSUER|DEFER_TASKRUN with a
  * fallback to COOP_TASKRUN and then to nothing, an oversized CQ, completions
  * taken in a batch and the CQ advanced once, a get-SQE that submits when the
- * SQ is full, multishot accept and recv re-armed whenever IORING_CQE_F_MORE is
- * missing, and ENOBUFS treated as backpressure (re-arm once buffers return).
+ * SQ is full, multishot accept and receive re-armed whenever
+ * IORING_CQE_F_MORE is missing, and ENOBUFS treated as backpressure (re-arm
+ * once buffers return).
  *
- * Timers are three FIFO lists (command, data, downstream) with one timeout
- * each, checked by a 250 ms tick: a refresh moves a node to the tail, so
- * every list stays in deadline order without a heap.
+ * A loop turn: take the completions (each goes to the subsystem its user_data
+ * names), let the sessions posted by them run (read on, answer, send), write
+ * what the downstream connections gathered, then free what closed. Every
+ * deadline is on the timer wheel (timer.h), run by a TIMER_TICK_MS tick.
  */
 #include "worker.h"
+
+#include "lend.h"
+#include "pool.h"
+#include "session.h"
+#include "spf_client.h"
+#include "tx.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,36 +29,13 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <arpa/inet.h>
 #include <netdb.h>
-
-void tlist_init(tnode_t *head)
-{
-    head->next = head->prev = head;
-}
-
-void tlist_del(tnode_t *n)
-{
-    if (!n->next)
-        return;
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    n->next = n->prev = NULL;
-}
-
-void tlist_put(tnode_t *head, tnode_t *n, uint64_t deadline)
-{
-    tlist_del(n);
-    n->deadline = deadline;
-    n->prev = head->prev;
-    n->next = head;
-    head->prev->next = n;
-    head->prev = n;
-}
 
 static uint64_t now_ms(void)
 {
@@ -69,15 +54,29 @@ struct io_uring_sqe *worker_sqe(worker_t *w)
     return sqe;
 }
 
+/* A provided buffer came back from the kernel holding len bytes: the
+ * session owns it now (and may read exactly those bytes). */
+void buf_taken(worker_t *w, uint16_t bid, size_t len)
+{
+    w->buf_refs[bid] = 1;
+    RECLAIM(w->bufs + (size_t)bid * RECV_BUF_SIZE, len);
+}
+
+/* Back to the ring: the kernel's until it hands the buffer out again. */
 void buf_release(worker_t *w, uint16_t bid)
 {
     if (w->buf_refs[bid] && --w->buf_refs[bid])
         return;
-    io_uring_buf_ring_add(w->br, w->bufs + (size_t)bid * RECV_BUF_SIZE, RECV_BUF_SIZE, bid,
-                          io_uring_buf_ring_mask(RECV_BUF_COUNT), 0);
+    char *p = w->bufs + (size_t)bid * RECV_BUF_SIZE;
+    LEND(p, RECV_BUF_SIZE);
+    io_uring_buf_ring_add(w->br, p, RECV_BUF_SIZE, bid, io_uring_buf_ring_mask(RECV_BUF_COUNT), 0);
     io_uring_buf_ring_advance(w->br, 1);
-    if (w->nstarved)
-        w->need_rearm = true;
+    w->bufs_returned = true;
+}
+
+uint64_t worker_new_id(worker_t *w)
+{
+    return w->id_next++;
 }
 
 /* io_uring_setup errors name their cause: a seccomp profile or the sysctl. */
@@ -111,8 +110,8 @@ static int ring_setup(worker_t *w, char *err, size_t errlen)
         struct io_uring_params p;
         memset(&p, 0, sizeof p);
         p.flags = flag_sets[i] | IORING_SETUP_CQSIZE;
-        p.cq_entries = 16384;
-        rc = io_uring_queue_init_params(2048, &w->ring, &p);
+        p.cq_entries = RING_CQ_ENTRIES;
+        rc = io_uring_queue_init_params(RING_ENTRIES, &w->ring, &p);
         if (rc == 0) {
             if (!(p.features & IORING_FEAT_NODROP)) {
                 snprintf(err, errlen, "io_uring: the kernel lacks IORING_FEAT_NODROP (need Linux 6.1+)");
@@ -146,9 +145,11 @@ static int buffers_setup(worker_t *w, char *err, size_t errlen)
         return -1;
     }
     io_uring_buf_ring_init(w->br);
-    for (uint32_t i = 0; i < RECV_BUF_COUNT; i++)
+    for (uint32_t i = 0; i < RECV_BUF_COUNT; i++) {
+        LEND(w->bufs + (size_t)i * RECV_BUF_SIZE, RECV_BUF_SIZE);
         io_uring_buf_ring_add(w->br, w->bufs + (size_t)i * RECV_BUF_SIZE, RECV_BUF_SIZE, (uint16_t)i,
                               io_uring_buf_ring_mask(RECV_BUF_COUNT), (int)i);
+    }
     io_uring_buf_ring_advance(w->br, RECV_BUF_COUNT);
     return 0;
 }
@@ -218,7 +219,7 @@ static int listen_setup(worker_t *w, char *err, size_t errlen)
         int one = 1;
         if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) || bind(fd, (struct sockaddr *)&ss, len) ||
-            listen(fd, 4096)) {
+            listen(fd, LISTEN_BACKLOG)) {
             snprintf(err, errlen, "listen %s: %s", w->cfg->listen[i], strerror(errno));
             if (fd >= 0)
                 close(fd);
@@ -246,7 +247,7 @@ static void arm_wake(worker_t *w)
 static void arm_tick(worker_t *w)
 {
     w->tick.tv_sec = 0;
-    w->tick.tv_nsec = 250 * 1000000;
+    w->tick.tv_nsec = TIMER_TICK_MS * 1000000;
     struct io_uring_sqe *sqe = worker_sqe(w);
     io_uring_prep_timeout(sqe, &w->tick, 0, 0);
     io_uring_sqe_set_data64(sqe, ud_make(OP_TICK, 0, 0));
@@ -259,9 +260,10 @@ int worker_init(worker_t *w, int id, const mx_config_t *cfg, const filter_chain_
     w->id = id;
     w->cfg = cfg;
     w->chain = chain;
-    w->host.spf_start = spfc_start;
-    w->host.ctx = w;
     w->limits = limits;
+    w->wake_fd = -1;
+    for (int i = 0; i < CONFIG_LISTEN_MAX; i++)
+        w->listen_fd[i] = -1;
     smtp_config_defaults(&w->smtp_cfg, slice_make(cfg->hostname, strlen(cfg->hostname)));
     w->smtp_cfg.line_max = cfg->smtp_line_limit;
     w->smtp_cfg.text_line_max = cfg->text_line_limit;
@@ -270,22 +272,20 @@ int worker_init(worker_t *w, int id, const mx_config_t *cfg, const filter_chain_
     w->smtp_cfg.size_max = cfg->message_size_limit;
     w->smtp_cfg.bare_newline = cfg->bare_newline;
     w->smtp_cfg.smtputf8 = cfg->smtputf8;
-    tlist_init(&w->t_cmd);
-    tlist_init(&w->t_data);
-    tlist_init(&w->t_ds);
-    tlist_init(&w->t_greet);
-    tlist_init(&w->dsq);
-    tlist_init(&w->reap);
-    w->scratch.cap = 65536;
-    w->scratch.buf = malloc(w->scratch.cap);
+    w->now = now_ms();
+    timer_wheel_init(&w->timers, w->now);
+    /* Ids start at a random point: unique across workers, instances and
+     * restarts with overwhelming odds, and in order within a worker. */
+    if (getrandom(&w->id_next, sizeof w->id_next, 0) != (ssize_t)sizeof w->id_next)
+        w->id_next = (uint64_t)time(NULL) << 32 ^ (uint64_t)getpid() << 16 ^ (uint64_t)id;
     w->wake_fd = eventfd(0, EFD_CLOEXEC);
-    if (!w->scratch.buf || w->wake_fd < 0) {
+    if (w->wake_fd < 0) {
         snprintf(err, errlen, "worker %d: %s", id, strerror(errno));
         return -1;
     }
-    w->next_id = (uint64_t)id << 48 | ((uint64_t)time(NULL) & 0xffffffffu) << 16;
     sem_init(&w->ready, 0, 0);
-    if (spfc_init(w, err, errlen) || listen_setup(w, err, errlen) || ds_init(w, err, errlen))
+    if (sessions_init(w, err, errlen) || spfc_init(w, session_spf_done, err, errlen) ||
+        listen_setup(w, err, errlen) || pool_init(w, err, errlen))
         return -1;
     return 0;
 }
@@ -295,6 +295,14 @@ void worker_wake(worker_t *w)
     uint64_t one = 1;
     if (write(w->wake_fd, &one, sizeof one) < 0)
         log_line(LOG_WARN, "event=wake_failed worker=%d errno=%d", w->id, errno);
+}
+
+static void on_drain_deadline(worker_t *w, timer_node_t *t)
+{
+    (void)t;
+    log_line(LOG_INFO, "event=drain_deadline worker=%d sessions=%u", w->id, sessions_count(w));
+    pool_close_all(w);     /* what still waits on the downstream is answered 451 4.4.1 */
+    sessions_close_all(w); /* then every session gets 421 4.3.2 */
 }
 
 static void start_drain(worker_t *w)
@@ -307,43 +315,9 @@ static void start_drain(worker_t *w)
         close(w->listen_fd[i]); /* ends the multishot accept */
         w->listen_fd[i] = -1;
     }
-    log_line(LOG_INFO, "event=drain worker=%d sessions=%u", w->id, w->nsessions);
-    for (uint32_t i = 0; i < w->nsess_slots; i++)
-        if (w->sess[i])
-            session_drain(w, w->sess[i]);
-}
-
-static void run_timers(worker_t *w)
-{
-    while (w->t_greet.next != &w->t_greet && w->t_greet.next->deadline <= w->now) {
-        session_t *s = (session_t *)((char *)w->t_greet.next - offsetof(session_t, timer));
-        tlist_del(&s->timer);
-        session_greet(w, s);
-    }
-    tnode_t *lists[] = { &w->t_cmd, &w->t_data };
-    for (size_t l = 0; l < 2; l++) {
-        while (lists[l]->next != lists[l] && lists[l]->next->deadline <= w->now) {
-            session_t *s = (session_t *)((char *)lists[l]->next - offsetof(session_t, timer));
-            tlist_del(&s->timer);
-            session_timeout(w, s);
-        }
-    }
-    while (w->t_ds.next != &w->t_ds && w->t_ds.next->deadline <= w->now) {
-        dsconn_t *c = (dsconn_t *)((char *)w->t_ds.next - offsetof(dsconn_t, timer));
-        tlist_del(&c->timer);
-        ds_timeout(w, c);
-    }
-    while (w->dsq.next != &w->dsq && w->dsq.next->deadline <= w->now) {
-        session_t *s = (session_t *)((char *)w->dsq.next - offsetof(session_t, qnode));
-        ds_queue_timeout(w, s);
-    }
-    if (w->draining && w->now >= w->drain_deadline) {
-        for (uint32_t i = 0; i < w->nsess_slots; i++)
-            if (w->sess[i] && !(w->sess[i]->flags & SF_CLOSING)) {
-                smtp_close(&w->sess[i]->smtp, 421, "4.3.2", "Service shutting down, closing transmission channel");
-                session_timeout(w, w->sess[i]);
-            }
-    }
+    log_line(LOG_INFO, "event=drain worker=%d sessions=%u", w->id, sessions_count(w));
+    timer_arm(&w->timers, &w->drain_timer, w->drain_deadline, on_drain_deadline);
+    sessions_drain(w);
 }
 
 static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
@@ -362,7 +336,7 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
              * error. Pending clients wait in the backlog until the tick. */
             if (!w->accept_paused[UD_IDX(ud)])
                 log_line(LOG_WARN, "event=accept_paused worker=%d error=\"%s\" sessions=%u", w->id,
-                         strerror(-cqe->res), w->nsessions);
+                         strerror(-cqe->res), sessions_count(w));
             w->accept_paused[UD_IDX(ud)] = true;
         } else if (cqe->res != -ECANCELED && cqe->res != -EBADF && cqe->res != -EINVAL) {
             log_line(LOG_WARN, "event=accept_error worker=%d error=\"%s\"", w->id, strerror(-cqe->res));
@@ -380,9 +354,8 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
                 w->accept_paused[i] = false;
                 arm_accept(w, i);
             }
-        run_timers(w);
-        if (w->chain->spf)
-            spfc_tick(w);
+        timer_run(&w->timers, w, w->now);
+        spfc_tick(w);
         if (!w->stopped)
             arm_tick(w);
         break;
@@ -391,37 +364,33 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
         break;
     case OP_RECV:
     case OP_SEND:
-    case OP_CANCEL: {
-        session_t *s = session_get(w, UD_IDX(ud), UD_GEN(ud));
-        if (s)
-            session_cqe(w, s, op, cqe);
-        else if (op == OP_RECV && (cqe->flags & IORING_CQE_F_BUFFER))
-            buf_release(w, (uint16_t)(cqe->flags >> IORING_CQE_BUFFER_SHIFT));
+    case OP_CANCEL:
+        session_cqe(w, op, UD_IDX(ud), UD_GEN(ud), cqe);
         break;
-    }
     case OP_DS_CONNECT:
     case OP_DS_RECV:
-    case OP_DS_SEND: {
-        dsconn_t *c = ds_get(w, UD_IDX(ud), UD_GEN(ud));
-        if (c)
-            ds_cqe(w, c, op, cqe);
+    case OP_DS_SEND:
+    case OP_DS_CANCEL:
+        pool_cqe(w, op, UD_IDX(ud), UD_GEN(ud), cqe);
         break;
-    }
     }
 }
 
-/* Sessions whose multishot recv ended for want of buffers get it back. */
-static void rearm_starved(worker_t *w)
+/* After the completions: the work they posted, then the frees. */
+static void end_of_turn(worker_t *w)
 {
-    w->need_rearm = false;
-    for (uint32_t i = 0; i < w->nsess_slots && w->nstarved; i++) {
-        session_t *s = w->sess[i];
-        if (s && (s->flags & SF_STARVED)) {
-            s->flags &= (uint16_t)~SF_STARVED;
-            w->nstarved--;
-            session_process(w, s);
-        }
+    for (int guard = 0; guard < 64; guard++) {
+        sessions_run(w);
+        pool_flush(w);
+        if (!w->bufs_returned)
+            break;
+        w->bufs_returned = false;
+        sessions_buffers_back(w);
     }
+    sessions_reap(w);
+    pool_reap(w);
+    sessions_run(w); /* a freed downstream slot may have served a waiter */
+    pool_flush(w);
 }
 
 void *worker_main(void *arg)
@@ -438,8 +407,7 @@ void *worker_main(void *arg)
         arm_accept(w, i);
     arm_wake(w);
     arm_tick(w);
-    if (w->chain->spf)
-        spfc_tick(w); /* arms the helper socket's recv */
+    spfc_tick(w); /* arms the helper socket's receive */
     for (;;) {
         int rc = io_uring_submit_and_wait(&w->ring, 1);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
@@ -455,46 +423,32 @@ void *worker_main(void *arg)
             n++;
         }
         io_uring_cq_advance(&w->ring, n);
-        if (w->need_rearm)
-            rearm_starved(w);
-        if (w->reap.next != &w->reap)
-            session_reap(w);
-        if (w->nds_dead)
-            ds_reap(w);
-        if (w->draining && w->nsessions == 0) {
-            ds_shutdown_idle(w);
-            if (w->nds == 0)
-                break;
-        }
+        end_of_turn(w);
+        if (w->draining && sessions_count(w) == 0 && pool_drain(w))
+            break;
     }
     w->stopped = true;
+    tx_cache_free();
     return NULL;
 }
 
 /* After the thread has stopped: give back what the worker owned. */
 void worker_destroy(worker_t *w)
 {
+    sessions_destroy(w);
+    pool_destroy(w);
+    spfc_destroy(w);
     if (w->br && w->br != MAP_FAILED) {
         io_uring_queue_exit(&w->ring);
+        RECLAIM(w->bufs, (size_t)RECV_BUF_COUNT * RECV_BUF_SIZE); /* the shadow must not outlive the mapping */
         munmap(w->br, RECV_BUF_COUNT * sizeof(struct io_uring_buf));
         munmap(w->bufs, (size_t)RECV_BUF_COUNT * RECV_BUF_SIZE);
     }
     for (int i = 0; i < w->nlisten; i++)
         if (w->listen_fd[i] >= 0)
             close(w->listen_fd[i]);
-    for (uint32_t i = 0; i < w->nds_slots; i++)
-        if (w->ds[i]) {
-            close(w->ds[i]->fd);
-            free(w->ds[i]->out);
-            free(w->ds[i]);
-        }
-    spfc_destroy(w);
-    close(w->wake_fd);
+    outq_pool_free(&w->blocks);
+    if (w->wake_fd >= 0)
+        close(w->wake_fd);
     sem_destroy(&w->ready);
-    free(w->ds);
-    free(w->ds_gen);
-    free(w->sess);
-    free(w->sess_gen);
-    free(w->sess_free);
-    free(w->scratch.buf);
 }

@@ -1,18 +1,21 @@
 /*
- * fuzz_defer.c - deferred verdicts (smtp_defer/smtp_resolve) must be
- * invisible to the client.
+ * fuzz_defer.c - when and in what order verdicts come must be invisible to
+ * the client (the reply queue, core/replyq.h).
  *
  * Each input is run twice: once answering every verdict at once, once
- * deferring every MAIL, RCPT and DATA and resolving the deferred verdicts
+ * leaving every MAIL, RCPT and DATA verdict open and filling the open slots
  * only when the engine pauses or a piece of input is used up, the way a
- * pipelining downstream's replies arrive. A verdict is a function of the
- * command it answers (a hash of its address), not of its position, so both
- * runs answer each command alike. The reply bytes and the forwarded body
- * must be identical; the deferred run is also cut at fuzzer-chosen points.
+ * pipelining downstream's replies arrive, in an order the fuzzer picks (in
+ * command order, newest first, or odd slots before even ones: replies that
+ * overtake each other). A verdict is a function of the command it answers
+ * (a hash of its address), not of its position, so both runs answer each
+ * command alike; some refusals carry SMTP_R_PEER. The reply bytes, the
+ * forwarded body and the error count must be identical; the deferred run is
+ * also cut at fuzzer-chosen points.
  *
- * Input: h[0] config bits (normalize, small rcpt_max/error_max), h[1]
- * verdict seed, h[2] piece length for the deferred run (0: whole), rest:
- * the session.
+ * Input: h[0] config bits (normalize, small rcpt_max/error_max, fill
+ * order), h[1] verdict seed, h[2] piece length for the deferred run (0:
+ * whole), rest: the session.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,40 +31,55 @@ typedef struct run {
     size_t blen, bcap;
     uint8_t seed;
     int defer;
-    /* verdicts of deferred commands, oldest first */
-    int q[4096];
-    size_t qh, qn;
+    int order;     /* 0: command order, 1: newest first, 2: odd ones first */
+    /* open slots and their verdicts, oldest first */
+    uint32_t slot[4096];
+    smtp_reply_t q[4096];
+    size_t qn;
 } run_t;
 
-static int verdict_for(const run_t *r, const smtp_event_t *ev)
+static smtp_reply_t verdict_for(const run_t *r, const smtp_event_t *ev)
 {
     uint32_t h = 2166136261u ^ r->seed;
     for (size_t i = 0; i < ev->path.mailbox.len; i++)
         h = (h ^ (uint8_t)ev->path.mailbox.ptr[i]) * 16777619u;
     h ^= (uint32_t)ev->type * 0x9e3779b9u;
-    switch (h % 5) {
+    switch (h % 6) {
     case 0:
-        return 550;
+        return (smtp_reply_t){ 550, "5.7.1", SLICE_LIT("verdict"), 0 };
     case 1:
-        return 451;
+        return (smtp_reply_t){ 451, "4.3.0", SLICE_LIT("verdict"), 0 };
+    case 2:
+        return (smtp_reply_t){ 451, "4.4.1", SLICE_LIT("downstream gone"), SMTP_R_PEER };
     default:
-        return ev->type == SMTP_EV_DATA ? 354 : 250;
+        if (ev->type == SMTP_EV_DATA)
+            return (smtp_reply_t){ 354, NULL, SLICE_LIT("go on"), 0 };
+        return (smtp_reply_t){ 250, "2.0.0", SLICE_LIT("verdict"), 0 };
     }
 }
 
-static const char *esc_for(int code)
+static void fill(run_t *r, size_t i)
 {
-    return code == 354 ? NULL : code == 250 ? "2.0.0" : code == 451 ? "4.3.0" : "5.7.1";
+    smtp_verdict(&r->s, r->slot[i], &r->q[i]);
 }
 
 static void resolve_all(run_t *r)
 {
-    while (smtp_deferred(&r->s)) {
-        CHECK(r->qn > 0);
-        int c = r->q[r->qh++ % 4096];
-        r->qn--;
-        smtp_resolve(&r->s, c, esc_for(c), c == 354 ? "go on" : "verdict");
+    CHECK(smtp_open(&r->s) == r->qn || r->s.state == SMTP_S_CLOSED);
+    if (r->order == 1) {
+        for (size_t i = r->qn; i-- > 0;)
+            fill(r, i);
+    } else if (r->order == 2) {
+        for (size_t i = 1; i < r->qn; i += 2)
+            fill(r, i);
+        for (size_t i = 0; i < r->qn; i += 2)
+            fill(r, i);
+    } else {
+        for (size_t i = 0; i < r->qn; i++)
+            fill(r, i);
     }
+    r->qn = 0;
+    CHECK(smtp_open(&r->s) == 0);
 }
 
 static void on_event(run_t *r, const smtp_event_t *ev)
@@ -76,24 +94,22 @@ static void on_event(run_t *r, const smtp_event_t *ev)
         r->blen += ev->arg.len;
         return;
     }
-    smtp_ev_type_t p = smtp_pending(&r->s);
-    if (p == SMTP_EV_NONE)
+    if (!smtp_ev_wants_verdict(ev->type))
         return;
-    if (p == SMTP_EV_MAIL || p == SMTP_EV_RCPT || p == SMTP_EV_DATA) {
-        int c = verdict_for(r, ev);
+    if (ev->type == SMTP_EV_MAIL || ev->type == SMTP_EV_RCPT || ev->type == SMTP_EV_DATA) {
+        smtp_reply_t v = verdict_for(r, ev);
         if (r->defer) {
             CHECK(r->qn < 4096);
-            r->q[(r->qh + r->qn++) % 4096] = c;
-            smtp_defer(&r->s);
-            CHECK(smtp_pending(&r->s) == SMTP_EV_NONE);
+            r->slot[r->qn] = ev->slot;
+            r->q[r->qn++] = v;
             return;
         }
-        CHECK(smtp_deferred(&r->s) == 0);
-        smtp_reply(&r->s, c, esc_for(c), c == 354 ? "go on" : "verdict");
+        CHECK(smtp_open(&r->s) == 1);
+        smtp_verdict(&r->s, ev->slot, &v);
         return;
     }
-    CHECK(smtp_deferred(&r->s) == 0); /* the engine never asks this with verdicts outstanding */
-    smtp_accept(&r->s);
+    CHECK(smtp_open(&r->s) == 1); /* the engine never reads past open verdicts to this */
+    smtp_accept(&r->s, ev->slot);
 }
 
 /* Feed one piece; returns 0 once the session is closed. */
@@ -111,7 +127,7 @@ static int feed(run_t *r, const char *p, size_t n)
             break;
         case SMTP_PAUSED:
             CHECK(used == 0);
-            CHECK(smtp_deferred(&r->s) > 0); /* nothing else can pause this driver */
+            CHECK(r->qn > 0); /* nothing else can pause this driver */
             resolve_all(r);
             break;
         case SMTP_FULL:
@@ -169,9 +185,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     b->o = (smtp_out_t){ ob2, 0, sizeof ob2 };
     a->seed = b->seed = data[1];
     b->defer = 1;
+    b->order = (data[0] >> 3) % 3;
     run(a, &cfg, in, len, 0);
     run(b, &cfg, in, len, data[2]);
     CHECK(a->o.len == b->o.len && memcmp(ob1, ob2, a->o.len) == 0);
+    CHECK(a->s.errors == b->s.errors);
     CHECK(a->blen == b->blen && (a->blen == 0 || memcmp(a->body, b->body, a->blen) == 0));
     free(a->body);
     free(b->body);

@@ -194,7 +194,7 @@ static void after_closed(run_t *r, const char *p, size_t n)
     smtp_event_t ev;
     CHECK(smtp_feed(&r->s, p, n, &used, &ev) == SMTP_CLOSED);
     CHECK(used == 0 && r->o.len == before);
-    CHECK(smtp_pending(&r->s) == SMTP_EV_NONE);
+    CHECK(smtp_open(&r->s) == 0);
 }
 
 static void handle_event(run_t *r, const smtp_event_t *ev, const char *rest, size_t restlen)
@@ -216,11 +216,14 @@ static void handle_event(run_t *r, const smtp_event_t *ev, const char *rest, siz
         r->body.len = 0;
     }
     CHECK(!r->in_data);
-    CHECK((smtp_pending(&r->s) != SMTP_EV_NONE) == wants_verdict(ev->type));
-    if (smtp_pending(&r->s) == SMTP_EV_NONE)
+    CHECK(wants_verdict(ev->type) == smtp_ev_wants_verdict(ev->type));
+    if (!wants_verdict(ev->type)) {
+        CHECK(smtp_open(&r->s) == 0);
         return;
-    CHECK(smtp_pending(&r->s) == ev->type);
-    if (r->delay && (xs32(&r->rng) & 1)) {
+    }
+    CHECK(smtp_open(&r->s) == 1);
+    bool blocks = ev->type != SMTP_EV_MAIL && ev->type != SMTP_EV_RCPT; /* MAIL, RCPT: reads ahead */
+    if (r->delay && blocks && (xs32(&r->rng) & 1)) {
         /* the verdict comes later: meanwhile the engine takes nothing */
         size_t used = 1, before = r->o.len;
         smtp_event_t ev2;
@@ -231,13 +234,14 @@ static void handle_event(run_t *r, const smtp_event_t *ev, const char *rest, siz
     const char *esc = NULL, *text = NULL;
     int data_ok = 0;
     if (verdict_fn(ev, &code, &esc, &text, &r->v)) {
-        smtp_reply(&r->s, code, esc, text);
+        smtp_reply_t rep = { code, esc, slice_make(text, text ? strlen(text) : 0), 0 };
+        smtp_verdict(&r->s, ev->slot, &rep);
         data_ok = code < 400;
     } else {
-        smtp_accept(&r->s);
+        smtp_accept(&r->s, ev->slot);
         data_ok = 1;
     }
-    CHECK(smtp_pending(&r->s) == SMTP_EV_NONE);
+    CHECK(smtp_open(&r->s) == 0 || r->o.cap - r->o.len < SMTP_OUT_MIN);
     if (ev->type == SMTP_EV_DATA && data_ok)
         r->in_data = 1;
 }
@@ -272,7 +276,7 @@ static int feed_piece(run_t *r, const char *p, size_t n)
             flush(r);
             break;
         case SMTP_CLOSED:
-            CHECK(smtp_pending(&r->s) == SMTP_EV_NONE);
+            CHECK(smtp_open(&r->s) == 0);
             flush(r);
             tu_end_body(&r->d);
             tu_puts(&r->d.log, "CLOSED\n");

@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """gen-corpus.py - writes the seed corpora of the fuzz targets:
-tests/fuzz/corpus/fuzz_smtp/ and tests/fuzz/corpus/fuzz_scan/.
+tests/fuzz/corpus/fuzz_smtp/, tests/fuzz/corpus/fuzz_scan/ and
+tests/fuzz/corpus/fuzz_relay/.
 
 Each seed is the target's header bytes (configuration, split lengths; see
 the comment at the top of fuzz_smtp.c and fuzz_scan.c) followed by a
-realistic session or body. Run from the repository root; rewrites the seeds
+realistic session or body; a fuzz_relay seed is its header followed by a
+program of operations (fuzz_relay.c). Run from the repository root; rewrites the seeds
 it knows and leaves other files (ones libFuzzer merged in) alone.
 """
 import os
@@ -165,6 +167,136 @@ def scan_seeds():
     return s
 
 
+# ---- fuzz_relay: a header, then operations (see the top of fuzz_relay.c) ----
+# Indices into dict[] in fuzz_relay.c.
+(D_GREET, D_GREET_ML, D_554_NOSERVICE, D_421_SHUTDOWN, D_EHLO_FULL, D_EHLO_PIPE, D_EHLO_8BIT, D_250_DS,
+ D_EHLO_SIZE_UTF8_PIPE, D_EHLO_SIZE0, D_502, D_500, D_MAIL_OK, D_RCPT_OK, D_OK, D_250, D_QUEUED, D_354,
+ D_354_GO, D_334, D_450, D_451, D_452, D_421_TIMEOUT, D_550, D_554_REJECTED, D_503, D_552, D_550_ML, D_250_ML,
+ D_251, D_451_LOOKALIKE, D_GARBAGE, D_25, D_0_OK, D_LF, D_CRLF, D_CR, D_250_BARE_LF, D_250_DASH, D_600,
+ D_MISMATCH, D_ODD_ESC, D_WRONG_CLASS, D_LMTP_GREET, D_LHLO, D_LMTP_OK, D_LMTP_452, D_LMTP_550, D_NUL,
+ D_LONG_OK, D_LONG_BAD, D_EHLO_MANY) = range(53)
+# Preludes (h[0] bits 1-2), failures (enum relay_fail), mailboxes (mailbox()).
+P_NONE, P_PIPELINING, P_NO_PIPELINING, P_HELO = range(4)
+F_CLOSED, F_RESET, F_SEND, F_TIMEOUT, F_CONNECT = 1, 2, 3, 4, 5
+M_NULL, M_SENDER, M_USER, M_QUOTED, M_ROUTE, M_UTF8, M_256, M_257, M_255, M_1000, M_POSTMASTER, M_RAW, M_EMPTY = \
+    range(13)
+# MAIL parameters: bit 0 SMTPUTF8, 1 SIZE, 2-3 BODY= (2: 8BITMIME), 4-6 SIZE value (2: 999, 4: 1001).
+PAR_UTF8, PAR_SIZE, PAR_8BIT = 1, 2, 2 << 2
+SZ_999, SZ_1001 = 2 << 4, 4 << 4
+
+
+def relay_seed(ops, lmtp=False, prelude=P_PIPELINING, lease=True, lazy=False, helo=0, send_all=False,
+               max_due=0, final=F_TIMEOUT, tok=0, budget=1, piece=0):
+    h0 = int(lmtp) | prelude << 1 | int(lease) << 3 | int(lazy) << 4 | helo << 5 | int(send_all) << 7
+    h1 = max_due | (final - 1) << 3
+    h2 = tok | (budget - 1) << 2 | piece << 4
+    return bytes([h0, h1, h2]) + b"".join(ops)
+
+
+def R_FEED(*d):
+    return b"".join(bytes([0, i]) for i in d)
+
+
+def R_RAW(b):
+    return bytes([2, len(b)]) + b
+
+
+def R_AUTO(n=1, v=0):
+    return bytes([3, n - 1, v])  # n replies; v: 2 bits each, 0 ok 1 4xx 2 5xx 3 other ok
+
+
+R_CONNECT, R_LEASE, R_DATA, R_EOD, R_RELEASE, R_PUMP = b"\x04", b"\x05", b"\x08", b"\x09", b"\x0d", b"\x0f"
+
+
+def R_MAIL(m=M_SENDER, p=0):
+    return bytes([6, m, p])
+
+
+def R_RCPT(m=M_USER):
+    return bytes([7, m])
+
+
+def R_GROUP(n, null_sender=False):  # MAIL, n (0-7) RCPTs to a@y.test, DATA
+    return bytes([10, n | 8 | (0x80 if null_sender else 0)])
+
+
+def R_SENT(n=None):
+    return bytes([11, 0x80 if n is None else n])
+
+
+def R_FAIL(f):
+    return bytes([12, f - 1])
+
+
+def R_PIECE(n):
+    return bytes([14, n])
+
+
+def relay_seeds():
+    s = {}
+    s["pipelined-tx"] = relay_seed([R_MAIL(M_SENDER, PAR_SIZE | PAR_8BIT | SZ_999), R_RCPT(M_USER), R_RCPT(M_QUOTED),
+                                    R_RCPT(M_POSTMASTER), R_DATA, R_FEED(D_MAIL_OK, D_RCPT_OK, D_550, D_RCPT_OK, D_354),
+                                    R_EOD, R_FEED(D_QUEUED), R_RELEASE, R_SENT()])
+    s["no-pipelining-tx"] = relay_seed([R_GROUP(3)] + [R_AUTO()] * 5 + [R_EOD, R_AUTO(), R_RELEASE], prelude=P_NO_PIPELINING,
+                                       send_all=True)
+    s["helo-fallback"] = relay_seed([R_MAIL(M_UTF8, PAR_UTF8), R_MAIL(M_SENDER, PAR_8BIT | PAR_SIZE | SZ_1001),
+                                     R_RCPT(M_ROUTE), R_DATA, R_AUTO(), R_AUTO(), R_AUTO(), R_EOD, R_AUTO()],
+                                    prelude=P_HELO)
+    s["handshake-by-hand"] = relay_seed([R_CONNECT, R_PIECE(3), R_FEED(D_GREET_ML), R_PIECE(0), R_FEED(D_EHLO_MANY),
+                                         R_LEASE, R_GROUP(2), R_AUTO(8), R_EOD, R_AUTO(), R_RELEASE],
+                                        prelude=P_NONE, lease=False)
+    s["lmtp-tx"] = relay_seed([R_MAIL(), R_RCPT(M_USER), R_RCPT(M_SENDER), R_RCPT(M_POSTMASTER), R_DATA,
+                               R_FEED(D_MAIL_OK, D_LMTP_OK, D_LMTP_OK, D_LMTP_550, D_354), R_EOD,
+                               R_FEED(D_LMTP_OK, D_LMTP_452), R_GROUP(1), R_AUTO(3), R_EOD, R_AUTO(), R_RELEASE], lmtp=True)
+    s["lmtp-no-pipelining"] = relay_seed([R_GROUP(2)] + [R_AUTO()] * 4 + [R_EOD, R_AUTO(2, 0b0100), R_RELEASE], lmtp=True,
+                                         prelude=P_NO_PIPELINING)
+    s["lmtp-worst-of-all"] = relay_seed([R_MAIL(), R_RCPT(), R_RCPT(), R_RCPT(), R_DATA, R_AUTO(5), R_EOD,
+                                         R_FEED(D_LMTP_550, D_LMTP_452, D_550)], lmtp=True)
+    s["lmtp-fail-between-replies"] = relay_seed([R_GROUP(3), R_AUTO(5), R_EOD, R_FEED(D_LMTP_OK), R_FAIL(F_CLOSED)],
+                                                lmtp=True)
+    s["release-drain-rset-idle"] = relay_seed([R_MAIL(), R_RCPT(), R_RCPT(), R_FEED(D_MAIL_OK), R_RELEASE, R_FEED(D_RCPT_OK),
+                                               R_FEED(D_550), R_FEED(D_OK), R_LEASE, R_GROUP(1), R_AUTO(3), R_EOD, R_AUTO(),
+                                               R_RELEASE])
+    s["release-drops-held"] = relay_seed([R_MAIL(), R_RCPT(), R_RCPT(), R_DATA, R_RELEASE, R_AUTO(), R_AUTO(), R_LEASE, R_GROUP(1),
+                                          R_AUTO()], prelude=P_NO_PIPELINING)
+    s["release-data-due-discard"] = relay_seed([R_GROUP(2), R_RELEASE, R_FEED(D_MAIL_OK, D_RCPT_OK, D_RCPT_OK, D_354)])
+    s["release-in-body"] = relay_seed([R_GROUP(1), R_AUTO(3), R_RELEASE, R_FEED(D_QUEUED)])
+    s["rset-refused"] = relay_seed([R_MAIL(), R_FEED(D_MAIL_OK), R_RELEASE, R_FEED(D_500)])
+    s["fail-connect"] = relay_seed([R_FAIL(F_CONNECT)], prelude=P_NONE, lease=False)
+    s["fail-mid-group"] = relay_seed([R_GROUP(4), R_FEED(D_MAIL_OK), R_FAIL(F_RESET)])
+    s["fail-in-body"] = relay_seed([R_GROUP(1), R_AUTO(3), R_FAIL(F_TIMEOUT)])
+    s["fail-after-eod"] = relay_seed([R_GROUP(1), R_AUTO(), R_AUTO(), R_AUTO(), R_EOD, R_FAIL(F_CLOSED)],
+                                     prelude=P_NO_PIPELINING)
+    s["fail-with-held"] = relay_seed([R_GROUP(3), R_AUTO(), R_FAIL(F_SEND)], prelude=P_NO_PIPELINING)
+    s["server-4xx-5xx"] = relay_seed([R_GROUP(3), R_FEED(D_MAIL_OK, D_421_TIMEOUT, D_450, D_550_ML, D_451), R_DATA,
+                                      R_FEED(D_554_REJECTED), R_RELEASE, R_FEED(D_OK), R_LEASE, R_GROUP(1),
+                                      R_FEED(D_503, D_250_ML, D_554_REJECTED), R_GROUP(2),
+                                      R_FEED(D_452, D_552, D_251, D_354_GO), R_EOD, R_FEED(D_450), R_FAIL(F_CLOSED)])
+    s["unexpected-on-idle"] = relay_seed([R_FEED(D_OK)], lease=False)
+    s["syntax-error"] = relay_seed([R_GROUP(1), R_FEED(D_MAIL_OK, D_GARBAGE)])
+    s["wrong-kind"] = relay_seed([R_GROUP(1), R_FEED(D_MAIL_OK, D_RCPT_OK, D_OK)])
+    s["too-many-commands"] = relay_seed([R_GROUP(5)], max_due=2)
+    s["greeting-refused"] = relay_seed([R_CONNECT, R_FEED(D_554_NOSERVICE)], prelude=P_NONE, lease=False)
+    s["lazy-owner"] = relay_seed([R_GROUP(2), R_AUTO(4), R_PUMP, R_PUMP, R_MAIL(), R_PUMP, R_PUMP, R_FAIL(F_SEND), R_PUMP, R_PUMP, R_PUMP],
+                                 lazy=True)
+    s["split-pieces"] = relay_seed([R_GROUP(2), R_FEED(D_MAIL_OK, D_250_ML), R_PIECE(2), R_FEED(D_RCPT_OK, D_354_GO),
+                                    R_EOD, R_PIECE(17), R_FEED(D_LONG_OK), R_GROUP(1), R_PIECE(0),
+                                    R_FEED(D_550_ML, D_250_BARE_LF, D_LONG_BAD)], piece=1)
+    s["refusals-and-paths"] = relay_seed([R_MAIL(M_SENDER, PAR_SIZE | SZ_1001), R_MAIL(M_257), R_MAIL(M_UTF8, PAR_UTF8),
+                                          R_RCPT(M_257), R_RCPT(M_256), bytes([7, M_RAW, 5]) + b"x y\r@", R_RCPT(M_EMPTY),
+                                          R_DATA, R_EOD] + [R_AUTO()] * 6 + [R_EOD, R_AUTO()],
+                                         prelude=P_NO_PIPELINING)
+    s["two-transactions-long-helo"] = relay_seed([R_GROUP(1), R_AUTO(3), R_EOD, R_AUTO(), R_GROUP(2, null_sender=True),
+                                                  R_AUTO(4), R_EOD, R_AUTO(), R_RELEASE], helo=3)
+    s["partial-send"] = relay_seed([R_GROUP(2), R_SENT(5), R_SENT(7), R_FEED(D_MAIL_OK, D_RCPT_OK), R_SENT(1), R_SENT()])
+    s["bad-bytes"] = relay_seed([R_GROUP(1), R_RAW(b"250 ok\x00\r\n"), R_FEED(D_NUL)])
+    # Released from inside a failure's first 451: nothing more for that lease
+    # (the relay once went on with the failure's other REPLYs and LOST).
+    s["release-mid-failure"] = bytes.fromhex("1a00000a0a0c000d0f")
+    s["release-mid-failure-lost"] = bytes.fromhex("1a00000601000c000d0f")
+    return s
+
+
 def write(target, seeds):
     d = os.path.join(ROOT, target)
     os.makedirs(d, exist_ok=True)
@@ -177,3 +309,4 @@ def write(target, seeds):
 if __name__ == "__main__":
     write("fuzz_smtp", smtp_seeds())
     write("fuzz_scan", scan_seeds())
+    write("fuzz_relay", relay_seeds())

@@ -124,17 +124,39 @@ class SinkMessage:
             self.message_id, self.mail_from, self.rcpts, len(self.data), self.reply)
 
 
+def split_path(text):
+    """Split the text after "FROM:" / "TO:" into (path, params): the path as
+    the client wrote it between the angle brackets (RFC 5321 4.1.2: a
+    Quoted-string local part may hold ">", "@", spaces and backslash-escaped
+    quotes and backslashes; none of them ends the path), and the parameters
+    after it. The path is returned verbatim, quotes and escapes included.
+    A path without angle brackets (not RFC 5321, tolerated) ends at the first
+    space. An unterminated path returns everything after "<"."""
+    rest = text.lstrip(" ")
+    if not rest.startswith("<"):
+        path, _, params = rest.partition(" ")
+        return path, params.strip()
+    i, n, quoted = 1, len(rest), False
+    while i < n:
+        ch = rest[i]
+        if quoted:
+            if ch == "\\":
+                i += 2          # quoted-pairSMTP: backslash and any one character
+                continue
+            if ch == '"':
+                quoted = False
+        elif ch == '"':
+            quoted = True
+        elif ch == ">":
+            return rest[1:i], rest[i + 1:].strip()
+        i += 1
+    return rest[1:], ""
+
+
 def _path(arg):
-    """'FROM:<a@b> SIZE=1' -> ('a@b', 'SIZE=1')."""
+    """'FROM:<a@b> SIZE=1' -> ('a@b', 'SIZE=1'); 'TO:<"a>b"@c>' -> ('"a>b"@c', '')."""
     _, _, rest = arg.partition(":")
-    rest = rest.strip()
-    if rest.startswith("<"):
-        end = rest.find(">")
-        if end < 0:
-            return rest[1:], ""
-        return rest[1:end], rest[end + 1:].strip()
-    path, _, params = rest.partition(" ")
-    return path, params.strip()
+    return split_path(rest)
 
 
 class SmtpSink:
@@ -150,13 +172,28 @@ class SmtpSink:
       drop_after_data_bytes  close the connection (no reply) once this many
                      DATA bytes arrived without the end marker
       drop_at_eod    close the connection at end of data instead of replying
+      fail_at        {verb: "close" | "silent"}: on receiving that command
+                     (MAIL, RCPT, DATA, ... or "EOD" for the end of data)
+                     send the replies already owed for earlier commands, then
+                     "close": close the connection without replying;
+                     "silent": reply to nothing more and discard all input,
+                     keeping the connection open (until stop() or
+                     idle_timeout)
+      stall_after_data_bytes  stop reading (connection kept open, nothing
+                     discarded, no reply) once this many DATA bytes arrived
+                     without the end marker; `stalled_at` records when
+      read_delay     seconds to sleep before each recv (16 KiB each): a slow
+                     reader
     Every message whose end of data arrived is recorded in `all`; those that
     got a 250 are in `messages` (the ones the sink "accepted").
     """
 
     def __init__(self, port=None, lmtp=False, hostname="sink.test", size=52428800,
-                 idle_timeout=120.0):
+                 idle_timeout=120.0, smtputf8=False, rcvbuf=None):
         self.port = port or free_port()
+        self.rcvbuf = rcvbuf         # SO_RCVBUF of its connections (a slow reader's kernel
+                                     # buffer stays small), or None for the system's
+        self.smtputf8 = smtputf8     # advertise SMTPUTF8 in the EHLO reply
         self.lmtp = lmtp
         self.hostname = hostname
         self.size = size
@@ -169,6 +206,11 @@ class SmtpSink:
         self.command_delay = 0.0
         self.drop_after_data_bytes = None
         self.drop_at_eod = False
+        self.fail_at = {}            # {"MAIL": "close" | "silent", ...}
+        self.stall_after_data_bytes = None
+        self.stalled_at = None       # time.monotonic() when a stall began
+        self.failed_at = []          # (time.monotonic(), verb, mode) of each fault acted out;
+                                     # drop_after_data_bytes adds (t, "BODY", "drop")
         self.read_delay = 0.0        # seconds to sleep before each recv: a slow reader
         self.cond = threading.Condition()
         self.messages = []
@@ -194,6 +236,8 @@ class SmtpSink:
         assert self._listener is None, "sink already running"
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)   # inherited by accept()
         deadline = time.monotonic() + 5
         while True:
             try:
@@ -363,6 +407,46 @@ class _SinkSession:
             self.buf += d
             return
 
+    def fault(self, verb):
+        """Act out sink.fail_at[verb], if set: flush the replies owed for
+        earlier commands, then close (raises _Drop) or go silent."""
+        mode = self.sink.fail_at.get(verb)
+        if not mode:
+            return
+        assert mode in ("close", "silent"), mode
+        self.flush()
+        with self.sink.cond:
+            self.sink.failed_at.append((time.monotonic(), verb, mode))
+            self.sink.cond.notify_all()
+        if mode == "close":
+            try:
+                self.sock.shutdown(socket.SHUT_WR)   # FIN after the replies already sent
+            except OSError:
+                pass
+            raise _Drop()
+        self.buf.clear()
+        idle = time.monotonic() + self.sink.idle_timeout
+        while not self.stop.is_set() and time.monotonic() < idle:
+            try:
+                d = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not d:
+                break
+        raise _Drop()
+
+    def stall(self):
+        """Stop reading: keep the connection, never reply (until stop() or
+        idle_timeout)."""
+        with self.sink.cond:
+            self.sink.stalled_at = time.monotonic()
+            self.sink.cond.notify_all()
+        idle = time.monotonic() + self.sink.idle_timeout
+        while time.monotonic() < idle:
+            if self.stop.wait(0.1):
+                break
+        raise _Drop()
+
     def run(self):
         try:
             self.send("220 %s ESMTP sink" % self.sink.hostname)
@@ -380,6 +464,7 @@ class _SinkSession:
                 with self.sink.cond:
                     if len(self.sink.commands) < 100000:
                         self.sink.commands.append((self.cid, line))
+                self.fault(line.partition(" ")[0].upper())
                 if self.sink.command_delay:
                     self.flush()
                     self.wait(self.sink.command_delay)
@@ -406,6 +491,8 @@ class _SinkSession:
                 self.send("250-PIPELINING")
                 self.send("250-8BITMIME")
                 self.send("250-SIZE %d" % sink.size)
+                if sink.smtputf8:
+                    self.send("250-SMTPUTF8")
                 self.send("250 ENHANCEDSTATUSCODES")
         elif verb == "MAIL":
             if self.mail_from is not None:
@@ -449,7 +536,12 @@ class _SinkSession:
         scan = 0
         while True:
             if sink.drop_after_data_bytes is not None and len(self.buf) >= sink.drop_after_data_bytes:
+                with sink.cond:
+                    sink.failed_at.append((time.monotonic(), "BODY", "drop"))
+                    sink.cond.notify_all()
                 raise _Drop()
+            if sink.stall_after_data_bytes is not None and len(self.buf) >= sink.stall_after_data_bytes:
+                self.stall()
             if self.buf.startswith(b".\r\n"):
                 wire, rest = b"", 3
                 break
@@ -465,6 +557,7 @@ class _SinkSession:
         with sink.cond:
             sink.eod_arrived += 1
             sink.cond.notify_all()
+        self.fault("EOD")
         if sink.drop_at_eod:
             msg.reply = "(dropped)"
             sink._record(msg, False)
@@ -549,6 +642,31 @@ class Client:
             data = data.encode()
         self.sock.sendall(data)
 
+    def _fill(self, deadline):
+        """One receive into self.buf, waiting at most until deadline
+        (monotonic): how many bytes came, 0 when the server closed (or
+        reset) the connection, None when the time ran out."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        self.sock.settimeout(left)
+        try:
+            d = self.sock.recv(65536)
+        except socket.timeout:
+            return None
+        except (ConnectionResetError, BrokenPipeError):
+            return 0
+        self.buf += d
+        return len(d)
+
+    def _fill_or_raise(self, deadline, what):
+        """_fill, raising socket.timeout (no `what` in time) or Closed."""
+        got = self._fill(deadline)
+        if got is None:
+            raise socket.timeout("no %s within the time limit (have %r)" % (what, bytes(self.buf)))
+        if not got:
+            raise Closed("connection closed by the server (pending %r)" % bytes(self.buf))
+
     def _line(self, deadline):
         while True:
             i = self.buf.find(b"\n")
@@ -556,17 +674,7 @@ class Client:
                 line = bytes(self.buf[:i + 1])
                 del self.buf[:i + 1]
                 return line.rstrip(b"\r\n").decode("utf-8", "replace")
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("no reply within the time limit")
-            self.sock.settimeout(left)
-            try:
-                d = self.sock.recv(65536)
-            except ConnectionResetError:
-                d = b""
-            if not d:
-                raise Closed("connection closed by the server (pending %r)" % bytes(self.buf))
-            self.buf += d
+            self._fill_or_raise(deadline, "reply")
 
     def reply(self, timeout=None):
         deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
@@ -601,19 +709,56 @@ class Client:
         arriving before the close is collected in self.buf)."""
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            got = self._fill(deadline)
+            if got is None:
                 return False
-            self.sock.settimeout(left)
-            try:
-                d = self.sock.recv(65536)
-            except socket.timeout:
-                return False
-            except (ConnectionResetError, BrokenPipeError):
+            if not got:
                 return True
-            if not d:
-                return True
-            self.buf += d
+
+    def raw_reply(self, timeout=None):
+        """The exact bytes of one complete reply (every line, CRLFs
+        included), taken from the buffer; socket.timeout or Closed when it
+        does not come whole."""
+        deadline = time.monotonic() + (timeout if timeout is not None else self.timeout)
+        pos = 0
+        for _ in range(100000):
+            i = self.buf.find(b"\n", pos)
+            if i >= 0:
+                line = bytes(self.buf[pos:i + 1])
+                if len(line) < 5 or not line[:3].isdigit():
+                    raise AssertionError("malformed reply line %r" % line)
+                pos = i + 1
+                if line[3:4] != b"-":
+                    out = bytes(self.buf[:pos])
+                    del self.buf[:pos]
+                    return out
+                continue
+            self._fill_or_raise(deadline, "whole reply")
+        raise AssertionError("reply with too many lines")
+
+    def recv_raw(self, nbytes, timeout=5.0):
+        """Raw bytes: wait until self.buf holds at least nbytes (or the
+        timeout passes, or the server closes), then take and return up to
+        nbytes from it. Fewer bytes back means the time ran out or the
+        connection closed."""
+        deadline = time.monotonic() + timeout
+        for _ in range(100000):
+            if len(self.buf) >= nbytes or not self._fill(deadline):
+                break
+        out = bytes(self.buf[:nbytes])
+        del self.buf[:nbytes]
+        return out
+
+    def recv_quiet(self, seconds=1.0):
+        """Every byte that arrives within `seconds` (plus anything already
+        buffered), taken from the buffer. Stops early if the server closes."""
+        deadline = time.monotonic() + seconds
+        for _ in range(100000):
+            if not self._fill(deadline):
+                break
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
 
     def rest_replies(self, timeout=5.0):
         """Every reply until the server closes (bounded)."""
@@ -743,6 +888,13 @@ class Gateway:
         return argv
 
     def start(self, ready_timeout=10.0):
+        self.launch()
+        self.wait_ready(ready_timeout)
+        return self
+
+    def launch(self):
+        """Start the process without waiting for it to listen (start() is
+        launch() and wait_ready())."""
         if not os.path.exists(self.binary):
             raise StartError("%s does not exist: build it first (make)" % self.binary)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MXGATE_")}
@@ -751,7 +903,6 @@ class Gateway:
         self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=self._log, cwd=self.cwd, env=env,
                                      preexec_fn=_pdeathsig)
-        self.wait_ready(ready_timeout)
         return self
 
     @property
@@ -776,6 +927,34 @@ class Gateway:
             for line in self.log().splitlines():
                 if rx.search(line):
                     return line
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.05)
+
+    def log_records(self, strict=True, canonical=False):
+        """Every log line parsed as logfmt (see logfmt.py): a list of dicts.
+        strict: a line that does not parse raises LogfmtError; otherwise such
+        lines are skipped."""
+        import logfmt
+        out = []
+        for line in self.log().splitlines():
+            if not line:
+                continue
+            try:
+                out.append(logfmt.parse(line, canonical))
+            except logfmt.LogfmtError:
+                if strict:
+                    raise
+        return out
+
+    def wait_record(self, pred, timeout=5.0, strict=True):
+        """The first parsed log line for which pred(dict) is true, waiting up
+        to timeout; None if none came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for rec in self.log_records(strict=strict):
+                if pred(rec):
+                    return rec
             if time.monotonic() > deadline:
                 return None
             time.sleep(0.05)

@@ -97,6 +97,7 @@ static void test_defaults(void **state)
     assert_true(c.smtputf8);
     assert_int_equal(c.command_timeout, 300);
     assert_int_equal(c.data_timeout, 600);
+    assert_int_equal(c.data_min_rate, 500);
     assert_int_equal(c.greeting_delay, 0);
     assert_int_equal(c.downstream_timeout, 120);
     assert_int_equal(c.max_connections, 10000);
@@ -131,7 +132,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 44);
+    assert_int_equal(nkeys, 45);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -156,6 +157,7 @@ static const kv_case_t kv_cases[] = {
     {"smtputf8", "off", "maybe", "expected yes or no: maybe"},
     {"command_timeout", "4m", "0", "expected seconds from 1 to 3600"},
     {"data_timeout", "900", "2h", "expected seconds from 1 to 3600"},
+    {"data_min_rate", "0", "100000001", "expected a number from 0 to 100000000: 100000001"},
     {"greeting_delay", "1500", "61s", "expected milliseconds from 0 to 60000"},
     {"downstream_timeout", "60s", "-1", "expected seconds from 1 to 3600"},
     {"max_connections", "50000", "0", "expected a number from 1 to 1000000: 0"},

@@ -24,7 +24,7 @@
 #include "filter.c"
 #include "limits.c"
 #include "recipients.c"
-#include "relay.c"
+#include "relay_domains.c"
 #include "spf.c"
 
 static void set(mx_config_t *c, const char *k, const char *v)
@@ -153,7 +153,7 @@ static void test_relay(void **state)
     assert_int_equal(rcpt(e, "bob@example.net", &v), FA_REJECT);
     assert_int_equal(v.code, 550);
     assert_string_equal(v.esc, "5.7.1");
-    assert_int_equal(v.reason, FR_RELAY);
+    assert_string_equal(v.why, "relay");
     assert_int_equal(rcpt(e, "bob@sub.example.com", &v), FA_REJECT);
     env_free(e);
 }
@@ -227,10 +227,10 @@ static void test_limits(void **state)
     e->fx.conn_per_ip = 3;
     assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_TEMPFAIL);
     assert_int_equal(v.code, 421);
-    assert_int_equal(v.reason, FR_CONN_PER_IP);
+    assert_string_equal(v.why, "max_connections_per_ip");
     e->fx.conn_total = 11;
     assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_TEMPFAIL);
-    assert_int_equal(v.reason, FR_CONN_TOTAL);
+    assert_string_equal(v.why, "max_connections");
 
     assert_int_equal(filter_run(&e->ch, FS_MAIL, &e->fx, &v), FA_ACCEPT); /* no limit by default */
     set(&e->cfg, "max_messages_per_connection", "3");
@@ -274,12 +274,7 @@ static void test_spf_waits_at_rcpt(void **state)
     assert_int_equal(v.code, 550);
     assert_string_equal(v.esc, "5.7.23");
     assert_string_equal(v.text, "Error: SPF fail: Please see https://example.org/spf");
-    assert_int_equal(v.reason, FR_SPF);
-    /* the same reply is rebuilt from the reason (the pipeline's FIFO) */
-    filter_verdict_t again;
-    filter_reason_reply(FR_SPF, &e->cfg, &e->spf, &again);
-    assert_int_equal(again.code, 550);
-    assert_string_equal(again.text, v.text);
+    assert_string_equal(v.why, "spf");
 
     spf_done(e, SPFR_TEMPERROR, "");
     assert_int_equal(rcpt(e, "bob@example.com", &v), FA_TEMPFAIL);
@@ -419,20 +414,45 @@ static void test_fold_and_room(void **state)
     assert_int_equal(fx.hdr_len, 0);
 }
 
-static void test_reason_replies(void **state)
+/* Every refusal a filter gives is a reply a client can act on: a 4xx or
+ * 5xx with an enhanced code of the same class, a text, and a name for the
+ * log. */
+static void check_refusal(const filter_verdict_t *v)
+{
+    assert_true(v->code >= 400 && v->code < 600);
+    assert_non_null(v->esc);
+    assert_true(reply_esc_valid(v->esc, strlen(v->esc)));
+    assert_int_equal(v->esc[0] - '0', v->code / 100);
+    assert_non_null(v->text);
+    assert_non_null(v->why);
+    assert_true(v->act == FA_REJECT ? v->code >= 500 : v->code < 500);
+}
+
+static void test_refusals_carry_replies(void **state)
 {
     (void)state;
-    mx_config_t c;
-    config_defaults(&c);
-    for (int r = FR_NONE; r <= FR_COUNT; r++) {
-        filter_verdict_t v;
-        filter_reason_reply((enum filter_reason)r, &c, NULL, &v);
-        assert_true(v.code >= 400 && v.code < 600);
-        assert_true(reply_esc_valid(v.esc, strlen(v.esc)));
-        assert_int_equal(v.esc[0] - '0', v.code / 100);
-        assert_non_null(v.text);
-    }
-    config_free(&c);
+    env_t *e = env_new("limits,relay");
+    filter_verdict_t v;
+    set(&e->cfg, "max_connections", "1");
+    set(&e->cfg, "max_connections_per_ip", "1");
+    set(&e->cfg, "max_messages_per_connection", "1");
+    set(&e->cfg, "max_recipients_per_connection", "1");
+    e->fx.conn_total = 2, e->fx.conn_per_ip = 1;
+    assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_TEMPFAIL);
+    check_refusal(&v);
+    e->fx.conn_total = 1, e->fx.conn_per_ip = 2;
+    assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_TEMPFAIL);
+    check_refusal(&v);
+    e->fx.messages = 2;
+    assert_int_equal(filter_run(&e->ch, FS_MAIL, &e->fx, &v), FA_TEMPFAIL);
+    check_refusal(&v);
+    e->fx.rcpts = 2;
+    assert_int_equal(rcpt(e, "bob@example.com", &v), FA_TEMPFAIL);
+    check_refusal(&v);
+    e->fx.rcpts = 1;
+    assert_int_equal(rcpt(e, "bob@example.net", &v), FA_REJECT);
+    check_refusal(&v);
+    env_free(e);
 }
 
 int main(void)
@@ -441,7 +461,7 @@ int main(void)
         cmocka_unit_test(test_chain_from_config), cmocka_unit_test(test_relay),
         cmocka_unit_test(test_recipients),        cmocka_unit_test(test_limits),
         cmocka_unit_test(test_spf_waits_at_rcpt), cmocka_unit_test(test_spf_headers),
-        cmocka_unit_test(test_fold_and_room),     cmocka_unit_test(test_reason_replies),
+        cmocka_unit_test(test_fold_and_room),     cmocka_unit_test(test_refusals_carry_replies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

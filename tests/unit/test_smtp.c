@@ -96,15 +96,6 @@ static char *run_full(const smtp_config_t *cfg, const char *in, size_t len, tu_v
 /* Log helpers                                                         */
 /* ------------------------------------------------------------------ */
 
-/* cmocka's print_message cuts at 1 KiB; logs are longer. */
-__attribute__((format(printf, 1, 2))) static void note(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    fflush(stdout);
-}
 
 /* Length of the line starting at p, without its '\n'. */
 static size_t line_len(const char *p)
@@ -231,7 +222,7 @@ static bool replies_are(const char *log, const char *expect)
         a++, x++;
     }
     if (!ok)
-        note("replies differ\n  expected: %s\n  actual:   %s\n--- log ---\n%s-----------\n", expect,
+        tu_note("replies differ\n  expected: %s\n  actual:   %s\n--- log ---\n%s-----------\n", expect,
              sig.buf, log);
     tu_free_log(&sig);
     return ok;
@@ -275,11 +266,11 @@ static bool ev_has(const char *log, smtp_ev_type_t t, int nth, const char *sub)
         bool ok = line && strstr(line, sub) != NULL;
         free(line);
         if (!ok)
-            note("event %s #%d lacks \"%s\"\n--- log ---\n%s-----------\n", smtp_ev_name(t), nth, sub,
+            tu_note("event %s #%d lacks \"%s\"\n--- log ---\n%s-----------\n", smtp_ev_name(t), nth, sub,
                  log);
         return ok;
     }
-    note("no event %s #%d\n--- log ---\n%s-----------\n", smtp_ev_name(t), nth, log);
+    tu_note("no event %s #%d\n--- log ---\n%s-----------\n", smtp_ev_name(t), nth, log);
     return false;
 }
 
@@ -353,7 +344,7 @@ static bool body_is(const char *log, int nth, const char *want, size_t wlen)
     if (!ok) {
         tu_log_t w = { 0 };
         tu_put_escaped(&w, slice_make(want, wlen));
-        note("body #%d differs; want \"%s\"\n--- log ---\n%s-----------\n", nth, w.buf ? w.buf : "", log);
+        tu_note("body #%d differs; want \"%s\"\n--- log ---\n%s-----------\n", nth, w.buf ? w.buf : "", log);
         tu_free_log(&w);
     }
     tu_free_log(&b);
@@ -406,7 +397,7 @@ static bool delivered_bodies_safe(const char *log)
         bool ok = body_of(log, i, &b) && wire_body_safe(b.buf, b.len, &why);
         tu_free_log(&b);
         if (!ok) {
-            note("body #%d unsafe to forward: %s\n--- log ---\n%s-----------\n", i, why, log);
+            tu_note("body #%d unsafe to forward: %s\n--- log ---\n%s-----------\n", i, why, log);
             return false;
         }
     }
@@ -421,7 +412,7 @@ static void print_excerpt(const char *tag, const char *line, size_t at)
     size_t k = n > from ? n - from : 0;
     if (k > 100)
         k = 100;
-    note("  %s (%zu chars, from column %zu): %.*s%s\n", tag, n, from, (int)k, line ? line + from : "",
+    tu_note("  %s (%zu chars, from column %zu): %.*s%s\n", tag, n, from, (int)k, line ? line + from : "",
          from + k < n ? "..." : "");
 }
 
@@ -441,12 +432,12 @@ static bool logs_equal(const char *want, const char *got, const char *sample, co
     size_t col = 0;
     while (a && b && a[col] && a[col] == b[col] && a[col] != '\n')
         col++;
-    note("sample \"%s\" fed %s: log differs from the whole feed at line %d, column %zu\n", sample, how,
+    tu_note("sample \"%s\" fed %s: log differs from the whole feed at line %d, column %zu\n", sample, how,
          line, col);
     print_excerpt("whole", a, col);
     print_excerpt("split", b, col);
     if (strlen(want) + strlen(got) < 6000)
-        note("--- whole ---\n%s--- split ---\n%s-------------\n", want, got);
+        tu_note("--- whole ---\n%s--- split ---\n%s-------------\n", want, got);
     return false;
 }
 
@@ -1675,7 +1666,7 @@ static void test_smuggling_reject(void **state)
     for (size_t m = 0; m < NMARKERS; m++) {
         const sample_t *sm = find_sample(smuggle_names[m]);
         char *log = run_sample(sm, NULL, 0, OUTCAP);
-        note("%s\n", sm->name);
+        tu_note("%s\n", sm->name);
         /* no end at the fake marker, 554 after the real one, one MAIL */
         assert_true(replies_are(log, "220|250|250 2.1.0|250 2.1.5|354|554 5.5.2|221 2.0.0|CLOSED"));
         assert_int_equal(count_ev(log, SMTP_EV_MAIL), 1);
@@ -1697,7 +1688,7 @@ static void test_smuggling_normalize(void **state)
     for (size_t m = 0; m < NMARKERS; m++) {
         const sample_t *sm = find_sample(smuggle_names_norm[m]);
         char *log = run_sample(sm, NULL, 0, OUTCAP);
-        note("%s\n", sm->name);
+        tu_note("%s\n", sm->name);
         assert_true(replies_are(log, "220|250|" TX_OK "|221 2.0.0|CLOSED"));
         assert_int_equal(count_ev(log, SMTP_EV_MAIL), 1);
         assert_int_equal(count_ev(log, SMTP_EV_DATA_END), 1);
@@ -1707,7 +1698,7 @@ static void test_smuggling_normalize(void **state)
         const char *why = "";
         bool safe = wire_body_safe(b.buf, b.len, &why);
         if (!safe)
-            note("forwarded body unsafe: %s\n--- log ---\n%s", why, log);
+            tu_note("forwarded body unsafe: %s\n--- log ---\n%s", why, log);
         assert_true(safe);
         /* it is all one message: the smuggled part is content */
         assert_non_null(memmem(b.buf, b.len, "hello", 5));
@@ -1786,8 +1777,8 @@ static smtp_status_t hand_run(hand_t *h, const char *p, size_t n)
     for (int guard = 0; guard < 10000; guard++) {
         smtp_status_t st = hand_feed(h, &p, &n, &ev);
         if (st == SMTP_EVENT) {
-            if (smtp_pending(&h->s)) {
-                smtp_accept(&h->s);
+            if (smtp_ev_wants_verdict(ev.type)) {
+                smtp_accept(&h->s, ev.slot);
                 hand_flush(h);
             }
             continue;
@@ -1868,7 +1859,7 @@ static void bare_lf_command_refused(enum cfg_kind k)
     bool ok = strncmp(sig.buf, "220|250|500 5.5.2|", 18) == 0 && strstr(sig.buf, "250 2.0.0") == NULL &&
               n > 17 && strcmp(sig.buf + n - 17, "|221 2.0.0|CLOSED") == 0;
     if (!ok)
-        note("a bare LF ended NOOP\n--- log ---\n%s", log);
+        tu_note("a bare LF ended NOOP\n--- log ---\n%s", log);
     assert_true(ok);
     assert_int_equal(count_ev(log, SMTP_EV_NOOP), 0);
     assert_true(ev_has(log, SMTP_EV_ERROR, 0, err_sub(SMTP_ERR_BARE_LF)));
@@ -1981,6 +1972,11 @@ static bool out_has(const hand_t *h, const char *sub)
     return h->d.log.buf && strstr(h->d.log.buf, sub) != NULL;
 }
 
+static smtp_reply_t rep(int code, const char *esc, const char *text)
+{
+    return (smtp_reply_t){ code, esc, slice_make(text, strlen(text)), 0 };
+}
+
 static void test_verdict_deferred(void **state)
 {
     (void)state;
@@ -2000,44 +1996,55 @@ static void test_verdict_deferred(void **state)
     size_t n = sizeof group - 1;
     smtp_event_t ev, ev2;
 
-    /* MAIL: wait for the verdict */
+    /* MAIL: its verdict is open, and the RCPT behind it is read ahead */
     assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
     assert_int_equal(ev.type, SMTP_EV_MAIL);
-    assert_int_equal(smtp_pending(&h->s), SMTP_EV_MAIL);
-    assert_false(out_has(h, "2.1.0"));
+    uint32_t mail = ev.slot;
+    assert_int_equal(hand_feed(h, &p, &n, &ev2), SMTP_EVENT);
+    assert_int_equal(ev2.type, SMTP_EV_RCPT);
+    uint32_t rcpt_b = ev2.slot;
+    assert_int_equal(smtp_open(&h->s), 2);
+    /* the NOOP is the engine's own answer: it waits for both */
     for (int i = 0; i < 2; i++) {
         size_t left = n;
-        assert_int_equal(hand_feed(h, &p, &n, &ev2), SMTP_PAUSED);
+        smtp_event_t ev3;
+        assert_int_equal(hand_feed(h, &p, &n, &ev3), SMTP_PAUSED);
         assert_int_equal(n, left); /* nothing consumed */
     }
-    assert_false(out_has(h, "S: 250 2.0.0")); /* the NOOP waits its turn */
-    smtp_accept(&h->s);
+    /* RCPT b refused first: nothing leaves while MAIL's verdict is open */
+    smtp_reply_t r = rep(550, "5.1.1", "no such user");
+    smtp_verdict(&h->s, rcpt_b, &r);
+    hand_flush(h);
+    assert_false(out_has(h, "S: 550"));
+    smtp_accept(&h->s, mail);
     hand_flush(h);
     assert_true(out_has(h, "S: 250 2.1.0"));
+    assert_true(out_has(h, "S: 550 5.1.1 no such user"));
+    assert_true(strstr(h->d.log.buf, "S: 250 2.1.0") < strstr(h->d.log.buf, "S: 550 5.1.1"));
+    assert_int_equal(smtp_open(&h->s), 0);
     /* the event's slices outlive the verdict */
     assert_true(slice_eq(ev.path.mailbox, SLICE_LIT("a@example.org")));
-
-    /* RCPT b: refused, later */
-    assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
-    assert_int_equal(ev.type, SMTP_EV_RCPT);
-    assert_int_equal(hand_feed(h, &p, &n, &ev2), SMTP_PAUSED);
-    assert_true(slice_eq(ev.path.mailbox, SLICE_LIT("b@example.com")));
-    smtp_reply(&h->s, 550, "5.1.1", "no such user");
+    assert_true(slice_eq(ev2.path.mailbox, SLICE_LIT("b@example.com")));
+    /* a verdict for a slot that is gone changes nothing */
+    size_t before = h->d.log.len;
+    smtp_verdict(&h->s, rcpt_b, &r);
+    smtp_accept(&h->s, mail);
     hand_flush(h);
-    assert_int_equal(smtp_pending(&h->s), SMTP_EV_NONE);
+    assert_int_equal(h->d.log.len, before);
 
-    /* NOOP: answered by the engine, then RCPT c and DATA accepted */
+    /* NOOP: answered by the engine, then RCPT c and DATA read ahead */
     assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
     assert_int_equal(ev.type, SMTP_EV_NOOP);
-    assert_int_equal(smtp_pending(&h->s), SMTP_EV_NONE);
     assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
     assert_int_equal(ev.type, SMTP_EV_RCPT);
-    smtp_accept(&h->s);
-    hand_flush(h);
+    uint32_t rcpt_c = ev.slot;
     assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
     assert_int_equal(ev.type, SMTP_EV_DATA);
+    uint32_t data = ev.slot;
+    smtp_accept(&h->s, data); /* before the RCPT it depends on */
+    hand_flush(h);
     assert_false(out_has(h, "S: 354"));
-    smtp_accept(&h->s);
+    smtp_accept(&h->s, rcpt_c);
     hand_flush(h);
     assert_true(out_has(h, "S: 354"));
     assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_AGAIN);
@@ -2052,10 +2059,11 @@ static void test_verdict_deferred(void **state)
         ;
     assert_int_equal(st, SMTP_EVENT);
     assert_int_equal(ev.type, SMTP_EV_DATA_END);
-    assert_int_equal(smtp_pending(&h->s), SMTP_EV_DATA_END);
+    assert_int_equal(smtp_open(&h->s), 1);
     assert_int_equal(hand_feed(h, &p, &n, &ev2), SMTP_PAUSED);
     assert_false(out_has(h, "S: 221"));
-    smtp_reply(&h->s, 250, "2.0.0", "queued as Q1");
+    r = rep(250, "2.0.0", "queued as Q1");
+    smtp_verdict(&h->s, ev.slot, &r);
     hand_flush(h);
     assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
     assert_int_equal(ev.type, SMTP_EV_QUIT);
@@ -2072,13 +2080,14 @@ static void test_verdict_deferred(void **state)
 /* ---- deferred verdicts (pipelining through to a downstream) ---- */
 
 /*
- * Feeds `in` in pieces cut at `cut` (0: whole), deferring every MAIL, RCPT
- * and DATA, and resolving deferred verdicts from `codes` (oldest first)
- * whenever the engine pauses or a piece is used up, as a downstream's
- * replies would arrive. Other verdicts are accepted at once. Returns the
- * replies as one string.
+ * Feeds `in` in pieces cut at `cut` (0: whole), leaving every MAIL, RCPT and
+ * DATA verdict open and filling open verdicts from `codes` (in command
+ * order) whenever the engine pauses or a piece is used up, as a downstream's
+ * replies would arrive; with `reverse` the open slots are filled newest
+ * first, so replies overtake each other. Other verdicts are accepted at once.
+ * Returns the replies as one string.
  */
-static char *run_deferred(const char *in, size_t cut, const int *codes)
+static char *run_deferred_order(const char *in, size_t cut, const int *codes, bool reverse)
 {
     smtp_config_t cfg;
     smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
@@ -2088,6 +2097,8 @@ static char *run_deferred(const char *in, size_t cut, const int *codes)
     smtp_init(&s, &cfg, &o);
     smtp_greet(&s);
     size_t len = strlen(in), off = 0, ci = 0;
+    uint32_t open[64];
+    size_t nopen = 0;
     static char all[16384];
     size_t alen = 0;
     while (off < len && s.state != SMTP_S_CLOSED) {
@@ -2100,19 +2111,23 @@ static char *run_deferred(const char *in, size_t cut, const int *codes)
             smtp_status_t st = smtp_feed(&s, p, n, &used, &ev);
             p += used, n -= used;
             if (st == SMTP_EVENT) {
-                if (smtp_pending(&s) == SMTP_EV_MAIL || smtp_pending(&s) == SMTP_EV_RCPT ||
-                    smtp_pending(&s) == SMTP_EV_DATA)
-                    smtp_defer(&s);
-                else if (smtp_pending(&s))
-                    smtp_accept(&s);
+                if (ev.type == SMTP_EV_MAIL || ev.type == SMTP_EV_RCPT || ev.type == SMTP_EV_DATA)
+                    open[nopen++] = ev.slot;
+                else if (smtp_ev_wants_verdict(ev.type))
+                    smtp_accept(&s, ev.slot);
                 continue;
             }
-            if (st == SMTP_PAUSED && smtp_deferred(&s)) {
-                while (smtp_deferred(&s)) {
-                    int c = codes[ci++];
-                    smtp_resolve(&s, c, c < 300 ? "2.0.0" : c < 400 ? NULL : c < 500 ? "4.0.0" : "5.1.1",
-                                 c == 354 ? "go ahead" : "from downstream");
+            if (st == SMTP_PAUSED && nopen) {
+                /* the codes belong to the slots in command order */
+                for (size_t k = 0; k < nopen; k++) {
+                    size_t i = reverse ? nopen - 1 - k : k;
+                    int c = codes[ci + i];
+                    smtp_reply_t r = { c, c < 300 ? "2.0.0" : c < 400 ? NULL : c < 500 ? "4.0.0" : "5.1.1",
+                                       c == 354 ? SLICE_LIT("go ahead") : SLICE_LIT("from downstream"), 0 };
+                    smtp_verdict(&s, open[i], &r);
                 }
+                ci += nopen;
+                nopen = 0;
                 continue;
             }
             if (st == SMTP_AGAIN && n == 0)
@@ -2128,6 +2143,16 @@ static char *run_deferred(const char *in, size_t cut, const int *codes)
     all[alen] = 0;
     smtp_free(&s);
     return strdup(all);
+}
+
+static char *run_deferred(const char *in, size_t cut, const int *codes)
+{
+    char *fwd = run_deferred_order(in, cut, codes, false);
+    char *rev = run_deferred_order(in, cut, codes, true);
+    if (strcmp(fwd, rev) != 0)
+        fail_msg("verdicts filled newest first give other replies:\n%s\nin order:\n%s", rev, fwd);
+    free(rev);
+    return fwd;
 }
 
 static void expect_lines(const char *out, const char *const *want, size_t n)
@@ -2196,7 +2221,7 @@ static void test_defer_stops_before_own_reply(void **state)
 {
     (void)state;
     /* NOOP and a bad RCPT are answered by the engine itself: their replies
-     * must come after the deferred ones, so the engine stops before them. */
+     * must come after the open ones, so the engine stops before them. */
     smtp_config_t cfg;
     smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
     char ob[4096];
@@ -2209,26 +2234,28 @@ static void test_defer_stops_before_own_reply(void **state)
     size_t len = strlen(in), off = 0, used;
     smtp_event_t ev;
     int events = 0;
+    uint32_t slots[4];
+    int nslots = 0;
     smtp_status_t st;
     while ((st = smtp_feed(&s, in + off, len - off, &used, &ev)) == SMTP_EVENT) {
         off += used;
         events++;
-        if (smtp_pending(&s) == SMTP_EV_EHLO)
-            smtp_accept(&s);
+        if (ev.type == SMTP_EV_EHLO)
+            smtp_accept(&s, ev.slot);
         else
-            smtp_defer(&s);
+            slots[nslots++] = ev.slot;
     }
     assert_int_equal(st, SMTP_PAUSED);
     assert_int_equal(events, 3);
-    assert_int_equal(smtp_deferred(&s), 2);
-    assert_int_equal(smtp_deferred_head(&s), SMTP_EV_MAIL);
+    assert_int_equal(smtp_open(&s), 2);
     assert_string_equal(in + off, "NOOP\r\nRCPT TO:bad\r\n"); /* not consumed */
+    smtp_reply_t r1 = rep(250, "2.1.5", "rcpt ok"), r0 = rep(250, "2.1.0", "mail ok");
+    smtp_verdict(&s, slots[1], &r1);
     size_t before = o.len;
-    smtp_reply(&s, 250, "2.0.0", "ignored"); /* nothing pending: no effect */
+    smtp_verdict(&s, slots[1], &r1); /* filled already: no effect */
     assert_int_equal(o.len, before);
-    smtp_resolve(&s, 250, "2.1.0", "mail ok");
-    smtp_resolve(&s, 250, "2.1.5", "rcpt ok");
-    assert_int_equal(smtp_deferred(&s), 0);
+    smtp_verdict(&s, slots[0], &r0);
+    assert_int_equal(smtp_open(&s), 0);
     assert_int_equal(s.state, SMTP_S_RCPT);
     st = smtp_feed(&s, in + off, len - off, &used, &ev);
     assert_int_equal(st, SMTP_EVENT);
@@ -2241,6 +2268,162 @@ static void test_defer_stops_before_own_reply(void **state)
     const char *noop = strstr(ob, "250 2.0.0 Ok"), *bad = strstr(ob, "501 5.1.3");
     assert_true(mail && rcpt && noop && bad && mail < rcpt && rcpt < noop && noop < bad);
     smtp_free(&s);
+}
+
+/*
+ * A MAIL refused for a reason that is not the client's (the downstream is
+ * down: SMTP_R_PEER): the RCPT and DATA read behind it get the same reply,
+ * not 503, and none of it counts toward the error limit.
+ */
+static void test_defer_peer_failure_not_counted(void **state)
+{
+    (void)state;
+    smtp_config_t cfg;
+    smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
+    cfg.error_max = 3;
+    char ob[16384];
+    smtp_out_t o = { ob, 0, sizeof ob };
+    smtp_t s;
+    smtp_init(&s, &cfg, &o);
+    smtp_greet(&s);
+    const char *in = "EHLO c.example\r\n";
+    size_t used;
+    smtp_event_t ev;
+    assert_int_equal(smtp_feed(&s, in, strlen(in), &used, &ev), SMTP_EVENT);
+    smtp_accept(&s, ev.slot);
+    for (int msg = 0; msg < 10; msg++) {
+        const char *g = "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n";
+        size_t off = 0, len = strlen(g);
+        uint32_t slots[8];
+        int n = 0;
+        smtp_status_t st;
+        while ((st = smtp_feed(&s, g + off, len - off, &used, &ev)) == SMTP_EVENT) {
+            off += used;
+            slots[n++] = ev.slot;
+        }
+        assert_int_equal(st, SMTP_PAUSED);
+        assert_int_equal(n, 4);
+        smtp_reply_t r = { 451, "4.4.1", SLICE_LIT("downstream unavailable"), SMTP_R_PEER };
+        for (int i = n - 1; i >= 0; i--) /* newest first, as a failure fans out */
+            smtp_verdict(&s, slots[i], &r);
+        assert_int_equal(smtp_open(&s), 0);
+        assert_int_equal(s.state, SMTP_S_HELO);
+    }
+    assert_int_equal(s.errors, 0);
+    o.buf[o.len] = 0;
+    assert_null(strstr(ob, "503"));
+    assert_null(strstr(ob, "421"));
+    /* 40 commands, 40 replies of 451 4.4.1 */
+    int k = 0;
+    for (const char *p = ob; (p = strstr(p, "451 4.4.1")); p++)
+        k++;
+    assert_int_equal(k, 40);
+    smtp_free(&s);
+}
+
+/* Run `in` (whole), answering verdicts from a table in command order:
+ * code, esc, flags per verdict event; EHLO is accepted. Returns the output. */
+typedef struct vspec {
+    int code;
+    const char *esc;
+    uint8_t flags;
+} vspec_t;
+
+static char *run_table(const char *in, const vspec_t *v, size_t nv, uint32_t *errors)
+{
+    smtp_config_t cfg;
+    smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
+    static char ob[16384];
+    smtp_out_t o = { ob, 0, sizeof ob - 1 };
+    smtp_t s;
+    smtp_init(&s, &cfg, &o);
+    smtp_greet(&s);
+    size_t off = 0, len = strlen(in), vi = 0;
+    for (int guard = 0; guard < 1000 && off < len; guard++) {
+        size_t used = 0;
+        smtp_event_t ev;
+        smtp_status_t st = smtp_feed(&s, in + off, len - off, &used, &ev);
+        off += used;
+        if (st != SMTP_EVENT)
+            break;
+        if (ev.type == SMTP_EV_EHLO || ev.type == SMTP_EV_HELO) {
+            smtp_accept(&s, ev.slot);
+        } else if (smtp_ev_wants_verdict(ev.type)) {
+            assert_true(vi < nv);
+            smtp_reply_t r = { v[vi].code, v[vi].esc, SLICE_LIT("verdict"), v[vi].flags };
+            vi++;
+            smtp_verdict(&s, ev.slot, &r);
+        }
+    }
+    ob[o.len] = 0;
+    *errors = s.errors;
+    smtp_free(&s);
+    return strdup(ob);
+}
+
+/* Lines of out after the greeting and the EHLO reply, as "code esc|...". */
+static bool lines_are(const char *out, const char *want)
+{
+    tu_log_t sig = { 0 };
+    const char *p = strstr(out, "250 SMTPUTF8\r\n");
+    p = p ? p + 14 : out;
+    while (*p) {
+        const char *e = strstr(p, "\r\n");
+        if (!e)
+            break;
+        if (sig.len)
+            tu_puts(&sig, "|");
+        const char *sp = memchr(p + 4, ' ', (size_t)(e - p - 4));
+        tu_put(&sig, p, sp && p[3] == ' ' ? (size_t)(sp - p) : 3);
+        p = e + 2;
+    }
+    bool ok = sig.buf && strcmp(sig.buf, want) == 0;
+    if (!ok)
+        tu_note("want %s\n got %s\n%s", want, sig.buf ? sig.buf : "", out);
+    tu_free_log(&sig);
+    return ok;
+}
+
+/*
+ * Refusals that are not the client's fault (SMTP_R_PEER: the downstream is
+ * down) and what the client gets for the commands it pipelined blind:
+ *  - a MAIL refused that way at once: the RCPT and DATA behind it get the
+ *    MAIL's reply, uncounted, until RSET (after it a stray RCPT is the
+ *    client's own error again); refused for the client's fault: 503s,
+ *    counted;
+ *  - every recipient refused that way: DATA gets their reply, not 554,
+ *    uncounted; one refused for the client's fault makes it the classic 554.
+ */
+static void test_peer_refusals(void **state)
+{
+    (void)state;
+    enum { P = SMTP_R_PEER };
+    static const char *const mail_rcpt_data = "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@example.com>\r\nDATA\r\n";
+    static const char *const two_rcpts =
+        "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@example.com>\r\nRCPT TO:<d@example.com>\r\nDATA\r\n";
+    static const struct {
+        const char *in, *expect;
+        vspec_t v[4];
+        size_t nv;
+        uint32_t errors;
+    } cases[] = {
+        { "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@example.com>\r\nDATA\r\nRSET\r\nRCPT TO:<c@example.com>\r\n",
+          "451 4.4.1|451 4.4.1|451 4.4.1|250 2.0.0|503 5.5.1", { { 451, "4.4.1", P } }, 1, 1 },
+        { NULL, "550 5.7.1|503 5.5.1|503 5.5.1", { { 550, "5.7.1", 0 } }, 1, 3 },
+        { "", "250 2.1.0|451 4.4.1|451 4.4.1|451 4.4.1",
+          { { 250, "2.1.0", 0 }, { 451, "4.4.1", P }, { 451, "4.4.1", P }, { 354, NULL, 0 } }, 4, 0 },
+        { "", "250 2.1.0|550 5.1.1|451 4.4.1|554 5.5.1",
+          { { 250, "2.1.0", 0 }, { 550, "5.1.1", 0 }, { 451, "4.4.1", P }, { 354, NULL, 0 } }, 4, 2 },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint32_t errors = 99;
+        const char *in = cases[i].in ? (*cases[i].in ? cases[i].in : two_rcpts) : mail_rcpt_data;
+        char *out = run_table(in, cases[i].v, cases[i].nv, &errors);
+        if (!lines_are(out, cases[i].expect))
+            fail_msg("case %zu", i);
+        assert_int_equal(errors, cases[i].errors);
+        free(out);
+    }
 }
 
 static void test_verdict_custom_data_end(void **state)
@@ -2273,7 +2456,7 @@ static void close_and_check(hand_t *h)
     signature(h->d.log.buf, &sig);
     size_t l = strlen(sig.buf);
     if (!(l >= 17 && strcmp(sig.buf + l - 17, "|421 4.4.2|CLOSED") == 0))
-        note("replies: %s\n", sig.buf);
+        tu_note("replies: %s\n", sig.buf);
     assert_true(l >= 17 && strcmp(sig.buf + l - 17, "|421 4.4.2|CLOSED") == 0);
     tu_free_log(&sig);
 }
@@ -2309,7 +2492,7 @@ static void test_close(void **state)
     size_t n = strlen(p);
     smtp_event_t ev;
     assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
-    assert_int_equal(smtp_pending(&h->s), SMTP_EV_MAIL);
+    assert_int_equal(smtp_open(&h->s), 1);
     close_and_check(h);
     hand_free(h);
     free(h);
@@ -2334,13 +2517,13 @@ static void test_samples_whole(void **state)
         if (sm->expect && !replies_are(log, sm->expect))
             ok = false;
         if (strstr(log, "S-PARTIAL")) {
-            note("a partial reply line\n");
+            tu_note("a partial reply line\n");
             ok = false;
         }
         if (!delivered_bodies_safe(log))
             ok = false;
         if (!ok) {
-            note("^^^ sample \"%s\" failed\n\n", sm->name);
+            tu_note("^^^ sample \"%s\" failed\n\n", sm->name);
             bad++;
         }
         free(log);
@@ -2456,14 +2639,14 @@ static bool outcap_makes_progress(size_t cap)
         smtp_status_t st = smtp_feed(&s, p, n, &used, &ev);
         p += used, n -= used;
         if (st == SMTP_FULL && o.len == 0) {
-            note("smtp_feed returns SMTP_FULL with an empty output buffer of %zu octets: "
+            tu_note("smtp_feed returns SMTP_FULL with an empty output buffer of %zu octets: "
                  "the caller can never make progress\n", cap);
             ok = false;
             break;
         }
         o.len = 0;
-        if (st == SMTP_EVENT && smtp_pending(&s))
-            smtp_accept(&s);
+        if (st == SMTP_EVENT && smtp_ev_wants_verdict(ev.type))
+            smtp_accept(&s, ev.slot);
         if (st == SMTP_CLOSED || st == SMTP_AGAIN)
             break;
     }
@@ -2586,6 +2769,8 @@ int main(void)
         cmocka_unit_test(test_defer_mail_refused),
         cmocka_unit_test(test_defer_no_valid_recipient),
         cmocka_unit_test(test_defer_stops_before_own_reply),
+        cmocka_unit_test(test_defer_peer_failure_not_counted),
+        cmocka_unit_test(test_peer_refusals),
         cmocka_unit_test(test_close),
         cmocka_unit_test(test_samples_whole),
         cmocka_unit_test(test_samples_byte_by_byte),

@@ -178,13 +178,15 @@ static inline int tu_feed_piece(tu_driver_t *d, smtp_t *s, smtp_out_t *o, const 
         switch (st) {
         case SMTP_EVENT: {
             tu_log_event(d, &ev);
-            if (smtp_pending(s)) {
+            if (smtp_ev_wants_verdict(ev.type)) {
                 int code = 0;
                 const char *esc = NULL, *text = NULL;
-                if (d->verdict && d->verdict(&ev, &code, &esc, &text, d->arg))
-                    smtp_reply(s, code, esc, text);
-                else
-                    smtp_accept(s);
+                if (d->verdict && d->verdict(&ev, &code, &esc, &text, d->arg)) {
+                    smtp_reply_t r = { code, esc, slice_make(text, text ? strlen(text) : 0), 0 };
+                    smtp_verdict(s, ev.slot, &r);
+                } else {
+                    smtp_accept(s, ev.slot);
+                }
                 tu_flush_out(d, o);
             }
             break;

@@ -1,5 +1,5 @@
 /*
- * relay.c - which recipients mxgate takes mail for: relay_domains. Anything
+ * relay_domains.c - the "relay" filter: which recipients mxgate takes mail for: relay_domains. Anything
  * else gets 550 5.7.1 at RCPT, so the gateway is never an open relay; the
  * chain refuses to start without this filter.
  */
@@ -15,8 +15,7 @@ static enum filter_act relay_rcpt(const filter_facts_t *fx, filter_verdict_t *v)
         d.len--; /* a root-anchored name is the same domain */
     if (config_relay_domain(fx->cfg, d))
         return FA_ACCEPT;
-    filter_reason_reply(FR_RELAY, fx->cfg, NULL, v);
-    return FA_REJECT;
+    return filter_refuse(v, FA_REJECT, 550, "5.7.1", "Error: relay access denied", "relay");
 }
 
 const filter_def_t filter_relay = {

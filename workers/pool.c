@@ -1,0 +1,793 @@
+/*
+ * pool.c - the downstream pool (see pool.h): the I/O around core/relay.h.
+ *
+ * Pooling is where peers went wrong (Haraka dropped its pool after leaks), so
+ * the rules are few and strict: a connection is leased to one transaction at
+ * a time; it returns to the pool only when the relay says it is clean (after
+ * an end-of-data verdict, or after RSET answered 250); one that broke, timed
+ * out, spoke out of turn, served downstream_max_messages or outlived
+ * downstream_max_lifetime is closed, never reused. An idle connection keeps
+ * a receive armed, so a server that closes it is noticed before the next
+ * lease, not by the next message.
+ *
+ * Sends are gathered: commands and body bytes join the connection's send
+ * chain during a loop turn and pool_flush() writes each chain once, so a
+ * client's pipelined MAIL, RCPT..., DATA leaves in one write.
+ */
+#include "pool.h"
+
+#include "lend.h"
+#include "worker.h"
+
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define DS_IN_CAP 4096u     /* one receive: replies are short */
+#define DS_IOV 16           /* send blocks per write */
+#define BACKOFF_FIRST_MS 100u
+#define BACKOFF_MAX_MS 2000u /* a restarted server is found within 2 s */
+#define PROBE_MS 500u        /* how often a slow reader's progress is looked at */
+#define UNACKED_UNKNOWN (-1)
+
+enum phase { PH_CONNECTING = 1, PH_OPEN, PH_CLOSING };
+
+typedef struct dsconn dsconn_t;
+
+struct dsconn {
+    uint32_t idx, gen;
+    int fd;
+    uint16_t inflight;
+    uint8_t phase;
+    bool recv_armed, sending, posted, leased;
+    relay_t relay;
+    outq_t out;
+    pool_owner_t owner;
+    uint64_t born_ms;
+    const char *why;         /* why it is closing, for the log */
+    timer_node_t timer;      /* no progress for downstream_timeout */
+    int unacked;             /* bytes the kernel held for the server when last looked at;
+                              * UNACKED_UNKNOWN: not looked at since our sends drained */
+    uint64_t progress_at;    /* the last sign of life: a byte either way */
+    dsconn_t *post_next;     /* in the pool's flush list */
+    struct msghdr msg;
+    struct iovec iov[DS_IOV];
+    char in[DS_IN_CAP];
+};
+
+typedef struct waiter {
+    pool_owner_t owner;
+    uint64_t deadline;
+    bool live;
+} waiter_t;
+
+struct pool {
+    relay_config_t rcfg;
+    char helo[CONFIG_DOMAIN_MAX + 1];
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    dsconn_t **conn;         /* downstream_connections slots */
+    uint32_t *gen;
+    uint32_t nslots, nconn, nclosing;
+    waiter_t *wq;            /* FIFO of owners waiting for a connection */
+    uint32_t wq_head, wq_len, wq_cap;
+    timer_node_t wq_timer;   /* the head waiter's deadline */
+    uint64_t backoff_until;
+    uint32_t backoff_ms;
+    dsconn_t *posted;        /* connections with bytes to send this turn */
+};
+
+static void conn_fail(worker_t *w, dsconn_t *c, enum relay_fail why);
+static void serve_queue(worker_t *w);
+static void to_pool(worker_t *w, dsconn_t *c);
+
+/* ---- set-up ---- */
+
+int pool_init(worker_t *w, char *err, size_t errlen)
+{
+    const mx_config_t *cfg = w->cfg;
+    if (!cfg->downstream[0])
+        return 0;
+    pool_t *p = calloc(1, sizeof *p);
+    if (!p) {
+        snprintf(err, errlen, "downstream: out of memory");
+        return -1;
+    }
+    w->pool = p;
+    if (worker_parse_addr(cfg->downstream, &p->addr, &p->addrlen)) {
+        snprintf(err, errlen, "downstream: cannot resolve %s", cfg->downstream);
+        return -1;
+    }
+    snprintf(p->helo, sizeof p->helo, "%s", cfg->hostname);
+    p->rcfg = (relay_config_t){ slice_make(p->helo, strlen(p->helo)), cfg->downstream_protocol == CONFIG_PROTO_LMTP,
+                                cfg->recipient_limit + 8 };
+    p->nslots = cfg->downstream_connections;
+    p->conn = calloc(p->nslots, sizeof *p->conn);
+    p->gen = calloc(p->nslots, sizeof *p->gen);
+    p->wq_cap = cfg->downstream_queue_limit ? cfg->downstream_queue_limit : 1;
+    p->wq = calloc(p->wq_cap, sizeof *p->wq);
+    if (!p->conn || !p->gen || !p->wq) {
+        snprintf(err, errlen, "downstream: out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static void conn_free(worker_t *w, dsconn_t *c)
+{
+    pool_t *p = w->pool;
+    p->conn[c->idx] = NULL;
+    p->gen[c->idx]++;
+    p->nconn--;
+    timer_stop(&w->timers, &c->timer);
+    close(c->fd);
+    outq_clear(&c->out, &w->blocks);
+    relay_free(&c->relay);
+    free(c);
+}
+
+void pool_destroy(worker_t *w)
+{
+    pool_t *p = w->pool;
+    if (!p)
+        return;
+    for (uint32_t i = 0; i < p->nslots; i++)
+        if (p->conn[i])
+            conn_free(w, p->conn[i]);
+    free(p->conn); /* then the pool itself */
+    free(p->gen);
+    free(p->wq);
+    free(p);
+    w->pool = NULL;
+}
+
+/* ---- leases ---- */
+
+static pool_lease_t lease_of(const dsconn_t *c)
+{
+    return (uint64_t)(c->gen & GEN_MASK) << 32 | (c->idx + 1);
+}
+
+static dsconn_t *leased(worker_t *w, pool_lease_t l)
+{
+    pool_t *p = w->pool;
+    uint32_t idx = (uint32_t)l - 1;
+    if (!p || !l || idx >= p->nslots)
+        return NULL;
+    dsconn_t *c = p->conn[idx];
+    if (!c || (c->gen & GEN_MASK) != (uint32_t)(l >> 32) || !c->leased || c->phase != PH_OPEN)
+        return NULL;
+    return c;
+}
+
+static bool same_owner(const pool_owner_t *a, const pool_owner_t *b)
+{
+    return a->ops == b->ops && a->idx == b->idx && a->gen == b->gen && a->seq == b->seq;
+}
+
+static bool stale_lease(smtp_reply_t *refusal)
+{
+    *refusal = (smtp_reply_t){ 451, "4.4.1", SLICE_LIT("Error: downstream server unavailable, try again later"),
+                               SMTP_R_PEER };
+    return false;
+}
+
+/* ---- the send side ---- */
+
+static void post(worker_t *w, dsconn_t *c)
+{
+    if (c->posted || c->phase != PH_OPEN)
+        return;
+    c->posted = true;
+    c->post_next = w->pool->posted;
+    w->pool->posted = c;
+}
+
+/* The relay's staged commands join the send chain. */
+static void take_output(worker_t *w, dsconn_t *c)
+{
+    slice_t o = relay_output(&c->relay);
+    if (!o.len)
+        return;
+    if (!outq_append(&c->out, &w->blocks, o.ptr, o.len)) {
+        conn_fail(w, c, RELAY_FAIL_FULL);
+        return;
+    }
+    relay_sent(&c->relay, o.len);
+    post(w, c);
+}
+
+static void arm_timer(worker_t *w, dsconn_t *c);
+
+static void send_now(worker_t *w, dsconn_t *c)
+{
+    if (c->sending || c->phase != PH_OPEN)
+        return;
+    int n = outq_lend(&c->out, c->iov, DS_IOV);
+    if (n == 0)
+        return;
+    struct io_uring_sqe *sqe = worker_sqe(w);
+    if (n == 1) { /* commands, a short body: the cheaper plain send */
+        io_uring_prep_send(sqe, c->fd, c->iov[0].iov_base, c->iov[0].iov_len, MSG_NOSIGNAL);
+    } else {
+        memset(&c->msg, 0, sizeof c->msg);
+        c->msg.msg_iov = c->iov;
+        c->msg.msg_iovlen = (size_t)n;
+        io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+    }
+    io_uring_sqe_set_data64(sqe, ud_make(OP_DS_SEND, c->idx, c->gen));
+    c->inflight++;
+    c->sending = true;
+    arm_timer(w, c);
+}
+
+void pool_flush(worker_t *w)
+{
+    pool_t *p = w->pool;
+    if (!p)
+        return;
+    while (p->posted) {
+        dsconn_t *c = p->posted;
+        p->posted = c->post_next;
+        c->posted = false;
+        send_now(w, c);
+    }
+}
+
+/* ---- timers ---- */
+
+/* Bytes the kernel still holds for the server (sent to it, not yet acked). */
+static int unacked(const dsconn_t *c)
+{
+    int n = 0;
+    return ioctl(c->fd, SIOCOUTQ, &n) == 0 ? n : 0;
+}
+
+static void on_timeout(worker_t *w, timer_node_t *t);
+
+/*
+ * The next look at the connection: when downstream_timeout has passed since
+ * the last progress, or sooner while the kernel holds bytes for the server.
+ * Our sends complete once the kernel has the bytes, so a server that reads
+ * slowly shows its progress only in the kernel's queue, which the probe
+ * reads (a send still out means the kernel could not take more: no probe is
+ * needed to know the server reads nothing).
+ */
+static void arm_next(worker_t *w, dsconn_t *c)
+{
+    uint64_t when = c->progress_at + (uint64_t)w->cfg->downstream_timeout * 1000;
+    if (!c->sending && c->unacked != 0 && when > w->now + PROBE_MS)
+        when = w->now + PROBE_MS;
+    timer_arm(&w->timers, &c->timer, when, on_timeout);
+}
+
+static void on_timeout(worker_t *w, timer_node_t *t)
+{
+    dsconn_t *c = TIMER_OWNER(t, dsconn_t, timer);
+    if (c->phase == PH_OPEN && !c->sending && c->unacked != 0) {
+        /* Looked at only when a reply is slow to come: a fast server costs
+         * no system call here. */
+        int n = unacked(c);
+        if (c->unacked != UNACKED_UNKNOWN && n < c->unacked)
+            c->progress_at = w->now;
+        c->unacked = n;
+    }
+    if (w->now - c->progress_at < (uint64_t)w->cfg->downstream_timeout * 1000) {
+        arm_next(w, c);
+        return;
+    }
+    conn_fail(w, c, RELAY_FAIL_TIMEOUT); /* close_conn cancels a connect in flight */
+}
+
+/* downstream_timeout measures time without progress: armed while something
+ * is owed (a reply, a send, the connect), moved on by every byte either way. */
+static void arm_timer(worker_t *w, dsconn_t *c)
+{
+    if (c->phase == PH_CLOSING)
+        return;
+    if (c->phase == PH_CONNECTING || relay_due(&c->relay) || c->out.bytes) {
+        c->progress_at = w->now;
+        arm_next(w, c);
+    } else {
+        timer_stop(&w->timers, &c->timer);
+    }
+}
+
+/* ---- events from the relay ---- */
+
+static void arm_recv(worker_t *w, dsconn_t *c)
+{
+    if (c->recv_armed || c->phase != PH_OPEN)
+        return;
+    struct io_uring_sqe *sqe = worker_sqe(w);
+    LEND(c->in, sizeof c->in);
+    io_uring_prep_recv(sqe, c->fd, c->in, sizeof c->in, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_DS_RECV, c->idx, c->gen));
+    c->inflight++;
+    c->recv_armed = true;
+}
+
+static void close_conn(worker_t *w, dsconn_t *c, const char *why)
+{
+    if (c->phase == PH_CLOSING)
+        return;
+    bool quiet = !c->leased && relay_ready(&c->relay);
+    log_line(quiet ? LOG_DEBUG : LOG_WARN, "event=downstream_closed worker=%d conn=%u reason=%s messages=%u", w->id,
+             c->idx, why, c->relay.messages);
+    if (c->phase == PH_CONNECTING) {
+        /* A connect to a silent address may take minutes to fail by itself. */
+        struct io_uring_sqe *sqe = worker_sqe(w);
+        io_uring_prep_cancel64(sqe, ud_make(OP_DS_CONNECT, c->idx, c->gen), 0);
+        io_uring_sqe_set_data64(sqe, ud_make(OP_DS_CANCEL, c->idx, c->gen));
+        c->inflight++;
+    }
+    c->phase = PH_CLOSING;
+    c->leased = false;
+    c->why = why;
+    timer_stop(&w->timers, &c->timer);
+    shutdown(c->fd, SHUT_RDWR); /* ends the receive in flight */
+    w->pool->nclosing++;
+}
+
+/* Give the owner what the relay has for it; act on what is the pool's. */
+static void dispatch(worker_t *w, dsconn_t *c, const relay_event_t *ev)
+{
+    switch (ev->type) {
+    case RELAY_EV_READY:
+        w->pool->backoff_ms = 0;
+        to_pool(w, c);
+        break;
+    case RELAY_EV_REPLY:
+        if (c->leased)
+            c->owner.ops->event(w, &c->owner, ev);
+        break;
+    case RELAY_EV_LOST:
+        if (c->leased) {
+            pool_owner_t o = c->owner;
+            c->leased = false; /* the lease is void: a release from the callback does nothing */
+            o.ops->event(w, &o, ev);
+        }
+        break;
+    case RELAY_EV_IDLE:
+        to_pool(w, c);
+        break;
+    }
+}
+
+/* Feed the relay (bytes, or nothing after a failure) and route its events. */
+static void run_relay(worker_t *w, dsconn_t *c, const char *in, size_t len)
+{
+    for (int guard = 0; guard < 100000; guard++) {
+        size_t used = 0;
+        relay_event_t ev;
+        enum relay_status st = relay_feed(&c->relay, in, len, &used, &ev);
+        in += used, len -= used;
+        if (st == RELAY_EVENT) {
+            dispatch(w, c, &ev);
+            continue;
+        }
+        if (st == RELAY_CLOSE)
+            close_conn(w, c, relay_fail_name((enum relay_fail)c->relay.fail));
+        break;
+    }
+    if (c->phase == PH_OPEN) {
+        take_output(w, c);
+        arm_timer(w, c);
+    }
+}
+
+static void conn_fail(worker_t *w, dsconn_t *c, enum relay_fail why)
+{
+    if (c->phase == PH_CLOSING)
+        return;
+    relay_fail(&c->relay, why);
+    run_relay(w, c, NULL, 0);
+}
+
+/* A clean, unleased connection: retire it, or serve the queue with it. */
+static void to_pool(worker_t *w, dsconn_t *c)
+{
+    const mx_config_t *cfg = w->cfg;
+    const char *why = NULL;
+    if (w->draining)
+        why = "draining";
+    else if (c->relay.messages >= cfg->downstream_max_messages)
+        why = "max_messages";
+    else if (w->now - c->born_ms > (uint64_t)cfg->downstream_max_lifetime * 1000)
+        why = "max_lifetime";
+    if (why) {
+        close_conn(w, c, why);
+        return;
+    }
+    arm_recv(w, c);
+    arm_timer(w, c);
+    serve_queue(w);
+}
+
+/* ---- the wait queue ---- */
+
+static waiter_t *wq_at(pool_t *p, uint32_t i)
+{
+    return &p->wq[(p->wq_head + i) % p->wq_cap];
+}
+
+static void wq_pop(pool_t *p)
+{
+    p->wq_head = (p->wq_head + 1) % p->wq_cap;
+    p->wq_len--;
+}
+
+static void on_queue_timeout(worker_t *w, timer_node_t *t);
+
+/* Drop cancelled waiters at the head; arm the head's deadline. */
+static void wq_settle(worker_t *w)
+{
+    pool_t *p = w->pool;
+    while (p->wq_len && !wq_at(p, 0)->live)
+        wq_pop(p);
+    if (p->wq_len)
+        timer_arm(&w->timers, &p->wq_timer, wq_at(p, 0)->deadline, on_queue_timeout);
+    else
+        timer_stop(&w->timers, &p->wq_timer);
+}
+
+static void fail_waiters(worker_t *w, const smtp_reply_t *r, bool expired_only)
+{
+    pool_t *p = w->pool;
+    while (p->wq_len) {
+        waiter_t *q = wq_at(p, 0);
+        if (q->live && expired_only && q->deadline > w->now)
+            break;
+        pool_owner_t o = q->owner;
+        bool live = q->live;
+        wq_pop(p);
+        if (live)
+            o.ops->failed(w, &o, r);
+    }
+    wq_settle(w);
+}
+
+static void on_queue_timeout(worker_t *w, timer_node_t *t)
+{
+    (void)t;
+    static const smtp_reply_t busy = { 451, "4.4.5", SLICE_INIT("Error: downstream busy, try again later"),
+                                       SMTP_R_PEER };
+    fail_waiters(w, &busy, true);
+}
+
+static void open_conn(worker_t *w);
+
+static void lease_to(dsconn_t *c, const pool_owner_t *o)
+{
+    c->leased = true;
+    c->owner = *o;
+    relay_lease(&c->relay);
+}
+
+/* A connection became free, or a slot did: serve the longest waiter. */
+static void serve_queue(worker_t *w)
+{
+    pool_t *p = w->pool;
+    wq_settle(w);
+    while (p->wq_len) {
+        dsconn_t *c = NULL;
+        for (uint32_t i = 0; i < p->nslots && !c; i++)
+            if (p->conn[i] && p->conn[i]->phase == PH_OPEN && !p->conn[i]->leased && relay_ready(&p->conn[i]->relay))
+                c = p->conn[i];
+        if (!c) {
+            /* One connection on its way per waiter, within the limit. */
+            uint32_t coming = 0;
+            for (uint32_t i = 0; i < p->nslots; i++)
+                if (p->conn[i] && p->conn[i]->phase != PH_CLOSING && !p->conn[i]->leased &&
+                    !relay_ready(&p->conn[i]->relay))
+                    coming++;
+            if (coming < p->wq_len && p->nconn < p->nslots && p->backoff_until <= w->now)
+                open_conn(w);
+            return;
+        }
+        pool_owner_t o = wq_at(p, 0)->owner;
+        wq_pop(p);
+        wq_settle(w);
+        lease_to(c, &o);
+        o.ops->ready(w, &o, lease_of(c));
+    }
+}
+
+/* ---- connections ---- */
+
+static void open_conn(worker_t *w)
+{
+    pool_t *p = w->pool;
+    uint32_t slot = 0;
+    while (slot < p->nslots && p->conn[slot])
+        slot++;
+    if (slot == p->nslots)
+        return;
+    dsconn_t *c = calloc(1, sizeof *c);
+    int fd = c ? socket(p->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+    if (fd < 0) {
+        free(c);
+        log_line(LOG_ERROR, "event=downstream_socket_failed worker=%d error=\"%s\"", w->id, strerror(errno));
+        return;
+    }
+    /* Commands and bodies go out as one write each, and a reply is awaited:
+     * Nagle would hold the write for the peer's delayed ACK (40 ms a message). */
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->fd = fd;
+    c->idx = slot;
+    c->gen = ++p->gen[slot] & GEN_MASK;
+    c->born_ms = w->now;
+    c->phase = PH_CONNECTING;
+    relay_init(&c->relay, &p->rcfg);
+    p->conn[slot] = c;
+    p->nconn++;
+    w->n.ds_connects++;
+    struct io_uring_sqe *sqe = worker_sqe(w);
+    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&p->addr, p->addrlen);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_DS_CONNECT, c->idx, c->gen));
+    c->inflight++;
+    arm_timer(w, c);
+}
+
+enum pool_acquire pool_acquire(worker_t *w, const pool_owner_t *o, pool_lease_t *lease, smtp_reply_t *refusal)
+{
+    pool_t *p = w->pool;
+    const mx_config_t *cfg = w->cfg;
+    if (!p)
+        return stale_lease(refusal), POOL_REFUSED;
+    for (uint32_t i = 0; i < p->nslots; i++) {
+        dsconn_t *c = p->conn[i];
+        if (!c || c->phase != PH_OPEN || c->leased || !relay_ready(&c->relay))
+            continue;
+        if (w->now - c->born_ms > (uint64_t)cfg->downstream_max_lifetime * 1000) {
+            close_conn(w, c, "max_lifetime");
+            continue;
+        }
+        lease_to(c, o);
+        *lease = lease_of(c);
+        return POOL_GRANTED;
+    }
+    bool connecting = false;
+    for (uint32_t i = 0; i < p->nslots && !connecting; i++)
+        connecting = p->conn[i] && p->conn[i]->phase != PH_CLOSING && !p->conn[i]->leased;
+    if (p->backoff_until > w->now && !connecting) {
+        *refusal = (smtp_reply_t){ 451, "4.4.1", SLICE_LIT("Error: downstream server unavailable, try again later"),
+                                   SMTP_R_PEER };
+        return POOL_REFUSED;
+    }
+    if (p->wq_len >= p->wq_cap) {
+        *refusal = (smtp_reply_t){ 451, "4.4.5", SLICE_LIT("Error: downstream busy, try again later"), SMTP_R_PEER };
+        return POOL_REFUSED;
+    }
+    *wq_at(p, p->wq_len++) = (waiter_t){ *o, w->now + (uint64_t)cfg->downstream_queue_timeout * 1000, true };
+    if (p->wq_len == 1)
+        timer_arm(&w->timers, &p->wq_timer, wq_at(p, 0)->deadline, on_queue_timeout);
+    /* serve_queue opens a connection if one is needed and allowed; the
+     * owner hears back later, never from inside this call. */
+    uint32_t coming = 0;
+    for (uint32_t i = 0; i < p->nslots; i++)
+        if (p->conn[i] && p->conn[i]->phase != PH_CLOSING && !p->conn[i]->leased)
+            coming++;
+    if (coming < p->wq_len && p->nconn < p->nslots && p->backoff_until <= w->now)
+        open_conn(w);
+    return POOL_QUEUED;
+}
+
+void pool_cancel(worker_t *w, const pool_owner_t *o)
+{
+    pool_t *p = w->pool;
+    if (!p)
+        return;
+    for (uint32_t i = 0; i < p->wq_len; i++) {
+        waiter_t *q = wq_at(p, i);
+        if (q->live && same_owner(&q->owner, o))
+            q->live = false;
+    }
+    wq_settle(w);
+}
+
+/* ---- the owner's commands ---- */
+
+static bool after_command(worker_t *w, dsconn_t *c, bool ok)
+{
+    if (c->relay.state == RELAY_DEAD)
+        run_relay(w, c, NULL, 0); /* the command failed the connection */
+    else
+        take_output(w, c);
+    arm_timer(w, c);
+    return ok;
+}
+
+bool pool_mail(worker_t *w, pool_lease_t l, uint32_t token, slice_t mailbox, const smtp_mail_params_t *p,
+               smtp_reply_t *refusal)
+{
+    dsconn_t *c = leased(w, l);
+    if (!c)
+        return stale_lease(refusal);
+    return after_command(w, c, relay_mail(&c->relay, token, mailbox, p, refusal));
+}
+
+bool pool_rcpt(worker_t *w, pool_lease_t l, uint32_t token, slice_t mailbox, smtp_reply_t *refusal)
+{
+    dsconn_t *c = leased(w, l);
+    if (!c)
+        return stale_lease(refusal);
+    return after_command(w, c, relay_rcpt(&c->relay, token, mailbox, refusal));
+}
+
+bool pool_data(worker_t *w, pool_lease_t l, uint32_t token, smtp_reply_t *refusal)
+{
+    dsconn_t *c = leased(w, l);
+    if (!c)
+        return stale_lease(refusal);
+    return after_command(w, c, relay_data(&c->relay, token, refusal));
+}
+
+bool pool_eod(worker_t *w, pool_lease_t l, uint32_t token, smtp_reply_t *refusal)
+{
+    dsconn_t *c = leased(w, l);
+    if (!c)
+        return stale_lease(refusal);
+    return after_command(w, c, relay_eod(&c->relay, token, refusal));
+}
+
+bool pool_body(worker_t *w, pool_lease_t l, const char *p, size_t n)
+{
+    dsconn_t *c = leased(w, l);
+    if (!c || !relay_in_body(&c->relay))
+        return false;
+    if (!outq_append(&c->out, &w->blocks, p, n)) {
+        conn_fail(w, c, RELAY_FAIL_FULL);
+        return false;
+    }
+    post(w, c);
+    return true;
+}
+
+size_t pool_room(worker_t *w, pool_lease_t l)
+{
+    dsconn_t *c = leased(w, l);
+    if (!c)
+        return SIZE_MAX;
+    return c->out.bytes >= POOL_SEND_HIGH ? 0 : POOL_SEND_HIGH - c->out.bytes;
+}
+
+void pool_release(worker_t *w, pool_lease_t l)
+{
+    dsconn_t *c = leased(w, l);
+    if (!c)
+        return;
+    c->leased = false;
+    switch (relay_release(&c->relay)) {
+    case RELAY_REUSE:
+        to_pool(w, c);
+        break;
+    case RELAY_DRAINING:
+        take_output(w, c);
+        arm_timer(w, c);
+        break;
+    case RELAY_DISCARD:
+        close_conn(w, c, c->relay.state == RELAY_DEAD   ? relay_fail_name((enum relay_fail)c->relay.fail)
+                         : relay_in_body(&c->relay) ? "aborted_in_data"
+                                                    : "reply_outstanding");
+        break;
+    }
+}
+
+/* ---- completions ---- */
+
+void pool_cqe(worker_t *w, int op, uint32_t idx, uint32_t gen, struct io_uring_cqe *cqe)
+{
+    pool_t *p = w->pool;
+    if (!p || idx >= p->nslots || !p->conn[idx] || (p->conn[idx]->gen & GEN_MASK) != gen)
+        return;
+    dsconn_t *c = p->conn[idx];
+    int res = cqe->res;
+    c->inflight--;
+    switch (op) {
+    case OP_DS_CONNECT:
+        if (c->phase != PH_CONNECTING)
+            break;
+        if (res < 0) {
+            log_line(LOG_WARN, "event=downstream_connect_failed worker=%d downstream=%s error=\"%s\"", w->id,
+                     w->cfg->downstream, strerror(-res));
+            w->n.ds_failures++;
+            p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_FIRST_MS;
+            if (p->backoff_ms > BACKOFF_MAX_MS)
+                p->backoff_ms = BACKOFF_MAX_MS;
+            p->backoff_until = w->now + p->backoff_ms;
+            c->phase = PH_OPEN; /* so the failure takes the usual path */
+            conn_fail(w, c, RELAY_FAIL_CONNECT);
+            /* Nobody else is on the way: the waiters hear it now. */
+            bool other = false;
+            for (uint32_t i = 0; i < p->nslots && !other; i++)
+                other = p->conn[i] && p->conn[i] != c && p->conn[i]->phase != PH_CLOSING;
+            if (!other) {
+                static const smtp_reply_t down = { 451, "4.4.1",
+                                                   SLICE_INIT("Error: downstream server unavailable, try again later"),
+                                                   SMTP_R_PEER };
+                fail_waiters(w, &down, false);
+            }
+            break;
+        }
+        c->phase = PH_OPEN;
+        relay_connected(&c->relay);
+        arm_recv(w, c);
+        arm_timer(w, c);
+        break;
+    case OP_DS_RECV:
+        c->recv_armed = false;
+        RECLAIM(c->in, sizeof c->in);
+        if (c->phase != PH_OPEN)
+            break;
+        if (res <= 0) {
+            conn_fail(w, c, res == 0 ? RELAY_FAIL_CLOSED : RELAY_FAIL_RESET);
+            break;
+        }
+        run_relay(w, c, c->in, (size_t)res);
+        arm_recv(w, c);
+        break;
+    case OP_DS_SEND: {
+        c->sending = false;
+        outq_sent(&c->out, &w->blocks, res > 0 ? (size_t)res : 0);
+        if (c->phase != PH_OPEN)
+            break;
+        if (res < 0) {
+            conn_fail(w, c, RELAY_FAIL_SEND);
+            break;
+        }
+        if (c->out.bytes == 0)
+            c->unacked = UNACKED_UNKNOWN; /* all in the kernel: from here on its queue shows progress */
+        arm_timer(w, c); /* progress */
+        send_now(w, c);
+        if (c->leased && c->out.bytes < POOL_SEND_HIGH / 2 && c->owner.ops->writable)
+            c->owner.ops->writable(w, &c->owner);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+void pool_reap(worker_t *w)
+{
+    pool_t *p = w->pool;
+    if (!p || !p->nclosing)
+        return;
+    for (uint32_t i = 0; i < p->nslots; i++) {
+        dsconn_t *c = p->conn[i];
+        if (c && c->phase == PH_CLOSING && c->inflight == 0) {
+            p->nclosing--;
+            conn_free(w, c);
+        }
+    }
+    serve_queue(w); /* a slot is free */
+}
+
+bool pool_drain(worker_t *w)
+{
+    pool_t *p = w->pool;
+    if (!p)
+        return true;
+    for (uint32_t i = 0; i < p->nslots; i++) {
+        dsconn_t *c = p->conn[i];
+        if (c && c->phase != PH_CLOSING && !c->leased && relay_due(&c->relay) == 0)
+            close_conn(w, c, "draining");
+    }
+    return p->nconn == 0;
+}
+
+void pool_close_all(worker_t *w)
+{
+    /* Failed, not just closed: what their owners still wait for is answered. */
+    for (uint32_t i = 0; w->pool && i < w->pool->nslots; i++)
+        if (w->pool->conn[i])
+            conn_fail(w, w->pool->conn[i], RELAY_FAIL_TIMEOUT);
+}

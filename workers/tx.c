@@ -1,0 +1,925 @@
+/*
+ * tx.c - one mail transaction (see tx.h).
+ *
+ * Each client command of the transaction goes through the same steps: the
+ * filter chain (now, or again once SPF has answered), then forwarding (to the
+ * downstream lease, or to the local Maildir), then its reply slot is filled.
+ * pump() moves every command as far as it can go whenever something changes
+ * (a filter's wait ended, the lease arrived or died, a reply came), so the
+ * order of arrival of those things never matters: the reply queue in the
+ * engine puts the replies back in command order.
+ *
+ * Forwarding keeps RFC 2920's rules: MAIL before its RCPTs, DATA only after
+ * every RCPT was decided here and at least one was forwarded, the body only
+ * after the downstream's 354. A recipient refused here never reaches the
+ * downstream; a message refused here never does either.
+ */
+#include "tx.h"
+
+#include "filter.h"
+#include "grow.h"
+#include "maildir.h"
+#include "spf.h"
+#include "spf_client.h"
+#include "worker.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define TX_CACHE_KEEP 64       /* free transactions a worker thread keeps */
+#define TX_ARENA_FIRST 1024u   /* a sender and a few recipients */
+#define TX_ARENA_KEEP 65536u   /* an arena grown past this is not kept */
+#define HDR_CAP 8192u          /* trace headers: filters' tags and Received */
+#define LOG_REPLY_MAX 200u     /* reply text kept per command for the log */
+#define MAILDIR_FIRST 16384u
+
+enum mstate { M_LEASE = 1, M_SENT, M_DONE };
+enum rstate { R_FILTER = 1, R_QUEUED, R_SENT, R_DONE };
+enum dstate { D_NONE = 0, D_FILTER, D_QUEUED, D_SENT, D_BODY, D_ENDED, D_DONE };
+enum lstate { L_NONE = 0, L_WAIT, L_READY, L_GONE };
+
+/* A latched failure of the data phase: answered at the final dot. */
+enum txerr { ERR_NONE = 0, ERR_DOWNSTREAM, ERR_MEMORY };
+
+typedef struct tx_rcpt {
+    uint32_t slot;
+    uint32_t off;         /* mailbox in the arena */
+    uint16_t len;
+    bool postmaster;
+    uint8_t state;        /* enum rstate */
+    uint32_t conn_no;     /* its number among the connection's RCPTs (limits) */
+    uint32_t reply_off;   /* "code esc text" in the arena, for the log */
+    uint16_t reply_len;
+} tx_rcpt_t;
+
+struct tx {
+    tx_env_t env;
+    tx_t *next_free;
+    uint64_t start_ms;
+    /* MAIL */
+    uint8_t mstate;
+    bool mail_failed;
+    uint32_t mail_slot;
+    smtp_mail_params_t params;
+    uint32_t from_off;
+    uint16_t from_len;
+    smtp_reply_t mail_refusal; /* given again to what was pipelined behind it */
+    char mail_esc[RQ_ESC_MAX + 1];
+    uint32_t mail_reply_off;
+    uint16_t mail_reply_len;
+    /* RCPT */
+    tx_rcpt_t *rcpt;
+    uint32_t nrcpt, rcpt_cap, accepted;
+    /* DATA and the end of data */
+    uint8_t dstate;
+    uint32_t data_slot, eod_slot;
+    uint8_t error;             /* enum txerr */
+    uint64_t size;
+    uint32_t final_off;
+    uint16_t final_len;
+    /* the downstream */
+    uint8_t lstate;
+    pool_lease_t lease;
+    smtp_reply_t gone;         /* why the lease failed: the reply for what it owed */
+    char gone_esc[RQ_ESC_MAX + 1];
+    /* filters */
+    filter_host_t host;
+    spf_state_t spf;
+    uint64_t spf_req;
+    /* trace headers, and the body in Maildir mode */
+    char *hdr;
+    size_t hdr_len;
+    char *mbuf;
+    size_t mlen, mcap;
+    /* strings that outlive the receive buffer */
+    char *arena;
+    uint32_t arena_len, arena_cap;
+    uint8_t over;              /* enum tx_end once nothing more will happen */
+    char id[40];               /* "<session>-<n>": logs, Received, Maildir */
+};
+
+static _Thread_local tx_t *cache;
+static _Thread_local unsigned ncache;
+
+static const smtp_reply_t down_reply = { 451, "4.4.1", SLICE_INIT("Error: downstream server unavailable, try again later"),
+                                         SMTP_R_PEER };
+static const smtp_reply_t oom_reply = { 451, "4.3.0", SLICE_INIT("Error: out of resources, try again later"),
+                                        SMTP_R_PEER };
+
+static bool relay_mode(const tx_t *t)
+{
+    return t->env.w->cfg->downstream[0] != 0;
+}
+
+/* ---- the arena: strings that must outlive a receive buffer ---- */
+
+static uint32_t keep(tx_t *t, const char *p, size_t n)
+{
+    if (n > UINT16_MAX)
+        return UINT32_MAX;
+    return grow_append(&t->arena, &t->arena_cap, &t->arena_len, p, n, TX_ARENA_FIRST);
+}
+
+static slice_t kept(const tx_t *t, uint32_t off, uint32_t len)
+{
+    return off == UINT32_MAX ? SLICE_NULL : slice_make(t->arena + off, len);
+}
+
+/* "250 2.1.5 Ok" for the log, cut to LOG_REPLY_MAX. */
+static void keep_reply(tx_t *t, const smtp_reply_t *r, uint32_t *off, uint16_t *len)
+{
+    char b[LOG_REPLY_MAX];
+    int n = snprintf(b, sizeof b, "%d%s%s %.*s", r->code, r->esc ? " " : "", r->esc ? r->esc : "",
+                     (int)r->text.len, r->text.ptr ? r->text.ptr : "");
+    size_t k = n < 0 ? 0 : (size_t)n < sizeof b ? (size_t)n : sizeof b - 1;
+    *off = keep(t, b, k);
+    *len = (uint16_t)(*off == UINT32_MAX ? 0 : k);
+}
+
+/* ---- replies ---- */
+
+static void answer(tx_t *t, uint32_t slot, const smtp_reply_t *r)
+{
+    smtp_verdict(t->env.smtp, slot, r);
+}
+
+static tx_rcpt_t *rcpt_by_slot(tx_t *t, uint32_t slot)
+{
+    for (uint32_t i = 0; i < t->nrcpt; i++)
+        if (t->rcpt[i].slot == slot && t->rcpt[i].state == R_SENT)
+            return &t->rcpt[i];
+    return NULL;
+}
+
+static void answer_rcpt(tx_t *t, tx_rcpt_t *rc, const smtp_reply_t *r)
+{
+    rc->state = R_DONE;
+    if (r->code < 300 && !t->mail_failed)
+        t->accepted++;
+    keep_reply(t, r, &rc->reply_off, &rc->reply_len);
+    answer(t, rc->slot, r);
+}
+
+static void answer_mail(tx_t *t, const smtp_reply_t *r)
+{
+    t->mstate = M_DONE;
+    keep_reply(t, r, &t->mail_reply_off, &t->mail_reply_len);
+    if (r->code >= 400) {
+        t->mail_failed = true;
+        t->mail_refusal = *r;
+        snprintf(t->mail_esc, sizeof t->mail_esc, "%s", r->esc ? r->esc : "");
+        t->mail_refusal.esc = t->mail_esc[0] ? t->mail_esc : NULL;
+        t->mail_refusal.text = SLICE_LIT("Error: sender not accepted");
+        t->env.w->n.tx_refused++;
+    }
+    answer(t, t->mail_slot, r);
+}
+
+static void answer_data(tx_t *t, const smtp_reply_t *r)
+{
+    t->dstate = D_DONE;
+    answer(t, t->data_slot, r);
+}
+
+static void answer_eod(tx_t *t, const smtp_reply_t *r)
+{
+    t->dstate = D_DONE;
+    keep_reply(t, r, &t->final_off, &t->final_len);
+    if (r->code < 300)
+        t->env.w->n.messages++;
+    t->over = TXE_DATA;
+    answer(t, t->eod_slot, r);
+}
+
+/* ---- the lease ---- */
+
+static void lease_gone(tx_t *t, const smtp_reply_t *r)
+{
+    t->lstate = L_GONE;
+    t->lease = 0;
+    t->gone = *r;
+    snprintf(t->gone_esc, sizeof t->gone_esc, "%s", r->esc ? r->esc : "");
+    t->gone.esc = t->gone_esc[0] ? t->gone_esc : NULL;
+    t->gone.text = SLICE_LIT("Error: downstream server unavailable, try again later");
+    t->gone.flags |= SMTP_R_PEER;
+    if (t->dstate == D_BODY)
+        t->error = ERR_DOWNSTREAM; /* answered at the final dot */
+}
+
+static void release(tx_t *t)
+{
+    if (t->lstate == L_READY)
+        pool_release(t->env.w, t->lease);
+    else if (t->lstate == L_WAIT) {
+        pool_owner_t o = { t->env.ops, t->env.owner_idx, t->env.owner_gen, t->env.number };
+        pool_cancel(t->env.w, &o);
+    }
+    t->lstate = L_GONE;
+    t->lease = 0;
+    t->gone = down_reply;
+}
+
+/* ---- filters ---- */
+
+static void path_of(slice_t mailbox, bool postmaster, smtp_path_t *p)
+{
+    memset(p, 0, sizeof *p);
+    p->mailbox = mailbox;
+    p->null = mailbox.len == 0;
+    p->postmaster = postmaster;
+    const char *at = mailbox.len ? memrchr(mailbox.ptr, '@', mailbox.len) : NULL;
+    if (at) {
+        p->local = slice_make(mailbox.ptr, (size_t)(at - mailbox.ptr));
+        p->domain = slice_make(at + 1, (size_t)(mailbox.ptr + mailbox.len - at - 1));
+    } else {
+        p->local = mailbox;
+    }
+}
+
+static void facts(tx_t *t, filter_facts_t *fx, smtp_path_t *sender)
+{
+    memset(fx, 0, sizeof *fx);
+    fx->cfg = t->env.w->cfg;
+    fx->host = &t->host;
+    fx->family = t->env.family;
+    fx->addr = t->env.addr;
+    fx->helo = t->env.helo;
+    fx->messages = t->env.number;
+    fx->spf = &t->spf;
+    path_of(kept(t, t->from_off, t->from_len), false, sender);
+    fx->sender = sender;
+}
+
+static void hook_spf(void *ctx, const filter_facts_t *fx)
+{
+    tx_t *t = ctx;
+    spf_owner_t o = { t->env.owner_idx, t->env.owner_gen, t->env.number };
+    slice_t sender = fx->sender && !fx->sender->null ? fx->sender->mailbox : SLICE_NULL;
+    t->spf_req = spfc_start(t->env.w, &o, t->env.family, t->env.addr, fx->helo, sender, &t->spf);
+}
+
+static smtp_reply_t verdict_reply(const filter_verdict_t *v)
+{
+    smtp_reply_t r = { v->code, v->esc, slice_make(v->text, v->text ? strlen(v->text) : 0), 0 };
+    if (v->act == FA_TEMPFAIL && v->code < 500)
+        r.flags |= SMTP_R_PEER; /* a limit or a lookup, not a client error */
+    return r;
+}
+
+/* Run one stage of the chain for this transaction (and a recipient at
+ * RCPT): FA_WAIT, FA_ACCEPT, or a refusal with its reply in *r. */
+static enum filter_act run_stage(tx_t *t, enum filter_stage st, const tx_rcpt_t *rc, smtp_reply_t *r)
+{
+    filter_facts_t fx;
+    smtp_path_t sender, rcpt;
+    filter_verdict_t v;
+    facts(t, &fx, &sender);
+    if (rc) {
+        path_of(kept(t, rc->off, rc->len), rc->postmaster, &rcpt);
+        fx.rcpt = &rcpt;
+        fx.rcpts = rc->conn_no;
+    }
+    enum filter_act a = filter_run(t->env.w->chain, st, &fx, &v);
+    if (a == FA_REJECT || a == FA_TEMPFAIL)
+        *r = verdict_reply(&v);
+    return a == FA_TAG ? FA_ACCEPT : a;
+}
+
+/* The RCPT stage for a recipient, or the DATA stage (rc NULL; the verdict
+ * only, the headers come at 354): waiting, queued, or answered. */
+static void stage_step(tx_t *t, tx_rcpt_t *rc)
+{
+    smtp_reply_t r;
+    enum filter_act a = run_stage(t, rc ? FS_RCPT : FS_DATA, rc, &r);
+    uint8_t *state = rc ? &rc->state : &t->dstate;
+    if (a == FA_WAIT)
+        *state = rc ? R_FILTER : D_FILTER;
+    else if (a == FA_ACCEPT)
+        *state = rc ? R_QUEUED : D_QUEUED;
+    else if (rc)
+        answer_rcpt(t, rc, &r);
+    else
+        answer_data(t, &r);
+}
+
+/* ---- trace headers ---- */
+
+/* A HELO name goes into a header: printable, and nothing that would end the
+ * comment or the clause it stands in. */
+static size_t clean_helo(slice_t h, char *out, size_t cap)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < h.len && n + 1 < cap; i++) {
+        unsigned char c = (unsigned char)h.ptr[i];
+        out[n++] = c > 0x20 && c < 0x7f && c != '(' && c != ')' && c != '\\' && c != ';' ? (char)c : '?';
+    }
+    if (n == 0)
+        memcpy(out, "unknown", 7), n = 7;
+    out[n] = '\0';
+    return n;
+}
+
+/* The filters' tags (Received-SPF, Authentication-Results), then our
+ * Received, whose id is the transaction's log id. */
+static bool build_headers(tx_t *t)
+{
+    if (!t->hdr && !(t->hdr = malloc(HDR_CAP)))
+        return false;
+    filter_facts_t fx;
+    smtp_path_t sender;
+    filter_verdict_t v;
+    facts(t, &fx, &sender);
+    fx.hdr = t->hdr;
+    fx.hdr_cap = HDR_CAP - 1024; /* the Received header's room */
+    if (filter_run(t->env.w->chain, FS_DATA, &fx, &v) >= FA_REJECT)
+        fx.hdr_len = 0; /* the verdict was taken before; only the tags matter here */
+    /* localtime_r takes glibc's process-wide tz lock: once a second per
+     * worker thread is enough for a date with one-second resolution. */
+    static _Thread_local time_t date_sec = -1;
+    static _Thread_local char date[64];
+    time_t now = time(NULL);
+    if (now != date_sec) {
+        struct tm tm;
+        localtime_r(&now, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
+        date_sec = now;
+    }
+    const char *proto = t->params.smtputf8 ? "UTF8SMTP" : t->env.esmtp ? "ESMTP" : "SMTP";
+    char helo[256], forpart[ADDR_PATH_MAX + 16] = "";
+    clean_helo(t->env.helo, helo, sizeof helo);
+    if (t->accepted == 1) {
+        for (uint32_t i = 0; i < t->nrcpt; i++) {
+            tx_rcpt_t *rc = &t->rcpt[i];
+            if (rc->state == R_DONE && rc->reply_len && t->arena[rc->reply_off] == '2')
+                snprintf(forpart, sizeof forpart, "\r\n\tfor <%.*s>", (int)rc->len, t->arena + rc->off);
+        }
+    }
+    int k = snprintf(t->hdr + fx.hdr_len, HDR_CAP - fx.hdr_len,
+                     "Received: from %s (%s%s])\r\n\tby %s (mxgate) with %s id %s%s;\r\n\t%s\r\n", helo,
+                     t->env.family == AF_INET6 ? "[IPv6:" : "[", t->env.ip, t->env.w->cfg->hostname, proto, t->id,
+                     forpart, date);
+    if (k <= 0 || (size_t)k >= HDR_CAP - fx.hdr_len)
+        k = 0;
+    t->hdr_len = fx.hdr_len + (size_t)k;
+    return true;
+}
+
+/* ---- moving commands along ---- */
+
+static bool rcpts_decided(const tx_t *t)
+{
+    for (uint32_t i = 0; i < t->nrcpt; i++)
+        if (t->rcpt[i].state == R_FILTER || t->rcpt[i].state == R_QUEUED)
+            return false;
+    return true;
+}
+
+static bool any_forwarded(const tx_t *t)
+{
+    for (uint32_t i = 0; i < t->nrcpt; i++)
+        if (t->rcpt[i].state == R_SENT)
+            return true;
+    return t->accepted > 0;
+}
+
+static void send_mail(tx_t *t)
+{
+    smtp_reply_t refusal;
+    if (!relay_mode(t)) {
+        t->mstate = M_SENT;
+        smtp_reply_t ok = { 250, "2.1.0", SLICE_LIT("Ok"), 0 };
+        answer_mail(t, &ok);
+        return;
+    }
+    if (t->lstate == L_GONE) {
+        answer_mail(t, &t->gone);
+        return;
+    }
+    if (t->lstate != L_READY)
+        return;
+    t->mstate = M_SENT;
+    if (!pool_mail(t->env.w, t->lease, t->mail_slot, kept(t, t->from_off, t->from_len), &t->params, &refusal))
+        answer_mail(t, &refusal);
+}
+
+/* Start the body: Maildir mode keeps it here, headers first. */
+static bool start_local_body(tx_t *t)
+{
+    if (!build_headers(t))
+        return false;
+    size_t cap = t->mcap >= MAILDIR_FIRST ? t->mcap : MAILDIR_FIRST;
+    if (cap < 2 * t->hdr_len)
+        cap = 2 * t->hdr_len;
+    if (cap > t->mcap) {
+        char *m = realloc(t->mbuf, cap);
+        if (!m)
+            return false;
+        t->mbuf = m;
+        t->mcap = cap;
+    }
+    memcpy(t->mbuf, t->hdr, t->hdr_len);
+    t->mlen = t->hdr_len;
+    return true;
+}
+
+static void send_data(tx_t *t)
+{
+    smtp_reply_t refusal;
+    if (t->mail_failed) {
+        answer_data(t, &t->mail_refusal);
+    } else if (!any_forwarded(t)) {
+        smtp_reply_t r = { 554, "5.5.1", SLICE_LIT("Error: no valid recipients"), 0 };
+        answer_data(t, &r);
+    } else if (!relay_mode(t)) {
+        if (!start_local_body(t)) {
+            answer_data(t, &oom_reply);
+            return;
+        }
+        t->dstate = D_BODY;
+        smtp_reply_t go = { 354, NULL, SLICE_LIT("End data with <CR><LF>.<CR><LF>"), 0 };
+        answer(t, t->data_slot, &go);
+    } else if (t->lstate == L_GONE) {
+        answer_data(t, &t->gone);
+    } else if (t->lstate == L_READY) {
+        t->dstate = D_SENT;
+        if (!pool_data(t->env.w, t->lease, t->data_slot, &refusal))
+            answer_data(t, &refusal);
+    }
+}
+
+static void pump(tx_t *t)
+{
+    if (t->mstate == M_LEASE)
+        send_mail(t);
+    if (t->mstate == M_LEASE)
+        return; /* RCPTs go after their MAIL */
+    for (uint32_t i = 0; i < t->nrcpt; i++) {
+        tx_rcpt_t *rc = &t->rcpt[i];
+        if (rc->state != R_QUEUED)
+            continue;
+        smtp_reply_t refusal;
+        if (t->mail_failed) {
+            answer_rcpt(t, rc, &t->mail_refusal);
+        } else if (!relay_mode(t)) {
+            smtp_reply_t ok = { 250, "2.1.5", SLICE_LIT("Ok"), 0 };
+            answer_rcpt(t, rc, &ok);
+        } else if (t->lstate == L_GONE) {
+            answer_rcpt(t, rc, &t->gone);
+        } else if (t->lstate == L_READY) {
+            rc->state = R_SENT;
+            if (!pool_rcpt(t->env.w, t->lease, rc->slot, kept(t, rc->off, rc->len), &refusal))
+                answer_rcpt(t, rc, &refusal);
+        }
+    }
+    if (t->dstate == D_QUEUED && rcpts_decided(t))
+        send_data(t);
+}
+
+/* ---- the client's commands ---- */
+
+static tx_t *tx_new(void)
+{
+    tx_t *t = cache;
+    if (t) {
+        cache = t->next_free;
+        ncache--;
+        char *arena = t->arena, *hdr = t->hdr, *mbuf = t->mbuf;
+        uint32_t acap = t->arena_cap, rcap = t->rcpt_cap;
+        size_t mcap = t->mcap;
+        tx_rcpt_t *rcpt = t->rcpt;
+        spf_state_t spf = t->spf;
+        memset(t, 0, sizeof *t);
+        t->arena = arena, t->arena_cap = acap;
+        t->hdr = hdr;
+        t->mbuf = mbuf, t->mcap = mcap;
+        t->rcpt = rcpt, t->rcpt_cap = rcap;
+        t->spf = spf;
+        t->spf.status = SPF_IDLE;
+        return t;
+    }
+    return calloc(1, sizeof *t);
+}
+
+tx_t *tx_begin(const tx_env_t *env, const smtp_event_t *mail)
+{
+    tx_t *t = tx_new();
+    if (!t) {
+        smtp_verdict(env->smtp, mail->slot, &oom_reply);
+        return NULL;
+    }
+    t->env = *env;
+    t->start_ms = env->w->now;
+    t->mail_slot = mail->slot;
+    t->params = mail->params;
+    t->host.spf_start = hook_spf;
+    t->host.ctx = t;
+    t->mstate = M_LEASE;
+    snprintf(t->id, sizeof t->id, "%016llx-%u", (unsigned long long)env->session_id, env->number);
+    t->from_off = keep(t, mail->path.mailbox.ptr, mail->path.mailbox.len);
+    t->from_len = (uint16_t)mail->path.mailbox.len;
+    if (t->from_off == UINT32_MAX) {
+        t->from_len = 0;
+        answer_mail(t, &oom_reply);
+        return t;
+    }
+    filter_facts_t fx;
+    smtp_path_t sender;
+    filter_verdict_t v;
+    facts(t, &fx, &sender);
+    fx.sender = &mail->path;
+    enum filter_act a = filter_run(env->w->chain, FS_MAIL, &fx, &v);
+    if (a == FA_REJECT || a == FA_TEMPFAIL || a == FA_WAIT) {
+        if (a == FA_WAIT)
+            v = (filter_verdict_t){ FA_TEMPFAIL, 451, "4.3.0", "Error: try again later", "wait" };
+        smtp_reply_t r = verdict_reply(&v);
+        if (v.code == 421) { /* a limit that ends the session */
+            keep_reply(t, &r, &t->mail_reply_off, &t->mail_reply_len);
+            t->mstate = M_DONE;
+            t->mail_failed = true;
+            smtp_close(env->smtp, v.code, v.esc, v.text);
+            t->over = TXE_REFUSED;
+            return t;
+        }
+        answer_mail(t, &r);
+        return t;
+    }
+    if (relay_mode(t)) {
+        pool_owner_t o = { env->ops, env->owner_idx, env->owner_gen, env->number };
+        smtp_reply_t refusal;
+        switch (pool_acquire(env->w, &o, &t->lease, &refusal)) {
+        case POOL_GRANTED:
+            t->lstate = L_READY;
+            break;
+        case POOL_QUEUED:
+            t->lstate = L_WAIT;
+            break;
+        case POOL_REFUSED:
+            lease_gone(t, &refusal);
+            t->gone.text = refusal.text; /* static: the pool's own words */
+            break;
+        }
+    }
+    pump(t);
+    return t;
+}
+
+void tx_rcpt(tx_t *t, const smtp_event_t *ev, uint32_t rcpts_conn)
+{
+    if (t->nrcpt == t->rcpt_cap) {
+        uint32_t cap = t->rcpt_cap ? t->rcpt_cap * 2 : 8;
+        tx_rcpt_t *n = realloc(t->rcpt, cap * sizeof *n);
+        if (!n) {
+            answer(t, ev->slot, &oom_reply);
+            return;
+        }
+        t->rcpt = n;
+        t->rcpt_cap = cap;
+    }
+    tx_rcpt_t *rc = &t->rcpt[t->nrcpt++];
+    memset(rc, 0, sizeof *rc);
+    rc->slot = ev->slot;
+    rc->postmaster = ev->path.postmaster;
+    rc->conn_no = rcpts_conn;
+    rc->off = keep(t, ev->path.mailbox.ptr, ev->path.mailbox.len);
+    rc->len = (uint16_t)ev->path.mailbox.len;
+    if (rc->off == UINT32_MAX) {
+        rc->len = 0;
+        answer_rcpt(t, rc, &oom_reply);
+        return;
+    }
+    if (t->mail_failed) {
+        answer_rcpt(t, rc, &t->mail_refusal);
+        return;
+    }
+    stage_step(t, rc);
+    pump(t);
+}
+
+void tx_data(tx_t *t, const smtp_event_t *ev)
+{
+    t->data_slot = ev->slot;
+    if (t->mail_failed) {
+        answer_data(t, &t->mail_refusal);
+        return;
+    }
+    stage_step(t, NULL);
+    pump(t);
+}
+
+void tx_body(tx_t *t, slice_t b)
+{
+    t->size += b.len;
+    if (t->dstate != D_BODY || t->error)
+        return; /* drained: the failure is answered at the final dot */
+    if (!relay_mode(t)) {
+        if (t->mlen + b.len > t->mcap) {
+            size_t cap = t->mcap ? t->mcap : MAILDIR_FIRST;
+            while (cap < t->mlen + b.len)
+                cap *= 2;
+            char *m = realloc(t->mbuf, cap);
+            if (!m) {
+                t->error = ERR_MEMORY;
+                return;
+            }
+            t->mbuf = m;
+            t->mcap = cap;
+        }
+        memcpy(t->mbuf + t->mlen, b.ptr, b.len);
+        t->mlen += b.len;
+        return;
+    }
+    if (t->lstate != L_READY || !pool_body(t->env.w, t->lease, b.ptr, b.len)) {
+        if (!t->error)
+            t->error = ERR_DOWNSTREAM;
+    }
+}
+
+size_t tx_room(tx_t *t)
+{
+    if (t->dstate != D_BODY || t->error || t->lstate != L_READY)
+        return SIZE_MAX;
+    return pool_room(t->env.w, t->lease);
+}
+
+static void deliver_local(tx_t *t)
+{
+    char name[512], text[600];
+    if (t->error || !t->mbuf ||
+        maildir_deliver(t->env.w->cfg->maildir, t->env.w->cfg->hostname, t->id, NULL, 0, t->mbuf, t->mlen, name,
+                        sizeof name)) {
+        smtp_reply_t r = { 451, "4.3.0", SLICE_LIT("Error: local delivery failed"), SMTP_R_PEER };
+        answer_eod(t, &r);
+        return;
+    }
+    int n = snprintf(text, sizeof text, "Ok: delivered as %s", name);
+    smtp_reply_t r = { 250, "2.0.0", slice_make(text, n > 0 ? (size_t)n : 0), 0 };
+    answer_eod(t, &r);
+}
+
+void tx_data_end(tx_t *t, const smtp_event_t *ev)
+{
+    t->eod_slot = ev->slot;
+    t->dstate = D_ENDED;
+    filter_facts_t fx;
+    smtp_path_t sender;
+    filter_verdict_t v;
+    facts(t, &fx, &sender);
+    enum filter_act a = filter_run(t->env.w->chain, FS_DATA_END, &fx, &v);
+    if (a == FA_REJECT || a == FA_TEMPFAIL || a == FA_WAIT) {
+        if (a == FA_WAIT)
+            v = (filter_verdict_t){ FA_TEMPFAIL, 451, "4.3.0", "Error: try again later", "wait" };
+        release(t); /* the downstream never sees the end marker: it drops the message */
+        smtp_reply_t r = verdict_reply(&v);
+        answer_eod(t, &r);
+        return;
+    }
+    if (t->error) {
+        release(t);
+        answer_eod(t, t->error == ERR_MEMORY ? &oom_reply : &down_reply);
+        return;
+    }
+    if (!relay_mode(t)) {
+        deliver_local(t);
+        return;
+    }
+    smtp_reply_t refusal;
+    if (t->lstate != L_READY) {
+        answer_eod(t, &down_reply);
+        return;
+    }
+    if (!pool_eod(t->env.w, t->lease, t->eod_slot, &refusal))
+        answer_eod(t, &refusal);
+}
+
+void tx_body_rejected(tx_t *t, const smtp_event_t *ev)
+{
+    static const struct {
+        smtp_err_t err;
+        smtp_reply_t r;
+    } replies[] = {
+        { SMTP_ERR_BODY_SIZE, { 552, "5.3.4", SLICE_INIT("Error: message size exceeds fixed limit"), 0 } },
+        { SMTP_ERR_BODY_BARE_LF, { 554, "5.5.2", SLICE_INIT("Error: bare <LF> received"), 0 } },
+        { SMTP_ERR_BODY_BARE_CR, { 554, "5.5.2", SLICE_INIT("Error: bare <CR> received"), 0 } },
+        { SMTP_ERR_BODY_LINE, { 554, "5.5.2", SLICE_INIT("Error: text line too long"), 0 } },
+    };
+    t->env.w->n.bodies_rejected++;
+    for (size_t i = 0; i < sizeof replies / sizeof replies[0]; i++)
+        if (replies[i].err == ev->err)
+            keep_reply(t, &replies[i].r, &t->final_off, &t->final_len);
+    release(t); /* mid-body: the connection goes, and the partial message with it */
+    t->dstate = D_DONE;
+    t->over = TXE_REJECTED;
+}
+
+/* ---- from the pool and the SPF client ---- */
+
+void tx_lease_ready(tx_t *t, pool_lease_t lease)
+{
+    if (t->lstate != L_WAIT) {
+        pool_release(t->env.w, lease);
+        return;
+    }
+    t->lstate = L_READY;
+    t->lease = lease;
+    pump(t);
+}
+
+void tx_lease_failed(tx_t *t, const smtp_reply_t *r)
+{
+    if (t->lstate != L_WAIT)
+        return;
+    lease_gone(t, r);
+    t->gone.text = r->text; /* the pool's own words, static */
+    pump(t);
+}
+
+/* A DATA answered 354 downstream: the headers lead the body. */
+static void data_accepted(tx_t *t, const smtp_reply_t *r)
+{
+    if (!build_headers(t) || !pool_body(t->env.w, t->lease, t->hdr, t->hdr_len)) {
+        release(t);
+        answer_data(t, &oom_reply);
+        return;
+    }
+    t->dstate = D_BODY;
+    answer(t, t->data_slot, r);
+    if (t->accepted == 0) {
+        /* The engine refuses this DATA after all (it accepted no recipient):
+         * the downstream waits for a body the client will not send. */
+        release(t);
+        t->dstate = D_DONE;
+    }
+}
+
+void tx_relay_event(tx_t *t, const relay_event_t *ev)
+{
+    if (ev->type == RELAY_EV_LOST) {
+        lease_gone(t, &down_reply);
+        pump(t);
+        return;
+    }
+    if (ev->type != RELAY_EV_REPLY)
+        return;
+    const smtp_reply_t *r = &ev->reply;
+    switch (ev->kind) {
+    case RK_MAIL:
+        if (t->mstate == M_SENT && ev->token == t->mail_slot)
+            answer_mail(t, r);
+        break;
+    case RK_RCPT: {
+        tx_rcpt_t *rc = rcpt_by_slot(t, ev->token);
+        if (rc)
+            answer_rcpt(t, rc, r);
+        break;
+    }
+    case RK_DATA:
+        if (t->dstate != D_SENT || ev->token != t->data_slot)
+            break;
+        if (r->code == 354)
+            data_accepted(t, r);
+        else
+            answer_data(t, r);
+        break;
+    case RK_EOD:
+        if (t->dstate == D_ENDED && ev->token == t->eod_slot) {
+            answer_eod(t, r);
+            /* The message is decided: the connection goes back to the pool. */
+            release(t);
+        }
+        break;
+    default:
+        break;
+    }
+    pump(t);
+}
+
+void tx_spf_result(tx_t *t, unsigned result, slice_t received, slice_t comment)
+{
+    t->spf_req = 0;
+    if (!spf_set_result(&t->spf, result, received.ptr, received.len, comment.ptr, comment.len))
+        spf_set_result(&t->spf, SPFR_TEMPERROR, "temperror", 9, "", 0);
+    /* Every stage that waited runs again, in command order. */
+    for (uint32_t i = 0; i < t->nrcpt; i++)
+        if (t->rcpt[i].state == R_FILTER)
+            stage_step(t, &t->rcpt[i]);
+    if (t->dstate == D_FILTER)
+        stage_step(t, NULL);
+    pump(t);
+}
+
+/* ---- the end ---- */
+
+enum tx_end tx_over(const tx_t *t)
+{
+    if (t->over)
+        return (enum tx_end)t->over;
+    /* A refused MAIL: over once what was pipelined behind it is answered. */
+    return t->mail_failed && smtp_open(t->env.smtp) == 0 ? TXE_REFUSED : 0;
+}
+
+bool tx_waiting(const tx_t *t)
+{
+    return smtp_open(t->env.smtp) != 0 || t->dstate == D_ENDED;
+}
+
+uint32_t tx_number(const tx_t *t)
+{
+    return t->env.number;
+}
+
+static const char *end_name(enum tx_end how)
+{
+    static const char *const names[] = {
+        [TXE_DATA] = "data",       [TXE_REFUSED] = "refused", [TXE_REJECTED] = "rejected",
+        [TXE_RSET] = "rset",       [TXE_HELO] = "helo",       [TXE_QUIT] = "quit",
+        [TXE_CLIENT_CLOSED] = "client_closed", [TXE_TIMEOUT] = "timeout", [TXE_DRAIN] = "drain",
+        [TXE_ERROR] = "error",
+    };
+    return (unsigned)how < sizeof names / sizeof names[0] && names[how] ? names[how] : "error";
+}
+
+static void log_tx(tx_t *t, enum tx_end how)
+{
+    int level = LOG_INFO;
+    if (!log_enabled(level))
+        return;
+    logbuf_t b;
+    lb_init(&b, "tx");
+    lb_hex(&b, "session", t->env.session_id);
+    lb_cstr(&b, "tx", t->id);
+    lb_cstr(&b, "client", t->env.ip);
+    lb_u64(&b, "port", t->env.port);
+    lb_str(&b, "helo", t->env.helo.ptr, t->env.helo.len);
+    slice_t from = kept(t, t->from_off, t->from_len);
+    lb_str(&b, "from", from.ptr, from.len);
+    if (t->mail_reply_len)
+        lb_str(&b, "mail.reply", t->arena + t->mail_reply_off, t->mail_reply_len);
+    lb_u64(&b, "rcpts", t->accepted);
+    for (uint32_t i = 0; i < t->nrcpt; i++) {
+        char key[32];
+        tx_rcpt_t *rc = &t->rcpt[i];
+        snprintf(key, sizeof key, "rcpt.%u", i + 1);
+        lb_str(&b, key, t->arena + rc->off, rc->len);
+        snprintf(key, sizeof key, "rcpt.%u.reply", i + 1);
+        if (rc->reply_len)
+            lb_str(&b, key, t->arena + rc->reply_off, rc->reply_len);
+        else
+            lb_cstr(&b, key, "none");
+    }
+    lb_u64(&b, "size", t->size);
+    if (t->final_len)
+        lb_str(&b, "result", t->arena + t->final_off, t->final_len);
+    lb_cstr(&b, "end", end_name(how));
+    if (t->error)
+        lb_cstr(&b, "error", t->error == ERR_DOWNSTREAM ? "downstream_lost" : "out_of_memory");
+    lb_cstr(&b, "spf", t->spf.status == SPF_DONE ? spf_result_name(t->spf.result) : t->spf.status ? "pending" : "-");
+    lb_u64(&b, "duration_ms", t->env.w->now - t->start_ms);
+    log_emit(level, &b);
+}
+
+void tx_end(tx_t *t, enum tx_end how)
+{
+    log_tx(t, how);
+    release(t);
+    if (t->spf_req)
+        spfc_cancel(t->env.w, t->spf_req);
+    t->spf_req = 0;
+    /* Back to the cache, memory kept unless it grew past reason. */
+    if (ncache >= TX_CACHE_KEEP || t->arena_cap > TX_ARENA_KEEP || t->mcap > 4 * MAILDIR_FIRST) {
+        free(t->arena);
+        free(t->hdr);
+        free(t->mbuf);
+        free(t->rcpt);
+        spf_state_free(&t->spf);
+        if (ncache >= TX_CACHE_KEEP) {
+            free(t);
+            return;
+        }
+        t->arena = t->hdr = t->mbuf = NULL;
+        t->rcpt = NULL;
+        t->arena_cap = t->rcpt_cap = 0;
+        t->mcap = 0;
+    }
+    t->arena_len = 0;
+    t->next_free = cache;
+    cache = t;
+    ncache++;
+}
+
+void tx_cache_free(void)
+{
+    while (cache) {
+        tx_t *t = cache;
+        cache = t->next_free;
+        free(t->arena);
+        free(t->hdr);
+        free(t->mbuf);
+        free(t->rcpt);
+        spf_state_free(&t->spf);
+        free(t);
+    }
+    ncache = 0;
+}
