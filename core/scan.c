@@ -425,8 +425,10 @@ void scan_step(scan_t *sc, const char *in, size_t len, scan_result_t *res)
         case ST_LINESTART:
             sc->line_len = 0;
             if (c == '.') {
-                if (i > bs)
-                    return finish(sc, res, st, slice_make(in + bs, i - bs), i);
+                if (i > bs) {
+                    finish(sc, res, st, slice_make(in + bs, i - bs), i);
+                    return;
+                }
                 i++, bs = i, st = ST_DOT; /* not counted: RFC 5321 4.5.3.1.6 */
                 continue;
             }
@@ -440,28 +442,38 @@ void scan_step(scan_t *sc, const char *in, size_t len, scan_result_t *res)
             }
             if (c != '\n') {
                 if (sc->line_len + 1 > text_max) {
-                    if (i > bs)
-                        return finish(sc, res, st, slice_make(in + bs, i - bs), i);
+                    if (i > bs) {
+                        finish(sc, res, st, slice_make(in + bs, i - bs), i);
+                        return;
+                    }
                     sc->errors |= SCAN_ERR_LINE_TOO_LONG;
                 }
                 sc->line_len++, i++;
                 continue;
             }
-            if (i > bs) /* a bare LF: cut first */
-                return finish(sc, res, st, slice_make(in + bs, i - bs), i);
+            if (i > bs) { /* a bare LF: cut first */
+                finish(sc, res, st, slice_make(in + bs, i - bs), i);
+                return;
+            }
             sc->line_len = 0;
-            if (norm)
-                return finish(sc, res, ST_NLN, SLICE_LIT(CRLF), i + 1);
+            if (norm) {
+                finish(sc, res, ST_NLN, SLICE_LIT(CRLF), i + 1);
+                return;
+            }
             sc->errors |= SCAN_ERR_BARE_LF;
             i++, bs = i;
             continue;
         case ST_CR:
             if (i == bs) { /* the CR is held from an earlier call */
                 sc->line_len = 0;
-                if (c == '\n')
-                    return finish(sc, res, ST_LINESTART, SLICE_LIT(CRLF), i + 1);
-                if (norm)
-                    return finish(sc, res, ST_NLN, SLICE_LIT(CRLF), i);
+                if (c == '\n') {
+                    finish(sc, res, ST_LINESTART, SLICE_LIT(CRLF), i + 1);
+                    return;
+                }
+                if (norm) {
+                    finish(sc, res, ST_NLN, SLICE_LIT(CRLF), i);
+                    return;
+                }
                 sc->errors |= SCAN_ERR_BARE_CR;
                 st = ST_MID;
                 continue;
@@ -472,11 +484,14 @@ void scan_step(scan_t *sc, const char *in, size_t len, scan_result_t *res)
                 continue;
             }
             /* a bare CR: forward what came before it, hold it */
-            return finish(sc, res, ST_CR, slice_make(in + bs, i - 1 - bs), i);
+            finish(sc, res, ST_CR, slice_make(in + bs, i - 1 - bs), i);
+            return;
         case ST_NLN:
             sc->line_len = 0;
-            if (c == '.') /* it starts a line now: stuff it */
-                return finish(sc, res, ST_MID, SLICE_LIT(DOT), i);
+            if (c == '.') { /* it starts a line now: stuff it */
+                finish(sc, res, ST_MID, SLICE_LIT(DOT), i);
+                return;
+            }
             st = ST_MID;
             continue;
         case ST_DOT:
@@ -484,10 +499,14 @@ void scan_step(scan_t *sc, const char *in, size_t len, scan_result_t *res)
                 i++, bs = i, st = ST_DOTCR;
                 continue;
             }
-            if (c != '\n')
-                return finish(sc, res, ST_MID, SLICE_LIT(DOT), i);
-            if (norm) /* ".\n" would become ".\r\n", an end marker: forward "..\r\n" */
-                return finish(sc, res, ST_NLN, SLICE_LIT(DOTLINE), i + 1);
+            if (c != '\n') {
+                finish(sc, res, ST_MID, SLICE_LIT(DOT), i);
+                return;
+            }
+            if (norm) { /* ".\n" would become ".\r\n", an end marker: forward "..\r\n" */
+                finish(sc, res, ST_NLN, SLICE_LIT(DOTLINE), i + 1);
+                return;
+            }
             sc->errors |= SCAN_ERR_BARE_LF;
             i++, bs = i, st = ST_MID;
             continue;
@@ -499,8 +518,10 @@ void scan_step(scan_t *sc, const char *in, size_t len, scan_result_t *res)
                 res->body = SLICE_NULL;
                 return;
             }
-            if (norm)
-                return finish(sc, res, ST_NLN, SLICE_LIT(DOTLINE), i);
+            if (norm) {
+                finish(sc, res, ST_NLN, SLICE_LIT(DOTLINE), i);
+                return;
+            }
             sc->errors |= SCAN_ERR_BARE_CR;
             st = ST_MID;
             continue;
