@@ -2426,6 +2426,61 @@ static void test_peer_refusals(void **state)
     }
 }
 
+/* SMTP_SLOTS_MAX open slots: past it the engine stops reading ahead (it
+ * does not take the command) until verdicts come in, and nothing is lost. */
+static void test_open_slots_bound(void **state)
+{
+    (void)state;
+    smtp_config_t cfg;
+    smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
+    cfg.rcpt_max = 1000;
+    static char ob[1 << 17];
+    smtp_out_t o = { ob, 0, sizeof ob };
+    smtp_t s;
+    smtp_init(&s, &cfg, &o);
+    smtp_greet(&s);
+    tu_log_t in = { 0 };
+    tu_puts(&in, "EHLO c\r\nMAIL FROM:<a@b.test>\r\n");
+    const int n = SMTP_SLOTS_MAX + 50;
+    for (int i = 0; i < n; i++) {
+        char line[64];
+        snprintf(line, sizeof line, "RCPT TO:<r%d@example.com>\r\n", i);
+        tu_puts(&in, line);
+    }
+    size_t off = 0, used;
+    smtp_event_t ev;
+    uint32_t slots[SMTP_SLOTS_MAX + 64];
+    int nslots = 0, rcpts = 0;
+    smtp_status_t st;
+    while ((st = smtp_feed(&s, in.buf + off, in.len - off, &used, &ev)) == SMTP_EVENT) {
+        off += used;
+        if (ev.type == SMTP_EV_EHLO)
+            smtp_accept(&s, ev.slot);
+        else
+            slots[nslots++] = ev.slot, rcpts += ev.type == SMTP_EV_RCPT;
+    }
+    assert_int_equal(st, SMTP_PAUSED);
+    assert_int_equal(nslots, SMTP_SLOTS_MAX); /* MAIL and 127 RCPTs, then it waits */
+    assert_int_equal(smtp_open(&s), SMTP_SLOTS_MAX);
+    for (int i = nslots - 1; i >= 0; i--)
+        smtp_accept(&s, slots[i]);
+    assert_int_equal(smtp_open(&s), 0);
+    while ((st = smtp_feed(&s, in.buf + off, in.len - off, &used, &ev)) == SMTP_EVENT) {
+        off += used;
+        rcpts++;
+        smtp_accept(&s, ev.slot);
+    }
+    assert_int_equal(st, SMTP_AGAIN);
+    assert_int_equal(rcpts, n);
+    o.buf[o.len] = 0;
+    int ok = 0;
+    for (const char *p = ob; (p = strstr(p, "250 2.1.5")); p++)
+        ok++;
+    assert_int_equal(ok, n);
+    tu_free_log(&in);
+    smtp_free(&s);
+}
+
 static void test_verdict_custom_data_end(void **state)
 {
     (void)state;
@@ -2771,6 +2826,7 @@ int main(void)
         cmocka_unit_test(test_defer_stops_before_own_reply),
         cmocka_unit_test(test_defer_peer_failure_not_counted),
         cmocka_unit_test(test_peer_refusals),
+        cmocka_unit_test(test_open_slots_bound),
         cmocka_unit_test(test_close),
         cmocka_unit_test(test_samples_whole),
         cmocka_unit_test(test_samples_byte_by_byte),
