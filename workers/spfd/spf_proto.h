@@ -2,7 +2,7 @@
  * spf_proto.h - the wire between a worker and the SPF helper process.
  *
  * libspf2 blocks on DNS and has a history of memory-safety bugs, so it runs
- * in a helper process of its own (workers/spfd.c): unprivileged, no
+ * in a helper process of its own (workers/spfd/spfd.c): unprivileged, no
  * listening sockets, a thread pool sized for DNS waits. Each worker holds one
  * end of an AF_UNIX SOCK_SEQPACKET socketpair to it; one datagram is one
  * request or one reply, so neither side ever parses a stream. Replies come
