@@ -17,7 +17,8 @@ INIH    := $(shell pkg-config --libs inih 2>/dev/null || echo -linih)
 # Debian 12 packages: build, tests (real peers) and benchmarks.
 DEB_PKGS := gcc g++ make pkg-config clang libclang-rt-14-dev \
 	liburing-dev libjemalloc-dev libspf2-dev libinih-dev libcmocka-dev \
-	libbenchmark-dev python3 python3-pytest python3-yaml postfix swaks unbound haproxy
+	libbenchmark-dev libmicrohttpd-dev python3 python3-pytest python3-yaml postfix swaks unbound haproxy \
+	prometheus
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_HDR := $(wildcard core/*.h)
@@ -37,7 +38,7 @@ BENCH_SRC := $(wildcard bench/*.cc)
 SRV_SRC  := $(wildcard workers/*.c workers/spfd/*.c filters/*.c)
 SRV_HDR  := $(wildcard workers/*.h workers/spfd/*.h filters/*.h)
 SRV_INC  := -Icore -Iworkers -Iworkers/spfd -Ifilters
-SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lpthread
+SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lmicrohttpd -lpthread
 
 .PHONY: all deps run test unit fuzz fuzz-test fuzz-wire bench bench-e2e bench-spf asan clean
 

@@ -192,7 +192,9 @@ struct Session {
     Session() : outbuf(64 * 1024)
     {
         smtp_config_defaults(&cfg, SLICE_LIT("mx.example.net"));
-        out = smtp_out_t{ outbuf.data(), 0, outbuf.size() };
+        out = smtp_out_t{};
+        out.buf = outbuf.data();
+        out.cap = outbuf.size();
         memset(&s, 0, sizeof s);
         smtp_init(&s, &cfg, &out);
         smtp_greet(&s);

@@ -141,7 +141,11 @@ static const key_row_t rows[] = {
     ROW(dns_server, "", K_HOSTPORT, char[CONFIG_ADDR_MAX], 0, 0, NULL,
         "DNS server for SPF, IPv4:port or [IPv6]:port; empty: the system resolver"),
     SECS(dns_timeout, "5", 1, 60, "seconds to wait for one DNS answer"),
+    SECS(drain_delay, "0", 0, 3600,
+         "seconds between SIGTERM and closing the listeners: /readyz says 503 at once, so balancers stop sending"),
     SECS(drain_timeout, "30", 0, 3600, "seconds sessions get to finish on shutdown; 0: close at once"),
+    ROW(http_listen, "127.0.0.1:8025", K_HOSTPORT, char[CONFIG_ADDR_MAX], 0, 0, NULL,
+        "address of the operations endpoint (/metrics, /healthz, /readyz); empty: none"),
     ENUM(log_level, "info", level_names, "debug, info, warn or error"),
 };
 

@@ -113,7 +113,9 @@ typedef struct mx_config {
     char dns_server[CONFIG_ADDR_MAX];        /* "": the system resolver */
     uint32_t dns_timeout;                    /* seconds per DNS query */
 
+    uint32_t drain_delay;   /* seconds from SIGTERM to closing the listeners */
     uint32_t drain_timeout; /* seconds; 0: close at once */
+    char http_listen[CONFIG_ADDR_MAX]; /* "": no operations endpoint */
     uint8_t log_level;      /* enum config_log_level */
 } mx_config_t;
 

@@ -65,5 +65,7 @@ bool reply_line(smtp_out_t *o, int code, bool more, const char *esc, slice_t tex
     *w++ = '\r';
     *w++ = '\n';
     o->len += need;
+    if (!more)
+        o->replies[code / 100]++;
     return true;
 }

@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "slice.h"
 
@@ -22,6 +23,7 @@ typedef struct smtp_out {
     char *buf;
     size_t len;
     size_t cap;
+    uint32_t replies[6]; /* whole replies written, by class (index 2..5): for metrics */
 } smtp_out_t;
 
 static inline size_t reply_room(const smtp_out_t *o)

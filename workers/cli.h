@@ -19,6 +19,8 @@
 
 #include "config.h"
 
+#define MXGATE_VERSION "0.2.0"
+
 enum cli_status {
     CLI_ERROR = -1,  /* err says what and where; exit 2 */
     CLI_RUN = 0,     /* c is ready */

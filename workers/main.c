@@ -8,7 +8,10 @@
  * finish up to drain_timeout, then 421) and exit 0.
  */
 #include "cli.h"
+#include "http.h"
 #include "maildir.h"
+#include "metrics.h"
+#include "spf.h"
 #include "spf_client.h"
 #include "spfd.h"
 #include "worker.h"
@@ -30,6 +33,109 @@
 extern char **environ;
 
 #define SPF_RESTART_PAUSE_S 1 /* between restarts of a helper that dies at once */
+#define HEALTH_STALE_MS 5000  /* a worker whose loop has not turned this long is unhealthy */
+#define METRICS_FIRST 16384   /* the text's first buffer; it grows to fit */
+
+/* What the operations endpoint reads: the workers' metrics and state,
+ * published by them (metrics.h), and the process's own. */
+typedef struct ops {
+    worker_t *w;
+    int n;
+    bool relay;          /* a downstream is configured: readiness needs it */
+    proc_metrics_t pm;
+} ops_t;
+
+static uint64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void reply_text(http_reply_t *out, unsigned status, const char *text)
+{
+    out->status = status;
+    out->body = strdup(text);
+    out->len = out->body ? strlen(out->body) : 0;
+}
+
+static void metrics_text(ops_t *o, http_reply_t *out)
+{
+    const metrics_t *m[CONFIG_WORKERS_MAX];
+    for (int i = 0; i < o->n; i++)
+        m[i] = &o->w[i].m;
+    size_t cap = METRICS_FIRST;
+    for (int tries = 0; tries < 8; tries++, cap *= 2) {
+        char *buf = malloc(cap);
+        if (!buf)
+            break;
+        size_t len = metrics_render(buf, cap, m, o->n, &o->pm);
+        if (len < cap) {
+            out->status = 200;
+            out->content_type = "text/plain; version=0.0.4; charset=utf-8";
+            out->body = buf;
+            out->len = len;
+            return;
+        }
+        free(buf);
+    }
+    reply_text(out, 500, "out of memory\n");
+}
+
+/*
+ * /healthz: every worker's loop turned within HEALTH_STALE_MS (a stuck
+ * worker is what a restart cures). /readyz: serving, not draining, and the
+ * downstream answering connects (where there is one): what a balancer
+ * should send mail to.
+ */
+static void on_http(void *ctx, const char *path, http_reply_t *out)
+{
+    ops_t *o = ctx;
+    char text[128];
+    if (strcmp(path, "/metrics") == 0) {
+        metrics_text(o, out);
+    } else if (strcmp(path, "/healthz") == 0) {
+        uint64_t now = mono_ms();
+        for (int i = 0; i < o->n; i++) {
+            uint64_t hb = m_get(&o->w[i].m.heartbeat_ms);
+            if (hb + HEALTH_STALE_MS < now) {
+                snprintf(text, sizeof text, "worker %d: no loop turn for %llu ms\n", i,
+                         (unsigned long long)(now - hb));
+                reply_text(out, 500, text);
+                return;
+            }
+        }
+        reply_text(out, 200, "ok\n");
+    } else if (strcmp(path, "/readyz") == 0) {
+        bool reachable = !o->relay;
+        for (int i = 0; i < o->n && !reachable; i++)
+            reachable = m_get(&o->w[i].m.ds_reachable) != 0;
+        if (m_get(&o->pm.draining))
+            reply_text(out, 503, "draining\n");
+        else if (!reachable)
+            reply_text(out, 503, "downstream unreachable\n");
+        else
+            reply_text(out, 200, "ready\n");
+    }
+}
+
+/* SIGTERM: readiness off at once; the listeners stay for drain_delay so
+ * balancers notice before connections are refused. A second signal ends
+ * the wait. */
+static void drain_delay(const mx_config_t *cfg, ops_t *o, const sigset_t *set)
+{
+    m_set(&o->pm.draining, 1);
+    if (!cfg->drain_delay)
+        return;
+    log_line(LOG_INFO, "event=drain_delay seconds=%u", (unsigned)cfg->drain_delay);
+    uint64_t end = mono_ms() + (uint64_t)cfg->drain_delay * 1000;
+    for (uint64_t now; (now = mono_ms()) < end;) {
+        struct timespec ts = { (time_t)((end - now) / 1000), (long)((end - now) % 1000) * 1000000 };
+        int sig = sigtimedwait(set, NULL, &ts);
+        if (sig == SIGTERM || sig == SIGINT)
+            return;
+    }
+}
 
 /*
  * The SPF helper: this executable again, started with --spf-helper and one
@@ -162,9 +268,18 @@ int main(int argc, char **argv, char **envp)
             return 1;
         }
     }
-    log_line(LOG_INFO, "event=start version=0.1 workers=%d listen=%s hostname=%s downstream=%s maildir=%s", n,
-             cfg.listen[0], cfg.hostname, cfg.downstream[0] ? cfg.downstream : "-",
-             cfg.downstream[0] ? "-" : cfg.maildir);
+    static ops_t ops;
+    ops.w = w;
+    ops.n = n;
+    ops.relay = cfg.downstream[0] != 0;
+    http_server_t *http = NULL;
+    if (cfg.http_listen[0] && !(http = http_start(cfg.http_listen, on_http, &ops, err, sizeof err))) {
+        fprintf(stderr, "mxgate: %s\n", err);
+        return 1;
+    }
+    log_line(LOG_INFO, "event=start version=%s workers=%d listen=%s hostname=%s downstream=%s maildir=%s http=%s",
+             MXGATE_VERSION, n, cfg.listen[0], cfg.hostname, cfg.downstream[0] ? cfg.downstream : "-",
+             cfg.downstream[0] ? "-" : cfg.maildir, cfg.http_listen[0] ? cfg.http_listen : "-");
     for (;;) {
         int sig = 0;
         if (sigwait(&set, &sig))
@@ -181,6 +296,7 @@ int main(int argc, char **argv, char **envp)
                     sleep(SPF_RESTART_PAUSE_S); /* a helper that dies at once must not spin */
                 spf_pid = spf_spawn(&cfg, w, n, true);
                 spf_started = time(NULL);
+                m_inc(&ops.pm.spf_helper_restarts);
             }
             continue;
         }
@@ -188,35 +304,32 @@ int main(int argc, char **argv, char **envp)
             log_line(LOG_WARN, "event=sighup note=\"configuration reload is not implemented; restart to apply\"");
             continue;
         }
-        log_line(LOG_INFO, "event=signal signal=%s action=drain timeout_s=%u", sig == SIGTERM ? "TERM" : "INT",
-                 (unsigned)cfg.drain_timeout);
+        log_line(LOG_INFO, "event=signal signal=%s action=drain delay_s=%u timeout_s=%u",
+                 sig == SIGTERM ? "TERM" : "INT", (unsigned)cfg.drain_delay, (unsigned)cfg.drain_timeout);
+        drain_delay(&cfg, &ops, &set);
         break;
     }
     for (int i = 0; i < n; i++)
         worker_wake(&w[i]);
-    counters_t sum = { 0 };
-    for (int i = 0; i < n; i++) { /* per-worker counters, summed when read */
+    for (int i = 0; i < n; i++)
         pthread_join(th[i], NULL);
-        sum.connections += w[i].n.connections;
-        sum.messages += w[i].n.messages;
-        sum.tx_refused += w[i].n.tx_refused;
-        sum.bodies_rejected += w[i].n.bodies_rejected;
-        sum.timeouts += w[i].n.timeouts;
-        sum.ds_connects += w[i].n.ds_connects;
-        sum.ds_failures += w[i].n.ds_failures;
-        sum.spf_checks += w[i].n.spf_checks;
-        sum.spf_cached += w[i].n.spf_cached;
-        sum.spf_errors += w[i].n.spf_errors;
+    uint64_t conns = 0, acc = 0, def = 0, ref = 0, spf = 0, spf_cached = 0, spf_temp = 0;
+    for (int i = 0; i < n; i++) { /* per-worker counters, summed when read */
+        conns += m_get(&w[i].m.connections_accepted);
+        acc += m_get(&w[i].m.messages[MO_ACCEPTED]);
+        def += m_get(&w[i].m.messages[MO_DEFERRED]);
+        ref += m_get(&w[i].m.messages[MO_REFUSED]);
+        for (int r = 0; r < SPFR_COUNT; r++)
+            spf += m_get(&w[i].m.spf_checks[r]);
+        spf_cached += m_get(&w[i].m.spf_cache_hits);
+        spf_temp += m_get(&w[i].m.spf_checks[SPFR_TEMPERROR]);
     }
     log_line(LOG_INFO,
-             "event=stop connections=%llu messages=%llu transactions_refused=%llu bodies_rejected=%llu "
-             "timeouts=%llu downstream_connects=%llu downstream_connect_failures=%llu spf_checks=%llu "
-             "spf_cached=%llu spf_temperrors=%llu",
-             (unsigned long long)sum.connections, (unsigned long long)sum.messages,
-             (unsigned long long)sum.tx_refused, (unsigned long long)sum.bodies_rejected,
-             (unsigned long long)sum.timeouts, (unsigned long long)sum.ds_connects,
-             (unsigned long long)sum.ds_failures, (unsigned long long)sum.spf_checks,
-             (unsigned long long)sum.spf_cached, (unsigned long long)sum.spf_errors);
+             "event=stop connections=%llu messages_accepted=%llu messages_deferred=%llu messages_refused=%llu "
+             "spf_checks=%llu spf_cached=%llu spf_temperrors=%llu",
+             (unsigned long long)conns, (unsigned long long)acc, (unsigned long long)def, (unsigned long long)ref,
+             (unsigned long long)spf, (unsigned long long)spf_cached, (unsigned long long)spf_temp);
+    http_stop(http);
     if (spf_pid > 0) {
         kill(spf_pid, SIGTERM);
         waitpid(spf_pid, NULL, 0);

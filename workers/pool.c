@@ -34,6 +34,7 @@
 #define BACKOFF_FIRST_MS 100u
 #define BACKOFF_MAX_MS 2000u /* a restarted server is found within 2 s */
 #define PROBE_MS 500u        /* how often a slow reader's progress is looked at */
+#define PROBE_AFTER_CLOSE_MS 200u /* a server that closed: try it again this soon */
 #define UNACKED_UNKNOWN (-1)
 
 enum phase { PH_CONNECTING = 1, PH_OPEN, PH_CLOSING };
@@ -78,12 +79,14 @@ struct pool {
     waiter_t *wq;            /* FIFO of owners waiting for a connection */
     uint32_t wq_head, wq_len, wq_cap;
     timer_node_t wq_timer;   /* the head waiter's deadline */
+    timer_node_t probe;      /* while the server is unreachable: the next try */
     uint64_t backoff_until;
     uint32_t backoff_ms;
     dsconn_t *posted;        /* connections with bytes to send this turn */
 };
 
 static void conn_fail(worker_t *w, dsconn_t *c, enum relay_fail why);
+static void on_probe(worker_t *w, timer_node_t *t);
 static void serve_queue(worker_t *w);
 static void to_pool(worker_t *w, dsconn_t *c);
 
@@ -140,6 +143,8 @@ void pool_destroy(worker_t *w)
     for (uint32_t i = 0; i < p->nslots; i++)
         if (p->conn[i])
             conn_free(w, p->conn[i]);
+    timer_stop(&w->timers, &p->probe);
+    timer_stop(&w->timers, &p->wq_timer);
     free(p->conn); /* then the pool itself */
     free(p->gen);
     free(p->wq);
@@ -227,11 +232,28 @@ static void send_now(worker_t *w, dsconn_t *c)
     arm_timer(w, c);
 }
 
+/* The gauges /metrics shows, from the pool as it is. */
+static void gauges(worker_t *w)
+{
+    pool_t *p = w->pool;
+    uint64_t busy = 0, idle = 0;
+    for (uint32_t i = 0; i < p->nslots; i++) {
+        dsconn_t *c = p->conn[i];
+        busy += c && c->leased;
+        idle += c && !c->leased && c->phase == PH_OPEN && relay_ready(&c->relay);
+    }
+    m_set(&w->m.ds_open, p->nconn);
+    m_set(&w->m.ds_busy, busy);
+    m_set(&w->m.ds_idle, idle);
+    m_set(&w->m.ds_queue, p->wq_len);
+}
+
 void pool_flush(worker_t *w)
 {
     pool_t *p = w->pool;
     if (!p)
         return;
+    gauges(w);
     while (p->posted) {
         dsconn_t *c = p->posted;
         p->posted = c->post_next;
@@ -341,9 +363,12 @@ static void dispatch(worker_t *w, dsconn_t *c, const relay_event_t *ev)
     switch (ev->type) {
     case RELAY_EV_READY:
         w->pool->backoff_ms = 0;
+        m_set(&w->m.ds_reachable, 1);
         to_pool(w, c);
         break;
     case RELAY_EV_REPLY:
+        if (c->relay.state != RELAY_DEAD) /* the server's own, not a failure's 451 */
+            m_inc(&w->m.ds_replies[ev->reply.code / 100 % 6]);
         if (c->leased)
             c->owner.ops->event(w, &c->owner, ev);
         break;
@@ -386,6 +411,17 @@ static void conn_fail(worker_t *w, dsconn_t *c, enum relay_fail why)
 {
     if (c->phase == PH_CLOSING)
         return;
+    if (c->leased)
+        m_inc(&w->m.ds_failures);
+    if (why == RELAY_FAIL_TIMEOUT)
+        m_inc(&w->m.timeouts[MT_DOWNSTREAM]);
+    /* The server closed its side, perhaps because it is going away: unless
+     * another connection is still there, find out whether it comes back (for
+     * readiness, and for a warm connection when the next client comes). */
+    if ((why == RELAY_FAIL_CLOSED || why == RELAY_FAIL_RESET) && w->pool->nconn == 1 && !w->draining) {
+        uint64_t at = w->now + PROBE_AFTER_CLOSE_MS;
+        timer_arm(&w->timers, &w->pool->probe, at > w->pool->backoff_until ? at : w->pool->backoff_until, on_probe);
+    }
     relay_fail(&c->relay, why);
     run_relay(w, c, NULL, 0);
 }
@@ -462,6 +498,7 @@ static void on_queue_timeout(worker_t *w, timer_node_t *t)
 }
 
 static void open_conn(worker_t *w);
+static void on_probe(worker_t *w, timer_node_t *t);
 
 static void lease_to(dsconn_t *c, const pool_owner_t *o)
 {
@@ -501,6 +538,20 @@ static void serve_queue(worker_t *w)
 
 /* ---- connections ---- */
 
+/* Try the server again (readiness, and a warm pool for the next client). */
+static void on_probe(worker_t *w, timer_node_t *t)
+{
+    (void)t;
+    if (w->pool->nconn == 0 && !w->draining)
+        open_conn(w);
+}
+
+void pool_start(worker_t *w)
+{
+    if (w->pool)
+        open_conn(w); /* find out at once whether the server answers */
+}
+
 static void open_conn(worker_t *w)
 {
     pool_t *p = w->pool;
@@ -528,7 +579,7 @@ static void open_conn(worker_t *w)
     relay_init(&c->relay, &p->rcfg);
     p->conn[slot] = c;
     p->nconn++;
-    w->n.ds_connects++;
+    m_inc(&w->m.ds_connects);
     struct io_uring_sqe *sqe = worker_sqe(w);
     io_uring_prep_connect(sqe, fd, (struct sockaddr *)&p->addr, p->addrlen);
     io_uring_sqe_set_data64(sqe, ud_make(OP_DS_CONNECT, c->idx, c->gen));
@@ -698,7 +749,7 @@ void pool_cqe(worker_t *w, int op, uint32_t idx, uint32_t gen, struct io_uring_c
         if (res < 0) {
             log_line(LOG_WARN, "event=downstream_connect_failed worker=%d downstream=%s error=\"%s\"", w->id,
                      w->cfg->downstream, strerror(-res));
-            w->n.ds_failures++;
+            m_inc(&w->m.ds_connect_failures);
             p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_FIRST_MS;
             if (p->backoff_ms > BACKOFF_MAX_MS)
                 p->backoff_ms = BACKOFF_MAX_MS;
@@ -710,6 +761,10 @@ void pool_cqe(worker_t *w, int op, uint32_t idx, uint32_t gen, struct io_uring_c
             for (uint32_t i = 0; i < p->nslots && !other; i++)
                 other = p->conn[i] && p->conn[i] != c && p->conn[i]->phase != PH_CLOSING;
             if (!other) {
+                m_set(&w->m.ds_reachable, 0);
+                /* Nobody may need a connection now, but readiness must learn
+                 * when the server is back: try again after the backoff. */
+                timer_arm(&w->timers, &p->probe, p->backoff_until, on_probe);
                 static const smtp_reply_t down = { 451, "4.4.1",
                                                    SLICE_INIT("Error: downstream server unavailable, try again later"),
                                                    SMTP_R_PEER };

@@ -56,6 +56,9 @@ struct pool_owner {
 #define POOL_SEND_HIGH (128u * 1024u)
 
 int pool_init(worker_t *w, char *err, size_t errlen);
+/* In the worker's thread, once its ring is up: open a first connection, so
+ * that readiness knows whether the server answers before the first client. */
+void pool_start(worker_t *w);
 void pool_destroy(worker_t *w);
 
 enum pool_acquire { POOL_GRANTED, POOL_QUEUED, POOL_REFUSED };

@@ -176,26 +176,37 @@ static void engine_begin(worker_t *w, session_t *s)
 {
     size_t room = 0;
     char *p = outq_reserve(&s->out, &w->blocks, SMTP_OUT_MIN, &room);
-    s->view = (smtp_out_t){ p, 0, p ? room : 0 };
+    s->view = (smtp_out_t){ .buf = p, .len = 0, .cap = p ? room : 0 };
     s->flags |= SF_ENGINE;
+}
+
+/* The replies the engine wrote in this window, for the metrics. */
+static void count_replies(worker_t *w, session_t *s)
+{
+    for (int c = 2; c < 6; c++)
+        if (s->view.replies[c])
+            m_add(&w->m.replies[c], s->view.replies[c]);
 }
 
 static void engine_end(worker_t *w, session_t *s)
 {
     /* Replies that waited for room go into fresh blocks. */
     for (int guard = 0; guard < 1024 && s->view.buf && smtp_drain(&s->smtp); guard++) {
+        count_replies(w, s);
         outq_commit(&s->out, &w->blocks, s->view.len);
         engine_begin(w, s);
     }
+    count_replies(w, s);
     if (s->view.buf)
         outq_commit(&s->out, &w->blocks, s->view.len);
-    s->view = (smtp_out_t){ NULL, 0, 0 };
+    s->view = (smtp_out_t){ .buf = NULL, .len = 0, .cap = 0 };
     s->flags &= (uint16_t)~SF_ENGINE;
 }
 
 /* A new window when the engine filled this one (SMTP_FULL). */
 static void engine_more(worker_t *w, session_t *s)
 {
+    count_replies(w, s);
     if (s->view.buf)
         outq_commit(&s->out, &w->blocks, s->view.len);
     engine_begin(w, s);
@@ -244,8 +255,13 @@ static void recv_policy(worker_t *w, session_t *s)
     if (s->flags & (SF_CLOSING | SF_QUIT | SF_EOF))
         return;
     bool blocked = s->out.bytes > SEND_HIGH || s->nheld >= HELD_CANCEL || (s->flags & SF_DS_BLOCKED);
-    if ((s->flags & SF_RECV) && blocked && !(s->flags & SF_CANCELLED))
+    if ((s->flags & SF_RECV) && blocked && !(s->flags & SF_CANCELLED)) {
         cancel_recv(w, s);
+        if (s->out.bytes > SEND_HIGH)
+            m_inc(&w->m.backpressure[MB_CLIENT_SLOW]);
+        else if (s->nheld >= HELD_CANCEL)
+            m_inc(&w->m.backpressure[MB_HELD_BUFFERS]);
+    }
     else if (!(s->flags & SF_RECV) && !blocked && !(s->flags & SF_STARVED))
         arm_recv(w, s);
 }
@@ -348,6 +364,7 @@ static void ds_block(worker_t *w, session_t *s)
         return;
     s->flags |= SF_DS_BLOCKED;
     s->blocked_since = w->now;
+    m_inc(&w->m.backpressure[MB_DOWNSTREAM_SLOW]);
 }
 
 static void ds_unblock(worker_t *w, session_t *s)
@@ -536,6 +553,8 @@ static void on_event(worker_t *w, session_t *s, const smtp_event_t *ev)
     case SMTP_EV_ERROR:
         if (ev->err == SMTP_ERR_JUNK || ev->err == SMTP_ERR_TOO_MANY || ev->type == SMTP_EV_EARLY_TALK) {
             s->reason = ev->type == SMTP_EV_EARLY_TALK ? "early_talker" : smtp_err_name(ev->err);
+            if (ev->type == SMTP_EV_EARLY_TALK)
+                m_inc(&w->m.refused[MR_EARLY_TALKER]);
             end_tx(w, s, TXE_ERROR);
         }
         break;
@@ -659,6 +678,7 @@ static void session_free(worker_t *w, session_t *s)
     ss->gen[s->idx]++;
     ss->free[ss->nfree++] = s->idx;
     ss->count--;
+    m_set(&w->m.connections_open, ss->count);
     close(s->fd);
     outq_clear(&s->out, &w->blocks);
     smtp_free(&s->smtp);
@@ -704,6 +724,7 @@ static void close_session(worker_t *w, session_t *s, const char *why)
     }
     atomic_fetch_sub(&w->limits->total, 1);
     atomic_fetch_sub(&w->limits->per_ip[ip_slot(s)], 1);
+    m_observe(&w->m.session_duration, m_duration_bounds, (w->now - s->start_ms) * 1000);
     /* Freed by sessions_reap after this loop turn, once nothing is in
      * flight: callers up the stack may still hold the pointer. */
     s->reap_next = ss->reap;
@@ -737,9 +758,9 @@ static void greet(worker_t *w, session_t *s)
     post(w, s);
 }
 
-static void timeout(worker_t *w, session_t *s, const char *why)
+static void timeout(worker_t *w, session_t *s, const char *why, enum m_timeout kind)
 {
-    w->n.timeouts++;
+    m_inc(&w->m.timeouts[kind]);
     s->reason = why;
     end_tx(w, s, TXE_TIMEOUT);
     quit_with(w, s, 421, "4.4.2", "Error: timeout exceeded", why);
@@ -755,11 +776,14 @@ static void on_timer(worker_t *w, timer_node_t *t)
         greet(w, s);
         break;
     case T_COMMAND:
-        timeout(w, s, "command_timeout");
+        timeout(w, s, "command_timeout", MT_COMMAND);
         break;
     case T_DATA:
         /* Bytes came within data_timeout: the client is just too slow. */
-        timeout(w, s, w->now - s->last_byte < (uint64_t)w->cfg->data_timeout * 1000 ? "data_rate" : "data_timeout");
+        if (w->now - s->last_byte < (uint64_t)w->cfg->data_timeout * 1000)
+            timeout(w, s, "data_rate", MT_DATA_RATE);
+        else
+            timeout(w, s, "data_timeout", MT_DATA);
         break;
     case T_LINGER:
         close_session(w, s, s->reason ? s->reason : "quit"); /* its last replies never left */
@@ -803,7 +827,8 @@ void session_accept(worker_t *w, int fd)
     s->gen = ++ss->gen[slot] & GEN_MASK;
     ss->slot[slot] = s;
     ss->count++;
-    w->n.connections++;
+    m_inc(&w->m.connections_accepted);
+    m_set(&w->m.connections_open, ss->count);
     s->id = worker_new_id(w);
     s->start_ms = w->now;
     s->clock = w->now;
@@ -817,6 +842,10 @@ void session_accept(worker_t *w, int fd)
     fx.conn_per_ip = (uint32_t)per_ip;
     if (filter_run(w->chain, FS_CONNECT, &fx, &v) >= FA_REJECT) {
         bool wait = v.act == FA_WAIT;
+        const char *why = wait || !v.why ? "filter" : v.why;
+        m_inc(&w->m.refused[!strcmp(why, "max_connections")          ? MR_MAX_CONNECTIONS
+                            : !strcmp(why, "max_connections_per_ip") ? MR_MAX_CONNECTIONS_PER_IP
+                                                                     : MR_FILTER]);
         logbuf_t b;
         lb_init(&b, "refused");
         lb_hex(&b, "session", s->id);
@@ -871,6 +900,7 @@ void session_cqe(worker_t *w, int op, uint32_t idx, uint32_t gen, struct io_urin
             if (res == -ENOBUFS) {
                 s->flags |= SF_STARVED;
                 ss->nstarved++;
+                m_inc(&w->m.backpressure[MB_NO_BUFFERS]);
             } else if (res == 0) {
                 s->flags |= SF_EOF;
                 /* Inside a body nothing partial may be delivered: stop now. */

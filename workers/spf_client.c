@@ -264,6 +264,7 @@ static void req_end(worker_t *w, req_slot_t *q, uint64_t id)
 
 static void answer(worker_t *w, req_slot_t *q, uint64_t id, unsigned result, slice_t received, slice_t comment)
 {
+    m_inc(&w->m.spf_checks[result < SPFR_COUNT ? result : SPFR_TEMPERROR]);
     spf_owner_t o = q->owner;
     req_end(w, q, id);
     w->spf->done(w, &o, result, received, comment);
@@ -280,12 +281,13 @@ static uint64_t id_of(const spfc_t *c, const req_slot_t *q)
 static void on_timeout(worker_t *w, timer_node_t *t)
 {
     req_slot_t *q = TIMER_OWNER(t, req_slot_t, timer);
-    w->n.spf_errors++;
+    m_inc(&w->m.timeouts[MT_SPF]);
     answer(w, q, id_of(w->spf, q), SPFR_TEMPERROR, SLICE_LIT("temperror"), SLICE_LIT("the SPF check timed out"));
 }
 
-static void fail_now(spf_state_t *out, const char *why)
+static void fail_now(worker_t *w, spf_state_t *out, const char *why)
 {
+    m_inc(&w->m.spf_checks[SPFR_TEMPERROR]);
     if (!spf_set_result(out, SPFR_TEMPERROR, "temperror", 9, why, strlen(why)))
         out->status = SPF_DONE, out->result = SPFR_TEMPERROR;
 }
@@ -301,29 +303,29 @@ uint64_t spfc_start(worker_t *w, const spf_owner_t *o, uint8_t family, const uin
         sender = SLICE_LIT(""); /* the null sender: the helper checks the HELO name */
     if (helo.len > SPF_NAME_MAX)
         helo.len = SPF_NAME_MAX;
-    w->n.spf_checks++;
     if (!c) {
-        fail_now(out, "SPF is not configured");
+        fail_now(w, out, "SPF is not configured");
         return 0;
     }
     size_t klen = make_key(family, addr, helo, sender, key, sizeof key);
     if (!klen) {
+        m_inc(&w->m.spf_checks[SPFR_NONE]);
         if (!spf_set_result(out, SPFR_NONE, "none (sender address too long to check)", 39, "", 0))
-            fail_now(out, "out of memory");
+            fail_now(w, out, "out of memory");
         return 0;
     }
     struct spf_cent *e = cache_find(w, key, klen);
     if (e) {
-        w->n.spf_cached++;
+        m_inc(&w->m.spf_cache_hits);
+        m_inc(&w->m.spf_checks[e->result < SPFR_COUNT ? e->result : SPFR_TEMPERROR]);
         if (!spf_set_result(out, e->result, e->data + e->klen, e->rlen, e->data + e->klen + e->rlen, e->clen))
-            fail_now(out, "out of memory");
+            fail_now(w, out, "out of memory");
         return 0;
     }
     uint64_t id = 0;
     req_slot_t *q = c->fd >= 0 ? req_new(w, &id) : NULL;
     if (!q) {
-        w->n.spf_errors++;
-        fail_now(out, c->fd < 0 ? "the SPF service is not running" : "out of memory");
+        fail_now(w, out, c->fd < 0 ? "the SPF service is not running" : "out of memory");
         return 0;
     }
     char buf[sizeof(spf_req_t) + SPF_NAME_MAX + SPF_SENDER_MAX];
@@ -339,10 +341,9 @@ uint64_t spfc_start(worker_t *w, const spf_owner_t *o, uint8_t family, const uin
     memcpy(buf + sizeof r + helo.len, sender.ptr, sender.len);
     size_t n = sizeof r + helo.len + sender.len;
     if (send(c->fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL) != (ssize_t)n) {
-        w->n.spf_errors++;
         log_line(LOG_WARN, "event=spf_send_failed worker=%d error=\"%s\"", w->id, strerror(errno));
         req_end(w, q, id);
-        fail_now(out, "the SPF service is overloaded");
+        fail_now(w, out, "the SPF service is overloaded");
         return 0;
     }
     q->owner = *o;
@@ -379,8 +380,7 @@ static void fail_all(worker_t *w, const char *why)
     for (uint32_t i = 0; i < c->nreq; i++) {
         req_slot_t *q = c->req[i];
         if (q && q->live) {
-            w->n.spf_errors++;
-            answer(w, q, (uint64_t)q->gen << 32 | i, SPFR_TEMPERROR, SLICE_LIT("temperror"),
+                answer(w, q, (uint64_t)q->gen << 32 | i, SPFR_TEMPERROR, SLICE_LIT("temperror"),
                    slice_make(why, strlen(why)));
         }
     }
@@ -401,8 +401,6 @@ static void take_reply(worker_t *w, const char *p, size_t n)
         return; /* timed out or cancelled: its slot may serve a newer request */
     const char *text = p + sizeof r;
     cache_put(w, q->key, q->klen, &r, text);
-    if (r.result == SPFR_TEMPERROR)
-        w->n.spf_errors++;
     answer(w, q, r.id, r.result, slice_make(text, r.received_len), slice_make(text + r.received_len, r.comment_len));
 }
 

@@ -78,6 +78,7 @@ struct tx {
     uint32_t data_slot, eod_slot;
     uint8_t error;             /* enum txerr */
     uint64_t size;
+    uint64_t eod_sent_ms;      /* when the end marker went to the downstream */
     uint32_t final_off;
     uint16_t final_len;
     /* the downstream */
@@ -173,7 +174,6 @@ static void answer_mail(tx_t *t, const smtp_reply_t *r)
         snprintf(t->mail_esc, sizeof t->mail_esc, "%s", r->esc ? r->esc : "");
         t->mail_refusal.esc = t->mail_esc[0] ? t->mail_esc : NULL;
         t->mail_refusal.text = SLICE_LIT("Error: sender not accepted");
-        t->env.w->n.tx_refused++;
     }
     answer(t, t->mail_slot, r);
 }
@@ -188,8 +188,7 @@ static void answer_eod(tx_t *t, const smtp_reply_t *r)
 {
     t->dstate = D_DONE;
     keep_reply(t, r, &t->final_off, &t->final_len);
-    if (r->code < 300)
-        t->env.w->n.messages++;
+    m_inc(&t->env.w->m.messages[r->code < 300 ? MO_ACCEPTED : r->code < 500 ? MO_DEFERRED : MO_REFUSED]);
     t->over = TXE_DATA;
     answer(t, t->eod_slot, r);
 }
@@ -634,7 +633,9 @@ void tx_body(tx_t *t, slice_t b)
     if (t->lstate != L_READY || !pool_body(t->env.w, t->lease, b.ptr, b.len)) {
         if (!t->error)
             t->error = ERR_DOWNSTREAM;
+        return;
     }
+    m_add(&t->env.w->m.relayed_bytes, b.len);
 }
 
 size_t tx_room(tx_t *t)
@@ -690,6 +691,7 @@ void tx_data_end(tx_t *t, const smtp_event_t *ev)
         answer_eod(t, &down_reply);
         return;
     }
+    t->eod_sent_ms = t->env.w->now;
     if (!pool_eod(t->env.w, t->lease, t->eod_slot, &refusal))
         answer_eod(t, &refusal);
 }
@@ -705,7 +707,7 @@ void tx_body_rejected(tx_t *t, const smtp_event_t *ev)
         { SMTP_ERR_BODY_BARE_CR, { 554, "5.5.2", SLICE_INIT("Error: bare <CR> received"), 0 } },
         { SMTP_ERR_BODY_LINE, { 554, "5.5.2", SLICE_INIT("Error: text line too long"), 0 } },
     };
-    t->env.w->n.bodies_rejected++;
+    m_inc(&t->env.w->m.messages[MO_REFUSED]);
     for (size_t i = 0; i < sizeof replies / sizeof replies[0]; i++)
         if (replies[i].err == ev->err)
             keep_reply(t, &replies[i].r, &t->final_off, &t->final_len);
@@ -744,6 +746,7 @@ static void data_accepted(tx_t *t, const smtp_reply_t *r)
         answer_data(t, &oom_reply);
         return;
     }
+    m_add(&t->env.w->m.relayed_bytes, t->hdr_len);
     t->dstate = D_BODY;
     answer(t, t->data_slot, r);
     if (t->accepted == 0) {
@@ -785,6 +788,7 @@ void tx_relay_event(tx_t *t, const relay_event_t *ev)
         break;
     case RK_EOD:
         if (t->dstate == D_ENDED && ev->token == t->eod_slot) {
+            m_observe(&t->env.w->m.relay_latency, m_latency_bounds, (t->env.w->now - t->eod_sent_ms) * 1000);
             answer_eod(t, r);
             /* The message is decided: the connection goes back to the pool. */
             release(t);
@@ -882,6 +886,8 @@ static void log_tx(tx_t *t, enum tx_end how)
 
 void tx_end(tx_t *t, enum tx_end how)
 {
+    if ((unsigned)how < M_TX_END_COUNT)
+        m_inc(&t->env.w->m.transactions[how]);
     log_tx(t, how);
     release(t);
     if (t->spf_req)

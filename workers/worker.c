@@ -408,6 +408,9 @@ void *worker_main(void *arg)
     arm_wake(w);
     arm_tick(w);
     spfc_tick(w); /* arms the helper socket's receive */
+    pool_start(w);
+    if (!w->pool)
+        m_set(&w->m.ds_reachable, 1); /* Maildir mode: nothing to reach */
     for (;;) {
         int rc = io_uring_submit_and_wait(&w->ring, 1);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
@@ -424,6 +427,7 @@ void *worker_main(void *arg)
         }
         io_uring_cq_advance(&w->ring, n);
         end_of_turn(w);
+        m_set(&w->m.heartbeat_ms, w->now);
         if (w->draining && sessions_count(w) == 0 && pool_drain(w))
             break;
     }

@@ -28,6 +28,7 @@
 #include "config.h"
 #include "filter.h"
 #include "log.h"
+#include "metrics.h"
 #include "outq.h"
 #include "smtp.h"
 #include "timer.h"
@@ -68,15 +69,6 @@ typedef struct conn_limits {
     atomic_ushort per_ip[65536];
 } conn_limits_t;
 
-/* Counters: per worker, written by the subsystem each names, summed by main
- * when read. No atomics: only this worker's thread writes them. */
-typedef struct counters {
-    uint64_t connections, messages, tx_refused, bodies_rejected;
-    uint64_t ds_connects, ds_failures;
-    uint64_t spf_checks, spf_cached, spf_errors;
-    uint64_t timeouts;
-} counters_t;
-
 typedef struct worker worker_t;
 typedef struct sessions sessions_t;
 typedef struct pool pool_t;
@@ -106,7 +98,7 @@ struct worker {
     sessions_t *sessions;
     pool_t *pool;
     spfc_t *spf;
-    counters_t n;
+    metrics_t m;                  /* written by this worker only; read when scraped */
     /* the loop's own */
     int listen_fd[CONFIG_LISTEN_MAX];
     int nlisten;

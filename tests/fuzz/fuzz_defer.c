@@ -181,8 +181,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     static char ob1[1 << 20], ob2[1 << 20];
     run_t *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
-    a->o = (smtp_out_t){ ob1, 0, sizeof ob1 };
-    b->o = (smtp_out_t){ ob2, 0, sizeof ob2 };
+    a->o = (smtp_out_t){ .buf = ob1, .len = 0, .cap = sizeof ob1 };
+    b->o = (smtp_out_t){ .buf = ob2, .len = 0, .cap = sizeof ob2 };
     a->seed = b->seed = data[1];
     b->defer = 1;
     b->order = (data[0] >> 3) % 3;

@@ -1501,7 +1501,7 @@ class Fuzzer:
             "command_timeout": CMD_TIMEOUT, "data_timeout": DATA_TIMEOUT, "downstream_timeout": DS_TIMEOUT,
             "drain_timeout": DRAIN_TIMEOUT, "max_connections": 10000, "max_connections_per_ip": 0,
             "downstream_connections": 2 * self.a.concurrency + 16, "message_size_limit": self.a.size_limit,
-            "log_level": self.a.log_level,
+            "log_level": self.a.log_level, "http_listen": "",
         }
         env = {}
         if "ASAN_OPTIONS" not in os.environ:

@@ -44,6 +44,7 @@ DEFAULTS = {
     "data_timeout": 30,
     "downstream_timeout": 10,
     "log_level": "info",
+    "http_listen": "",  # tests that want the endpoint give it a free port
 }
 
 _NO_URING = re.compile(r"io_uring|IORING|seccomp", re.I)

@@ -869,6 +869,9 @@ class Gateway:
 
     def __init__(self, opts, log_path, cwd=None, env=None, binary=BINARY):
         self.opts = dict(opts)
+        # Gateways run side by side here: the operations endpoint only where
+        # a test gives it its own port.
+        self.opts.setdefault("http_listen", "")
         self.log_path = log_path
         self.cwd = cwd
         self.binary = binary

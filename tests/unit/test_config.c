@@ -111,6 +111,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.downstream_queue_timeout, 30);
     assert_string_equal(c.maildir, "./mail");
     assert_int_equal(c.drain_timeout, 30);
+    assert_int_equal(c.drain_delay, 0);
+    assert_string_equal(c.http_listen, "127.0.0.1:8025");
     assert_int_equal(c.log_level, CONFIG_LOG_INFO);
     assert_string_equal(c.filters, "limits,relay,recipients,size");
     assert_string_equal(c.recipient_map, "");
@@ -132,7 +134,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 45);
+    assert_int_equal(nkeys, 47);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -157,6 +159,8 @@ static const kv_case_t kv_cases[] = {
     {"smtputf8", "off", "maybe", "expected yes or no: maybe"},
     {"command_timeout", "4m", "0", "expected seconds from 1 to 3600"},
     {"data_timeout", "900", "2h", "expected seconds from 1 to 3600"},
+    {"drain_delay", "5", "3601", "expected seconds from 0 to 3600"},
+    {"http_listen", "[::1]:9025", "ops.internal", "expected IPv4:port: ops.internal"},
     {"data_min_rate", "0", "100000001", "expected a number from 0 to 100000000: 100000001"},
     {"greeting_delay", "1500", "61s", "expected milliseconds from 0 to 60000"},
     {"downstream_timeout", "60s", "-1", "expected seconds from 1 to 3600"},

@@ -1654,7 +1654,7 @@ static glue_t *glue_new(uint32_t error_max, const char *server_hello)
     smtp_config_defaults(&g->scfg, SLICE_LIT("mx.test"));
     g->scfg.error_max = error_max;
     g->scfg.smtputf8 = true;
-    g->o = (smtp_out_t){ g->obuf, 0, sizeof g->obuf };
+    g->o = (smtp_out_t){ .buf = g->obuf, .len = 0, .cap = sizeof g->obuf };
     smtp_init(&g->s, &g->scfg, &g->o);
     smtp_greet(&g->s);
     glue_flush(g);

@@ -1736,7 +1736,7 @@ static void hand_init(hand_t *h, enum cfg_kind k)
 {
     memset(h, 0, sizeof *h);
     h->cfg = make_cfg(k);
-    h->o = (smtp_out_t){ h->buf, 0, sizeof h->buf };
+    h->o = (smtp_out_t){ .buf = h->buf, .len = 0, .cap = sizeof h->buf };
     smtp_init(&h->s, &h->cfg, &h->o);
 }
 
@@ -2092,7 +2092,7 @@ static char *run_deferred_order(const char *in, size_t cut, const int *codes, bo
     smtp_config_t cfg;
     smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
     char ob[8192];
-    smtp_out_t o = { ob, 0, sizeof ob };
+    smtp_out_t o = { .buf = ob, .len = 0, .cap = sizeof ob };
     smtp_t s;
     smtp_init(&s, &cfg, &o);
     smtp_greet(&s);
@@ -2225,7 +2225,7 @@ static void test_defer_stops_before_own_reply(void **state)
     smtp_config_t cfg;
     smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
     char ob[4096];
-    smtp_out_t o = { ob, 0, sizeof ob };
+    smtp_out_t o = { .buf = ob, .len = 0, .cap = sizeof ob };
     smtp_t s;
     smtp_init(&s, &cfg, &o);
     smtp_greet(&s);
@@ -2282,7 +2282,7 @@ static void test_defer_peer_failure_not_counted(void **state)
     smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
     cfg.error_max = 3;
     char ob[16384];
-    smtp_out_t o = { ob, 0, sizeof ob };
+    smtp_out_t o = { .buf = ob, .len = 0, .cap = sizeof ob };
     smtp_t s;
     smtp_init(&s, &cfg, &o);
     smtp_greet(&s);
@@ -2334,7 +2334,7 @@ static char *run_table(const char *in, const vspec_t *v, size_t nv, uint32_t *er
     smtp_config_t cfg;
     smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
     static char ob[16384];
-    smtp_out_t o = { ob, 0, sizeof ob - 1 };
+    smtp_out_t o = { .buf = ob, .len = 0, .cap = sizeof ob - 1 };
     smtp_t s;
     smtp_init(&s, &cfg, &o);
     smtp_greet(&s);
@@ -2435,7 +2435,7 @@ static void test_open_slots_bound(void **state)
     smtp_config_defaults(&cfg, SLICE_LIT("mx.test"));
     cfg.rcpt_max = 1000;
     static char ob[1 << 17];
-    smtp_out_t o = { ob, 0, sizeof ob };
+    smtp_out_t o = { .buf = ob, .len = 0, .cap = sizeof ob };
     smtp_t s;
     smtp_init(&s, &cfg, &o);
     smtp_greet(&s);
@@ -2679,7 +2679,7 @@ static bool outcap_makes_progress(size_t cap)
     smtp_config_t cfg = make_cfg(CFG_DEFAULT);
     char *ob = malloc(cap);
     assert_non_null(ob);
-    smtp_out_t o = { ob, 0, cap };
+    smtp_out_t o = { .buf = ob, .len = 0, .cap = cap };
     smtp_t s;
     memset(&s, 0, sizeof s);
     smtp_init(&s, &cfg, &o);
@@ -2748,7 +2748,7 @@ static void test_outcap_below_min(void **state)
     (void)state;
     smtp_config_t cfg = make_cfg(CFG_DEFAULT);
     char ob[SMTP_OUT_MIN];
-    smtp_out_t o = { ob, 0, sizeof ob - 1 };
+    smtp_out_t o = { .buf = ob, .len = 0, .cap = sizeof ob - 1 };
     smtp_t s;
     memset(&s, 0, sizeof s);
     smtp_init(&s, &cfg, &o);

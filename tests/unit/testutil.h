@@ -221,7 +221,7 @@ static inline tu_log_t tu_drive(const smtp_config_t *cfg, const char *in, size_t
     d.verdict = verdict;
     d.arg = arg;
     char *ob = malloc(outcap);
-    smtp_out_t o = { ob, 0, outcap };
+    smtp_out_t o = { .buf = ob, .len = 0, .cap = outcap };
     smtp_t s;
     memset(&s, 0, sizeof s);
     smtp_init(&s, cfg, &o);

@@ -1,0 +1,121 @@
+/*
+ * metrics.h - what a worker counts, for /metrics.
+ *
+ * Each worker has its own metrics_t and is the only writer of it: an
+ * increment is a relaxed load and a relaxed store (a plain add on x86-64),
+ * no lock and no atomic read-modify-write on the per-message path. The HTTP
+ * thread reads with relaxed loads when scraped and sums over workers, so a
+ * scrape sees each counter at some moment of its own; counters never go
+ * back. Process-wide numbers (reloads, helper restarts) live in
+ * proc_metrics_t, written by the main thread.
+ */
+#ifndef MXGATE_METRICS_H
+#define MXGATE_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef _Atomic uint64_t mcount_t;
+
+static inline void m_add(mcount_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+static inline void m_inc(mcount_t *c)
+{
+    m_add(c, 1);
+}
+
+static inline void m_set(mcount_t *c, uint64_t v)
+{
+    atomic_store_explicit(c, v, memory_order_relaxed);
+}
+
+static inline uint64_t m_get(const mcount_t *c)
+{
+    return atomic_load_explicit((mcount_t *)c, memory_order_relaxed);
+}
+
+/* Why a connection was refused before its greeting. */
+enum m_refused {
+    MR_MAX_CONNECTIONS = 0,
+    MR_MAX_CONNECTIONS_PER_IP,
+    MR_FILTER,
+    MR_PROXY,        /* a bad, slow or missing PROXY header */
+    MR_EARLY_TALKER,
+    MR_COUNT
+};
+
+/* How a transaction ended (enum tx_end, 1-based; 0 unused). */
+#define M_TX_END_COUNT 11
+
+/* The final reply to a message: accepted, deferred (4xx), refused (5xx). */
+enum m_outcome { MO_ACCEPTED = 0, MO_DEFERRED, MO_REFUSED, MO_COUNT };
+
+enum m_backpressure {
+    MB_CLIENT_SLOW = 0, /* the client does not read its replies */
+    MB_DOWNSTREAM_SLOW, /* the downstream takes the body slower than the client sends it */
+    MB_HELD_BUFFERS,    /* a pipelining client holds too many receive buffers */
+    MB_NO_BUFFERS,      /* the worker's receive buffers ran out (ENOBUFS) */
+    MB_COUNT
+};
+
+enum m_timeout { MT_COMMAND = 0, MT_DATA, MT_DATA_RATE, MT_PROXY, MT_DOWNSTREAM, MT_SPF, MT_COUNT };
+
+/* PROXY headers read: by version, LOCAL, and refused. */
+enum m_proxy { MP_V1 = 0, MP_V2, MP_LOCAL, MP_ERROR, MP_COUNT };
+
+/* A histogram in seconds with fixed bounds (Prometheus's cumulative form is
+ * built when rendered). */
+#define M_BUCKETS 12
+typedef struct mhist {
+    mcount_t bucket[M_BUCKETS + 1]; /* the last: above every bound */
+    mcount_t sum_us;
+    mcount_t count;
+} mhist_t;
+
+void m_observe(mhist_t *h, const double *bounds, uint64_t us);
+
+typedef struct metrics {
+    mcount_t connections_accepted;
+    mcount_t connections_open;             /* gauge */
+    mcount_t refused[MR_COUNT];
+    mcount_t transactions[M_TX_END_COUNT]; /* by enum tx_end */
+    mcount_t messages[MO_COUNT];
+    mcount_t replies[6];                   /* to clients, by class (index 2..5) */
+    mcount_t relayed_bytes;
+    mcount_t ds_open, ds_busy, ds_idle, ds_queue; /* gauges */
+    mcount_t ds_reachable;                 /* gauge: 1 while the downstream answers connects */
+    mcount_t ds_connects, ds_connect_failures;
+    mcount_t ds_replies[6];                /* from the downstream, by class */
+    mcount_t ds_failures;                  /* connections that failed while in use */
+    mcount_t spf_checks[7];                /* by enum spf_result */
+    mcount_t spf_cache_hits;
+    mcount_t backpressure[MB_COUNT];
+    mcount_t timeouts[MT_COUNT];
+    mcount_t proxy[MP_COUNT];
+    mcount_t heartbeat_ms;                 /* the loop's last turn, CLOCK_MONOTONIC ms */
+    mhist_t relay_latency;                 /* end of data sent to the downstream's reply */
+    mhist_t session_duration;
+} metrics_t;
+
+extern const double m_latency_bounds[M_BUCKETS];  /* seconds */
+extern const double m_duration_bounds[M_BUCKETS]; /* seconds */
+
+/* Written by the main thread. */
+typedef struct proc_metrics {
+    mcount_t reloads_ok, reloads_failed;
+    mcount_t spf_helper_restarts;
+    mcount_t draining; /* gauge: 1 from SIGTERM on (readiness off) */
+} proc_metrics_t;
+
+/*
+ * The Prometheus text format (version 0.0.4) of every worker's metrics
+ * summed, and the process's. Returns the length written, like snprintf
+ * (the text was cut when that is >= cap).
+ */
+size_t metrics_render(char *buf, size_t cap, const metrics_t *const *workers, int n, const proc_metrics_t *proc);
+
+#endif
