@@ -150,6 +150,23 @@ bench-e2e: deps all
 bench-spf: deps all
 	@bash bench/spf.sh
 
+# The container image (deploy/Dockerfile) with podman, or with docker when
+# only a working docker is here. Where no registry answers, the base image is
+# made with debootstrap and cached under build/image/ (deploy/README.md).
+# test-image runs it against a sink: slow, not part of make test.
+.PHONY: image test-image
+IMAGE ?= mxgate
+
+image:
+	@if command -v podman >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
+	  pkgs="podman runc buildah debootstrap"; else pkgs="debootstrap"; fi; \
+	  $(MAKE) --no-print-directory deps DEB_PKGS="$$pkgs"
+	@IMAGE=$(IMAGE) bash tests/image/build-image.sh
+
+test-image: image
+	@$(MAKE) --no-print-directory deps DEB_PKGS="postfix swaks unbound python3"
+	@IMAGE=$(IMAGE) bash tests/image/test-image.sh
+
 asan: $(B)/libmxcore-san.a $(UNIT_BIN) $(B)/asan/mxgate
 
 test: deps
