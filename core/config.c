@@ -29,6 +29,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include <sys/socket.h>
+
 #include "scan.h"
 
 enum key_type {
@@ -44,6 +46,7 @@ enum key_type {
     K_HOSTPORT, /* char[CONFIG_ADDR_MAX], may be empty */
     K_PATH,     /* char[CONFIG_PATH_MAX]; min 1: may not be empty */
     K_WORDS,    /* char[CONFIG_WORDS_MAX]: names, at most max of them */
+    K_CIDRS,    /* config_cidrs_t */
 };
 
 typedef struct key_row {
@@ -76,12 +79,14 @@ static const char *const proto_names[] = {"smtp", "lmtp", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const spf_action_names[] = {"accept", "reject", "tempfail", NULL};
 static const char *const spf_stage_names[] = {"rcpt", "data", NULL};
+static const char *const proxy_names[] = {"off", "v1", "v2", "any", NULL};
 
 _Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
 _Static_assert(CONFIG_PROTO_SMTP == 0 && CONFIG_PROTO_LMTP == 1, "proto_names follows enum config_proto");
 _Static_assert(CONFIG_LOG_DEBUG == 0 && CONFIG_LOG_ERROR == 3, "level_names follows enum config_log_level");
 _Static_assert(CONFIG_SPF_ACCEPT == 0 && CONFIG_SPF_TEMPFAIL == 2, "spf_action_names follows enum config_spf_action");
 _Static_assert(CONFIG_SPF_AT_RCPT == 0 && CONFIG_SPF_AT_DATA == 1, "spf_stage_names follows enum config_spf_stage");
+_Static_assert(CONFIG_PROXY_OFF == 0 && CONFIG_PROXY_ANY == 3, "proxy_names follows enum config_proxy");
 _Static_assert(CONFIG_RELAY_MAX < UINT16_MAX, "relay_index holds domain index + 1 in a uint16_t");
 
 static const key_row_t rows[] = {
@@ -141,6 +146,15 @@ static const key_row_t rows[] = {
     ROW(dns_server, "", K_HOSTPORT, char[CONFIG_ADDR_MAX], 0, 0, NULL,
         "DNS server for SPF, IPv4:port or [IPv6]:port; empty: the system resolver"),
     SECS(dns_timeout, "5", 1, 60, "seconds to wait for one DNS answer"),
+    ENUM(proxy_protocol, "off", proxy_names,
+         "PROXY protocol header before the greeting: off, v1, v2 or any (v1 or v2)"),
+    ROW(proxy_trusted, "", K_CIDRS, config_cidrs_t, 0, CONFIG_CIDR_MAX, NULL,
+        "networks that must send the PROXY header (CIDR, comma-separated); others may not; empty: every source must"),
+    SECS(proxy_timeout, "5", 1, 600, "seconds a PROXY header may take to arrive"),
+    ROW(user, "", K_WORDS, char[CONFIG_WORDS_MAX], 0, 1, NULL,
+        "user the workers run as after binding when started as root; empty: mxgate if it exists, else nobody"),
+    ROW(group, "", K_WORDS, char[CONFIG_WORDS_MAX], 0, 1, NULL,
+        "group the workers run as after binding when started as root; empty: the user's primary group"),
     SECS(drain_delay, "0", 0, 3600,
          "seconds between SIGTERM and closing the listeners: /readyz says 503 at once, so balancers stop sending"),
     SECS(drain_timeout, "30", 0, 3600, "seconds sessions get to finish on shutdown; 0: close at once"),
@@ -597,6 +611,73 @@ static int set_words(mx_config_t *c, const key_row_t *k, slice_t v, char *why, s
     return 0;
 }
 
+/* "192.0.2.0/24, 2001:db8::/32, 127.0.0.1": the bits past the prefix must
+ * be zero, so a typo in the length does not silently widen the network. */
+static int set_cidrs(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
+{
+    char sv[72];
+    config_cidrs_t out = {0};
+    slice_t rest = v, item;
+    while (next_item(&rest, &item)) {
+        char text[INET6_ADDRSTRLEN + 8];
+        if (item.len >= sizeof text)
+            return fail(why, n, "not a network: %s", shown(item, sv));
+        memcpy(text, item.ptr, item.len);
+        text[item.len] = '\0';
+        char *slash = strchr(text, '/');
+        if (slash)
+            *slash = '\0';
+        struct config_cidr e = {0};
+        if (inet_pton(AF_INET, text, e.addr) == 1)
+            e.family = AF_INET, e.bits = 32;
+        else if (inet_pton(AF_INET6, text, e.addr) == 1)
+            e.family = AF_INET6, e.bits = 128;
+        else
+            return fail(why, n, "not an IPv4 or IPv6 network: %s", shown(item, sv));
+        if (slash) {
+            const char *b = slash + 1;
+            unsigned bits = 0;
+            if (!*b || strlen(b) > 3)
+                return fail(why, n, "bad prefix length: %s", shown(item, sv));
+            for (; *b; b++) {
+                if (*b < '0' || *b > '9')
+                    return fail(why, n, "bad prefix length: %s", shown(item, sv));
+                bits = bits * 10 + (unsigned)(*b - '0');
+            }
+            if (bits > e.bits)
+                return fail(why, n, "prefix longer than the address: %s", shown(item, sv));
+            e.bits = (uint8_t)bits;
+        }
+        for (unsigned i = e.bits; i < (e.family == AF_INET ? 32u : 128u); i++)
+            if (e.addr[i / 8] & (0x80 >> (i % 8)))
+                return fail(why, n, "host bits set past the prefix: %s", shown(item, sv));
+        if (out.n == k->max)
+            return fail(why, n, "too many networks (at most %llu)", (unsigned long long)k->max);
+        out.v[out.n++] = e;
+    }
+    memcpy((char *)c + k->off, &out, sizeof out);
+    return 0;
+}
+
+static bool prefix_eq(const uint8_t *a, const uint8_t *b, unsigned bits)
+{
+    if (memcmp(a, b, bits / 8))
+        return false;
+    uint8_t mask = (uint8_t)(0xff00 >> (bits % 8));
+    return bits % 8 == 0 || ((a[bits / 8] ^ b[bits / 8]) & mask) == 0;
+}
+
+bool config_cidrs_match(const config_cidrs_t *c, int family, const uint8_t *addr)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (family == AF_INET6 && memcmp(addr, mapped, sizeof mapped) == 0)
+        family = AF_INET, addr += 12;
+    for (uint32_t i = 0; i < c->n; i++)
+        if (c->v[i].family == family && prefix_eq(c->v[i].addr, addr, c->v[i].bits))
+            return true;
+    return false;
+}
+
 static int apply(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
 {
     switch (k->type) {
@@ -623,6 +704,8 @@ static int apply(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_
         return set_path(c, k, v, why, n);
     case K_WORDS:
         return set_words(c, k, v, why, n);
+    case K_CIDRS:
+        return set_cidrs(c, k, v, why, n);
     }
     return fail(why, n, "internal error: key type %d", k->type);
 }
@@ -938,6 +1021,16 @@ size_t config_dump(const mx_config_t *c, char *buf, size_t n)
             for (const char *p = f; *p; p++)
                 put(&o, *p == ',' ? ", " : p, *p == ',' ? 2 : 1);
             break;
+        case K_CIDRS: {
+            const config_cidrs_t *cs = (const config_cidrs_t *)(const void *)f;
+            for (uint32_t i = 0; i < cs->n; i++) {
+                char a[INET6_ADDRSTRLEN + 8];
+                inet_ntop(cs->v[i].family, cs->v[i].addr, a, INET6_ADDRSTRLEN);
+                snprintf(a + strlen(a), 8, "/%u", cs->v[i].bits);
+                put_item(&o, &col, i, a, strlen(a));
+            }
+            break;
+        }
         }
         put(&o, "\n", 1);
     }

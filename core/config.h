@@ -34,6 +34,7 @@
 #define CONFIG_PATH_MAX 4096                    /* PATH_MAX with its NUL */
 #define CONFIG_WORDS_MAX 256                    /* a list of names, "a,b,c" and its NUL */
 #define CONFIG_WORKERS_MAX 256                  /* worker threads */
+#define CONFIG_CIDR_MAX 64                      /* proxy_trusted networks */
 
 /* What an SPF result leads to (spf_fail, spf_softfail, ...). An accepted
  * message always carries Received-SPF and Authentication-Results. */
@@ -42,6 +43,19 @@ enum config_spf_action { CONFIG_SPF_ACCEPT = 0, CONFIG_SPF_REJECT = 1, CONFIG_SP
 enum config_spf_stage { CONFIG_SPF_AT_RCPT = 0, CONFIG_SPF_AT_DATA = 1 };
 
 enum config_proto { CONFIG_PROTO_SMTP = 0, CONFIG_PROTO_LMTP = 1 };
+
+/* Which PROXY protocol header a listener reads before its greeting. */
+enum config_proxy { CONFIG_PROXY_OFF = 0, CONFIG_PROXY_V1, CONFIG_PROXY_V2, CONFIG_PROXY_ANY };
+
+/* Networks, for proxy_trusted: an address family (AF_INET or AF_INET6, as
+ * in <sys/socket.h>), the network's first bits and its prefix length. */
+typedef struct config_cidrs {
+    uint32_t n;
+    struct config_cidr {
+        uint8_t family, bits;
+        uint8_t addr[16];
+    } v[CONFIG_CIDR_MAX];
+} config_cidrs_t;
 
 enum config_log_level {
     CONFIG_LOG_DEBUG = 0,
@@ -113,11 +127,21 @@ typedef struct mx_config {
     char dns_server[CONFIG_ADDR_MAX];        /* "": the system resolver */
     uint32_t dns_timeout;                    /* seconds per DNS query */
 
+    uint8_t proxy_protocol;         /* enum config_proxy */
+    config_cidrs_t proxy_trusted;   /* n == 0: every source must send the header */
+    uint32_t proxy_timeout;         /* seconds for the whole header */
+    char user[CONFIG_WORDS_MAX];    /* "": mxgate if that user exists, else nobody */
+    char group[CONFIG_WORDS_MAX];   /* "": the user's primary group */
+
     uint32_t drain_delay;   /* seconds from SIGTERM to closing the listeners */
     uint32_t drain_timeout; /* seconds; 0: close at once */
     char http_listen[CONFIG_ADDR_MAX]; /* "": no operations endpoint */
     uint8_t log_level;      /* enum config_log_level */
 } mx_config_t;
+
+/* Whether the address (4 octets for AF_INET, 16 for AF_INET6; an IPv4
+ * address mapped into IPv6 counts as IPv4) lies in one of the networks. */
+bool config_cidrs_match(const config_cidrs_t *c, int family, const uint8_t *addr);
 
 /* What --help shows about a key. */
 typedef struct config_key {

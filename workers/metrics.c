@@ -100,7 +100,11 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
     static const char *const classes[6] = { NULL, NULL, "2xx", "3xx", "4xx", "5xx" };
     static const char *const bp[MB_COUNT] = { "client_slow", "downstream_slow", "held_buffers", "no_buffers" };
     static const char *const tmo[MT_COUNT] = { "command", "data", "data_rate", "proxy", "downstream", "spf" };
-    static const char *const proxy[MP_COUNT] = { "v1", "v2", "local", "error" };
+    static const char *const proxy[MP_COUNT] = { "v1", "v2", "local" };
+    static const char *const proxy_err[MPE_COUNT] = {
+        NULL,          "not_proxy",      "bad_v1_syntax",  "bad_address",       "bad_port",
+        "v1_too_long", "bad_v2_version", "bad_v2_command", "unsupported_family", "v2_too_short",
+        "v2_oversized", "bad_v2_tlv",    "timeout",        "closed",             "untrusted" };
     static const char *const spf[7] = { "none", "neutral", "pass", "fail", "softfail", "temperror", "permerror" };
     out_t o = { buf, cap, 0 };
     if (cap)
@@ -144,8 +148,10 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
              MB_COUNT, offsetof(metrics_t, backpressure), false);
     labelled(&o, w, n, "mxgate_timeouts_total", "Timeouts, by what waited.", "kind", tmo, MT_COUNT,
              offsetof(metrics_t, timeouts), false);
-    labelled(&o, w, n, "mxgate_proxy_headers_total", "PROXY protocol headers read, by kind.", "kind", proxy, MP_COUNT,
-             offsetof(metrics_t, proxy), false);
+    labelled(&o, w, n, "mxgate_proxy_headers_total", "PROXY protocol headers accepted, by kind.", "kind", proxy,
+             MP_COUNT, offsetof(metrics_t, proxy), false);
+    labelled(&o, w, n, "mxgate_proxy_errors_total", "PROXY protocol headers refused (the connection closed), by error.",
+             "error", proxy_err, MPE_COUNT, offsetof(metrics_t, proxy_errors), false);
     head(&o, "mxgate_config_reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
     put(&o, "mxgate_config_reloads_total{result=\"ok\"} %llu\n", (unsigned long long)m_get(&proc->reloads_ok));
     put(&o, "mxgate_config_reloads_total{result=\"failed\"} %llu\n", (unsigned long long)m_get(&proc->reloads_failed));

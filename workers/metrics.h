@@ -64,8 +64,18 @@ enum m_backpressure {
 
 enum m_timeout { MT_COMMAND = 0, MT_DATA, MT_DATA_RATE, MT_PROXY, MT_DOWNSTREAM, MT_SPF, MT_COUNT };
 
-/* PROXY headers read: by version, LOCAL, and refused. */
-enum m_proxy { MP_V1 = 0, MP_V2, MP_LOCAL, MP_ERROR, MP_COUNT };
+/* PROXY headers accepted: with an address by version, or LOCAL (the
+ * balancer's own check, or an address family without an IP). */
+enum m_proxy { MP_V1 = 0, MP_V2, MP_LOCAL, MP_COUNT };
+
+/* PROXY headers refused: proxy_err_t's values (1 to 11, core/proxy.h), then
+ * the session's own reasons. */
+enum m_proxy_err {
+    MPE_TIMEOUT = 12, /* not whole within proxy_timeout */
+    MPE_CLOSED,       /* the connection closed before it was whole */
+    MPE_UNTRUSTED,    /* sent by a source outside proxy_trusted */
+    MPE_COUNT
+};
 
 /* A histogram in seconds with fixed bounds (Prometheus's cumulative form is
  * built when rendered). */
@@ -96,6 +106,7 @@ typedef struct metrics {
     mcount_t backpressure[MB_COUNT];
     mcount_t timeouts[MT_COUNT];
     mcount_t proxy[MP_COUNT];
+    mcount_t proxy_errors[MPE_COUNT];
     mcount_t heartbeat_ms;                 /* the loop's last turn, CLOCK_MONOTONIC ms */
     mhist_t relay_latency;                 /* end of data sent to the downstream's reply */
     mhist_t session_duration;

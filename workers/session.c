@@ -26,6 +26,7 @@
 #include "session.h"
 
 #include "lend.h"
+#include "proxy.h"
 #include "tx.h"
 #include "worker.h"
 
@@ -60,9 +61,14 @@ enum sflag {
     SF_DS_BLOCKED = 1 << 10, /* reading stopped until the downstream takes the body */
     SF_IN_DATA = 1 << 11,  /* the engine is in the body: the data clock runs */
     SF_WAITING = 1 << 12,  /* replies are owed by our peers: no client clock */
+    SF_PROXY = 1 << 13,    /* reading the PROXY header: no greeting yet */
+    SF_PER_IP = 1 << 14,   /* counted in limits->per_ip (once the address is known) */
+    SF_NO_PROXY = 1 << 15, /* an untrusted source on a PROXY listener: a header is refused */
 };
 
-enum tkind { T_NONE = 0, T_GREET, T_COMMAND, T_DATA, T_LINGER };
+enum tkind { T_NONE = 0, T_PROXY, T_GREET, T_COMMAND, T_DATA, T_LINGER };
+
+_Static_assert(PROXY_ERR_V2_TLV + 1 == MPE_TIMEOUT, "metrics' proxy errors follow proxy_err_t");
 
 typedef struct held {
     uint16_t bid, off, len;
@@ -94,6 +100,7 @@ struct session {
     uint64_t id, start_ms;
     uint32_t txn, rcpts_conn;
     tx_t *tx;
+    proxy_t *proxy;        /* while SF_PROXY */
     const char *reason;    /* how it ended, for the disconnect line */
     session_t *post_next;
     session_t *reap_next;
@@ -112,6 +119,9 @@ struct sessions {
 
 static void close_session(worker_t *w, session_t *s, const char *why);
 static void post(worker_t *w, session_t *s);
+static void proxy_read(worker_t *w, session_t *s);
+static bool proxy_refused_here(worker_t *w, session_t *s);
+static void proxy_refuse(worker_t *w, session_t *s, unsigned kind, const char *error, const char *why);
 
 /* ---- slots ---- */
 
@@ -619,6 +629,19 @@ static void run_one(worker_t *w, session_t *s)
 {
     if (s->flags & SF_CLOSING)
         return;
+    if (s->flags & SF_PROXY) {
+        proxy_read(w, s);
+        if (s->flags & SF_CLOSING)
+            return;
+        if (s->flags & SF_PROXY) {
+            recv_policy(w, s);
+            return;
+        }
+    }
+    if ((s->flags & SF_NO_PROXY) && proxy_refused_here(w, s)) {
+        send_out(w, s);
+        return;
+    }
     process(w, s);
     if (s->flags & SF_CLOSING)
         return;
@@ -683,6 +706,7 @@ static void session_free(worker_t *w, session_t *s)
     outq_clear(&s->out, &w->blocks);
     smtp_free(&s->smtp);
     free(s->helo);
+    free(s->proxy);
     if (s->held != s->held_inline)
         free(s->held);
     free(s);
@@ -723,7 +747,8 @@ static void close_session(worker_t *w, session_t *s, const char *why)
         log_emit(LOG_INFO, &b);
     }
     atomic_fetch_sub(&w->limits->total, 1);
-    atomic_fetch_sub(&w->limits->per_ip[ip_slot(s)], 1);
+    if (s->flags & SF_PER_IP)
+        atomic_fetch_sub(&w->limits->per_ip[ip_slot(s)], 1);
     m_observe(&w->m.session_duration, m_duration_bounds, (w->now - s->start_ms) * 1000);
     /* Freed by sessions_reap after this loop turn, once nothing is in
      * flight: callers up the stack may still hold the pointer. */
@@ -772,6 +797,10 @@ static void on_timer(worker_t *w, timer_node_t *t)
     enum tkind k = (enum tkind)s->tkind;
     s->tkind = T_NONE;
     switch (k) {
+    case T_PROXY:
+        m_inc(&w->m.timeouts[MT_PROXY]);
+        proxy_refuse(w, s, MPE_TIMEOUT, "timeout", "proxy_timeout");
+        break;
     case T_GREET:
         greet(w, s);
         break;
@@ -793,9 +822,149 @@ static void on_timer(worker_t *w, timer_node_t *t)
     }
 }
 
+/*
+ * The client's address is known: count it, ask the connect filters, greet.
+ * Directly after accept, or once a PROXY header said who the client is.
+ */
+static void admit(worker_t *w, session_t *s, int total)
+{
+    int per_ip = atomic_fetch_add(&w->limits->per_ip[ip_slot(s)], 1) + 1;
+    s->flags |= SF_PER_IP;
+    filter_facts_t fx;
+    filter_verdict_t v;
+    facts_of(w, s, &fx);
+    fx.conn_total = (uint32_t)total;
+    fx.conn_per_ip = (uint32_t)per_ip;
+    if (filter_run(w->chain, FS_CONNECT, &fx, &v) >= FA_REJECT) {
+        bool wait = v.act == FA_WAIT;
+        const char *why = wait || !v.why ? "filter" : v.why;
+        m_inc(&w->m.refused[!strcmp(why, "max_connections")          ? MR_MAX_CONNECTIONS
+                            : !strcmp(why, "max_connections_per_ip") ? MR_MAX_CONNECTIONS_PER_IP
+                                                                     : MR_FILTER]);
+        logbuf_t b;
+        lb_init(&b, "refused");
+        lb_hex(&b, "session", s->id);
+        lb_cstr(&b, "client", s->ip);
+        lb_cstr(&b, "reason", wait ? "filter" : v.why ? v.why : "filter");
+        log_emit(LOG_WARN, &b);
+        quit_with(w, s, wait ? 421 : v.code, wait ? "4.3.0" : v.esc, wait ? "Error: try again later" : v.text,
+                  wait ? "filter" : v.why ? v.why : "filter");
+        return;
+    }
+    log_line(LOG_DEBUG, "event=connect session=%016llx client=%s port=%u", (unsigned long long)s->id, s->ip,
+             s->port);
+    if (!(s->flags & SF_RECV))
+        arm_recv(w, s);
+    if (w->cfg->greeting_delay) {
+        /* postscreen's pregreet test: a client that talks before it hears
+         * the 220 is a bot; the engine answers it 554 and closes. */
+        arm(w, s, T_GREET, w->now + w->cfg->greeting_delay);
+        return;
+    }
+    greet(w, s);
+}
+
+/* ---- the PROXY header ---- */
+
+/* Refused: closed without a greeting or a reply (the peer is a balancer
+ * that is misconfigured, or someone who is not a balancer at all). */
+static void proxy_refuse(worker_t *w, session_t *s, unsigned kind, const char *error, const char *why)
+{
+    m_inc(&w->m.proxy_errors[kind]);
+    m_inc(&w->m.refused[MR_PROXY]);
+    logbuf_t b;
+    lb_init(&b, "proxy_refused");
+    lb_hex(&b, "session", s->id);
+    lb_cstr(&b, "client", s->ip);
+    lb_u64(&b, "port", s->port);
+    lb_cstr(&b, "error", error);
+    lb_u64(&b, "offset", s->proxy ? proxy_offset(s->proxy) : 0);
+    log_emit(LOG_WARN, &b);
+    close_session(w, s, why);
+}
+
+/* The header said who the client is: from here on that is the session's
+ * address, for the limits, the filters, SPF, the logs and Received:. */
+static void proxy_done(worker_t *w, session_t *s, const proxy_result_t *r)
+{
+    free(s->proxy);
+    s->proxy = NULL;
+    s->flags &= (uint16_t)~SF_PROXY;
+    timer_stop(&w->timers, &s->timer);
+    s->tkind = T_NONE;
+    m_inc(&w->m.proxy[r->local ? MP_LOCAL : r->version == 1 ? MP_V1 : MP_V2]);
+    if (!r->local) {
+        char via[INET6_ADDRSTRLEN];
+        memcpy(via, s->ip, sizeof via);
+        uint16_t via_port = s->port;
+        s->family = r->family;
+        memset(s->addr, 0, sizeof s->addr);
+        memcpy(s->addr, r->src, r->family == AF_INET ? 4 : 16);
+        s->port = r->src_port;
+        if (!inet_ntop(s->family, s->addr, s->ip, sizeof s->ip))
+            snprintf(s->ip, sizeof s->ip, "?");
+        log_line(LOG_DEBUG, "event=proxy session=%016llx client=%s port=%u via=%s via_port=%u version=%u",
+                 (unsigned long long)s->id, s->ip, s->port, via, via_port, r->version);
+    }
+    s->clock = w->now;
+    admit(w, s, atomic_load(&w->limits->total));
+}
+
+/* Feed what arrived to the PROXY parser; what follows the header stays
+ * held for the engine (a client that talks before the greeting). */
+static void proxy_read(worker_t *w, session_t *s)
+{
+    while (s->nheld) {
+        held_t *h = &s->held[0];
+        size_t n = 0;
+        proxy_result_t r;
+        enum proxy_status st = proxy_feed(s->proxy, buf_data(w, h->bid) + h->off, h->len, &n, &r);
+        if (st == PROXY_ERROR) {
+            proxy_err_t e = proxy_error(s->proxy);
+            proxy_refuse(w, s, e, proxy_err_name(e), "proxy_error");
+            return;
+        }
+        h->off = (uint16_t)(h->off + n);
+        h->len = (uint16_t)(h->len - n);
+        if (h->len == 0)
+            held_drop_first(w, s);
+        if (st == PROXY_DONE) {
+            proxy_done(w, s, &r);
+            return;
+        }
+    }
+    if (s->flags & SF_EOF)
+        proxy_refuse(w, s, MPE_CLOSED, "closed", "proxy_closed");
+}
+
+/* An untrusted source's first bytes: a PROXY header from it is refused
+ * (it could claim any address), whatever else follows is SMTP. */
+static bool proxy_refused_here(worker_t *w, session_t *s)
+{
+    static const char v2sig[12] = { '\r', '\n', '\r', '\n', '\0', '\r', '\n', 'Q', 'U', 'I', 'T', '\n' };
+    if (!s->nheld)
+        return false;
+    s->flags &= (uint16_t)~SF_NO_PROXY;
+    const held_t *h = &s->held[0];
+    const char *p = buf_data(w, h->bid) + h->off;
+    if (!((h->len >= 6 && memcmp(p, "PROXY ", 6) == 0) || (h->len >= 12 && memcmp(p, v2sig, 12) == 0)))
+        return false;
+    m_inc(&w->m.proxy_errors[MPE_UNTRUSTED]);
+    logbuf_t b;
+    lb_init(&b, "proxy_refused");
+    lb_hex(&b, "session", s->id);
+    lb_cstr(&b, "client", s->ip);
+    lb_u64(&b, "port", s->port);
+    lb_cstr(&b, "error", "untrusted");
+    log_emit(LOG_WARN, &b);
+    quit_with(w, s, 554, "5.7.1", "Error: PROXY header not accepted from this address", "proxy_untrusted");
+    return true;
+}
+
 void session_accept(worker_t *w, int fd)
 {
     sessions_t *ss = w->sessions;
+    const mx_config_t *cfg = w->cfg;
     struct sockaddr_storage sa;
     socklen_t sl = sizeof sa;
     session_t *s = calloc(1, sizeof *s);
@@ -822,7 +991,6 @@ void session_accept(worker_t *w, int fd)
     if (!inet_ntop(s->family, s->addr, s->ip, sizeof s->ip))
         snprintf(s->ip, sizeof s->ip, "?");
     int total = atomic_fetch_add(&w->limits->total, 1) + 1;
-    int per_ip = atomic_fetch_add(&w->limits->per_ip[ip_slot(s)], 1) + 1;
     s->idx = (uint32_t)slot;
     s->gen = ++ss->gen[slot] & GEN_MASK;
     ss->slot[slot] = s;
@@ -835,37 +1003,26 @@ void session_accept(worker_t *w, int fd)
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     smtp_init(&s->smtp, &w->smtp_cfg, &s->view);
-    filter_facts_t fx;
-    filter_verdict_t v;
-    facts_of(w, s, &fx);
-    fx.conn_total = (uint32_t)total;
-    fx.conn_per_ip = (uint32_t)per_ip;
-    if (filter_run(w->chain, FS_CONNECT, &fx, &v) >= FA_REJECT) {
-        bool wait = v.act == FA_WAIT;
-        const char *why = wait || !v.why ? "filter" : v.why;
-        m_inc(&w->m.refused[!strcmp(why, "max_connections")          ? MR_MAX_CONNECTIONS
-                            : !strcmp(why, "max_connections_per_ip") ? MR_MAX_CONNECTIONS_PER_IP
-                                                                     : MR_FILTER]);
-        logbuf_t b;
-        lb_init(&b, "refused");
-        lb_hex(&b, "session", s->id);
-        lb_cstr(&b, "client", s->ip);
-        lb_cstr(&b, "reason", wait ? "filter" : v.why ? v.why : "filter");
-        log_emit(LOG_WARN, &b);
-        quit_with(w, s, wait ? 421 : v.code, wait ? "4.3.0" : v.esc, wait ? "Error: try again later" : v.text,
-                  wait ? "filter" : v.why ? v.why : "filter");
-        return;
+    if (cfg->proxy_protocol != CONFIG_PROXY_OFF) {
+        if (cfg->proxy_trusted.n && !config_cidrs_match(&cfg->proxy_trusted, s->family, s->addr)) {
+            s->flags |= SF_NO_PROXY;
+        } else {
+            /* No greeting, no limits and no filters until the header says
+             * who the client is: the balancer's address means nothing. */
+            static const unsigned accept[] = { 0, PROXY_V1, PROXY_V2, PROXY_V1 | PROXY_V2 };
+            s->proxy = malloc(sizeof *s->proxy);
+            if (!s->proxy) {
+                close_session(w, s, "out_of_memory");
+                return;
+            }
+            proxy_init(s->proxy, accept[cfg->proxy_protocol & 3]);
+            s->flags |= SF_PROXY;
+            arm_recv(w, s);
+            arm(w, s, T_PROXY, w->now + (uint64_t)cfg->proxy_timeout * 1000);
+            return;
+        }
     }
-    log_line(LOG_DEBUG, "event=connect session=%016llx client=%s port=%u", (unsigned long long)s->id, s->ip,
-             s->port);
-    arm_recv(w, s);
-    if (w->cfg->greeting_delay) {
-        /* postscreen's pregreet test: a client that talks before it hears
-         * the 220 is a bot; the engine answers it 554 and closes. */
-        arm(w, s, T_GREET, w->now + w->cfg->greeting_delay);
-        return;
-    }
-    greet(w, s);
+    admit(w, s, total);
 }
 
 /* ---- completions ---- */

@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """gen-corpus.py - writes the seed corpora of the fuzz targets:
-tests/fuzz/corpus/fuzz_smtp/, tests/fuzz/corpus/fuzz_scan/ and
-tests/fuzz/corpus/fuzz_relay/.
+tests/fuzz/corpus/fuzz_smtp/, tests/fuzz/corpus/fuzz_scan/,
+tests/fuzz/corpus/fuzz_relay/ and tests/fuzz/corpus/fuzz_proxy/.
 
 Each seed is the target's header bytes (configuration, split lengths; see
 the comment at the top of fuzz_smtp.c and fuzz_scan.c) followed by a
 realistic session or body; a fuzz_relay seed is its header followed by a
-program of operations (fuzz_relay.c). Run from the repository root; rewrites the seeds
-it knows and leaves other files (ones libFuzzer merged in) alone.
+program of operations (fuzz_relay.c); a fuzz_proxy seed is its header
+followed by a connection's first bytes: a PROXY header, v1 or v2, valid or
+not, and the SMTP after it (fuzz_proxy.c). Run from the repository root;
+rewrites the seeds it knows and leaves other files (ones libFuzzer merged
+in) alone.
 """
 import os
 import random
@@ -297,6 +300,71 @@ def relay_seeds():
     return s
 
 
+# ---- fuzz_proxy: h[0] = split-length count | accepted versions << 3 ----
+PX_ZEROED, PX_V1, PX_V2, PX_BOTH = range(4)
+PX_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
+PX_AFTER = b"EHLO client.example.org\r\n"
+PX_INET = bytes([192, 0, 2, 1, 198, 51, 100, 7, 0xdb, 0xc4, 0, 25])
+PX_INET6 = bytes.fromhex("20010db8000000000000000000000001" "20010db8000000000000000000000025" "9c40024b")
+
+
+def proxy_seed(data, mode=PX_BOTH, chunks=b""):
+    return bytes([len(chunks) | mode << 3]) + chunks + data
+
+
+def px_v2(ver_cmd, fam, block, declared=None):
+    n = len(block) if declared is None else declared
+    return PX_SIG + bytes([ver_cmd, fam, n >> 8, n & 0xff]) + block
+
+
+def px_tlv(t, value):
+    return bytes([t, len(value) >> 8, len(value) & 0xff]) + value
+
+
+def proxy_seeds():
+    s = {}
+    worst = b"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+    s["v1-tcp4"] = proxy_seed(b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 25\r\n" + PX_AFTER)
+    s["v1-tcp4-max"] = proxy_seed(b"PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n" + PX_AFTER,
+                                  chunks=b"\x03\x00\x81")
+    s["v1-tcp6"] = proxy_seed(b"PROXY TCP6 2001:db8::1 2001:db8::25 40000 25\r\n" + PX_AFTER, mode=PX_V1)
+    s["v1-tcp6-forms"] = proxy_seed(b"PROXY TCP6 ::ffff:192.0.2.1 2001:DB8:0:0:0:0:0:25 0 587\r\n" + PX_AFTER,
+                                    mode=PX_ZEROED, chunks=b"\x05")
+    s["v1-tcp6-longest"] = proxy_seed(b"PROXY TCP6 " + worst + b" " + worst + b" 65535 65535\r\n" + PX_AFTER)
+    s["v1-unknown"] = proxy_seed(b"PROXY UNKNOWN\r\n" + PX_AFTER)
+    s["v1-unknown-worst"] = proxy_seed(b"PROXY UNKNOWN " + worst + b" " + worst + b" 65535 65535\r\n" + PX_AFTER)
+    s["v1-too-long"] = proxy_seed(b"PROXY UNKNOWN " + b"x" * 100 + b"\r\n" + PX_AFTER)
+    s["v1-bad-address"] = proxy_seed(b"PROXY TCP4 192.0.2.01 198.51.100.256 1 2\r\n" + PX_AFTER)
+    s["v1-bad-port"] = proxy_seed(b"PROXY TCP4 192.0.2.1 198.51.100.7 65536 025\r\n" + PX_AFTER)
+    s["v1-bare-lf"] = proxy_seed(b"PROXY TCP4 192.0.2.1 198.51.100.7 1 2\n" + PX_AFTER, chunks=b"\x00")
+    s["v1-two-spaces"] = proxy_seed(b"PROXY TCP6  ::1 ::1 1 2\r\n" + PX_AFTER)
+    s["v2-inet"] = proxy_seed(px_v2(0x21, 0x11, PX_INET) + PX_AFTER)
+    s["v2-inet-split"] = proxy_seed(px_v2(0x21, 0x11, PX_INET) + PX_AFTER, mode=PX_V2, chunks=b"\x02\x0b\x00")
+    s["v2-inet6-tlvs"] = proxy_seed(px_v2(0x21, 0x21, PX_INET6 + px_tlv(0x01, b"smtp") + px_tlv(0x02, b"mx.example.net")
+                                          + px_tlv(0x04, b"") + px_tlv(0x05, bytes(range(128)))
+                                          + px_tlv(0x20, b"\x01\x00\x00\x00\x00" + px_tlv(0x21, b"TLSv1.3")))
+                                    + PX_AFTER, chunks=b"\x04\x81")
+    s["v2-unspec"] = proxy_seed(px_v2(0x21, 0x00, PX_INET) + PX_AFTER)
+    s["v2-unix"] = proxy_seed(px_v2(0x21, 0x31, b"/var/run/a".ljust(108, b"\x00") + b"/var/run/b".ljust(108, b"\x00")
+                                    + px_tlv(0x04, b"..")) + PX_AFTER)
+    s["v2-local"] = proxy_seed(px_v2(0x20, 0x00, b"") + PX_AFTER, mode=PX_ZEROED)
+    s["v2-local-inet"] = proxy_seed(px_v2(0x20, 0x11, PX_INET) + PX_AFTER)
+    s["v2-max-tlv"] = proxy_seed(px_v2(0x21, 0x11, PX_INET + px_tlv(0x04, b"\xee" * (4096 - 12 - 3))) + PX_AFTER,
+                                 chunks=b"\xff\x90")
+    s["v2-oversized"] = proxy_seed(px_v2(0x21, 0x11, PX_INET, declared=4097) + PX_AFTER)
+    s["v2-too-short"] = proxy_seed(px_v2(0x21, 0x21, PX_INET) + PX_AFTER)
+    s["v2-dgram"] = proxy_seed(px_v2(0x21, 0x12, PX_INET) + PX_AFTER)
+    s["v2-bad-version"] = proxy_seed(px_v2(0x11, 0x11, PX_INET) + PX_AFTER)
+    s["v2-bad-tlv"] = proxy_seed(px_v2(0x21, 0x11, PX_INET + px_tlv(0x01, b"smtp") + b"\x01\x00\x09smtp") + PX_AFTER)
+    s["v2-cut-short"] = proxy_seed(px_v2(0x21, 0x21, PX_INET6 + px_tlv(0x02, b"mx"))[:40])
+    s["v1-only-gets-v2"] = proxy_seed(px_v2(0x21, 0x11, PX_INET) + PX_AFTER, mode=PX_V1)
+    s["v2-only-gets-v1"] = proxy_seed(b"PROXY TCP4 192.0.2.1 198.51.100.7 56324 25\r\n" + PX_AFTER, mode=PX_V2)
+    s["no-header-smtp"] = proxy_seed(PX_AFTER + b"MAIL FROM:<a@example.org>\r\n")
+    s["no-header-empty-line"] = proxy_seed(b"\r\n" + PX_AFTER)
+    s["no-header-tls"] = proxy_seed(bytes.fromhex("16030100a5010000a103035f1a") + bytes(range(0, 32)))
+    return s
+
+
 def write(target, seeds):
     d = os.path.join(ROOT, target)
     os.makedirs(d, exist_ok=True)
@@ -310,3 +378,4 @@ if __name__ == "__main__":
     write("fuzz_smtp", smtp_seeds())
     write("fuzz_scan", scan_seeds())
     write("fuzz_relay", relay_seeds())
+    write("fuzz_proxy", proxy_seeds())

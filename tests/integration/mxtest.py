@@ -619,9 +619,11 @@ class Reply:
 class Client:
     """A raw SMTP client: exact bytes out, replies parsed, nothing hidden."""
 
-    def __init__(self, port, timeout=10.0, host=HOST):
+    def __init__(self, port, timeout=10.0, host=HOST, source=None):
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.greeting = None
 
@@ -962,6 +964,24 @@ class Gateway:
                 return None
             time.sleep(0.05)
 
+    def proxy_hello(self):
+        """What a balancer's check sends first on a PROXY listener (a header
+        that keeps the socket's address), or b"" where none is expected
+        from 127.0.0.1."""
+        mode = str(self.opts.get("proxy_protocol", "off"))
+        trusted = str(self.opts.get("proxy_trusted", "") or "")
+        if mode == "off":
+            return b""
+        if trusted:
+            import ipaddress
+            me = ipaddress.ip_address(HOST)
+            nets = [ipaddress.ip_network(t.strip()) for t in trusted.split(",") if t.strip()]
+            if not any(me in n for n in nets):
+                return b""
+        if mode == "v2":
+            return b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"  # LOCAL
+        return b"PROXY UNKNOWN\r\n"
+
     def wait_ready(self, timeout=10.0):
         """Until the port answers with a 220 greeting (then QUIT)."""
         deadline = time.monotonic() + timeout
@@ -972,6 +992,9 @@ class Gateway:
                                  % (self.proc.returncode, self.log_tail()))
             try:
                 with Client(self.port, timeout=max(0.1, min(2.0, deadline - time.monotonic()))) as c:
+                    hello = self.proxy_hello()
+                    if hello:
+                        c.send(hello)
                     g = c.greet()
                     if g.code == 220:
                         try:

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -113,6 +114,11 @@ static void test_defaults(void **state)
     assert_int_equal(c.drain_timeout, 30);
     assert_int_equal(c.drain_delay, 0);
     assert_string_equal(c.http_listen, "127.0.0.1:8025");
+    assert_int_equal(c.proxy_protocol, CONFIG_PROXY_OFF);
+    assert_int_equal(c.proxy_trusted.n, 0);
+    assert_int_equal(c.proxy_timeout, 5);
+    assert_string_equal(c.user, "");
+    assert_string_equal(c.group, "");
     assert_int_equal(c.log_level, CONFIG_LOG_INFO);
     assert_string_equal(c.filters, "limits,relay,recipients,size");
     assert_string_equal(c.recipient_map, "");
@@ -134,7 +140,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 47);
+    assert_int_equal(nkeys, 52);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -193,6 +199,11 @@ static const kv_case_t kv_cases[] = {
     {"spf_user", "_mxspf", "a, b", "expected one name: a, b"},
     {"dns_server", "127.0.0.1:5353", "localhost:53", "not an IPv4 address: localhost:53"},
     {"dns_timeout", "2", "61", "expected seconds from 1 to 60"},
+    {"proxy_protocol", "any", "v3", "expected off, v1, v2 or any: v3"},
+    {"proxy_trusted", "10.0.0.0/8, ::1", "10.0.0.1/8", "host bits set past the prefix: 10.0.0.1/8"},
+    {"proxy_timeout", "10", "0", "expected seconds from 1 to 600"},
+    {"user", "mxgate", "mx gate", "not a name: mx gate"},
+    {"group", "mail", "a,b", "expected one name: a,b"},
 };
 
 static void test_each_key(void **state)
@@ -925,6 +936,64 @@ static void test_cli_help_and_print(void **state)
     config_free(&d);
 }
 
+/* proxy_trusted: what parses, what is refused, what matches. */
+static void test_cidrs(void **state)
+{
+    (void)state;
+    mx_config_t c;
+    config_defaults(&c);
+    char err[256];
+    static const char *const bad[][2] = {
+        {"10.0.0.0/33", "prefix longer than the address"},
+        {"::/129", "prefix longer than the address"},
+        {"10.0.0.0/", "bad prefix length"},
+        {"10.0.0.0/8x", "bad prefix length"},
+        {"10.0.0.0/-1", "bad prefix length"},
+        {"10.0.0.0/0008", "bad prefix length"},
+        {"10.0.0", "not an IPv4 or IPv6 network"},
+        {"example.com", "not an IPv4 or IPv6 network"},
+        {"2001:db8::1/32", "host bits set past the prefix"},
+        {"192.168.1.1/31", "host bits set past the prefix"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_not_equal(config_set(&c, "proxy_trusted", bad[i][0], err, sizeof err), 0);
+        assert_non_null(strstr(err, bad[i][1]));
+        assert_int_equal(c.proxy_trusted.n, 0); /* a refused value leaves the key as it was */
+    }
+    char many[CONFIG_CIDR_MAX * 20 + 32] = "";
+    for (int i = 0; i <= CONFIG_CIDR_MAX; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "%s10.%d.0.0/16", i ? "," : "", i);
+    assert_int_not_equal(config_set(&c, "proxy_trusted", many, err, sizeof err), 0);
+    assert_non_null(strstr(err, "too many networks"));
+
+    set_ok(&c, "proxy_trusted", "10.1.0.0/16, 192.0.2.7, 2001:db8::/32, 0.0.0.0/0");
+    assert_int_equal(c.proxy_trusted.n, 4);
+    uint8_t a4[4] = {10, 1, 200, 3}, b4[4] = {10, 2, 0, 1}, m6[16] = {[10] = 0xff, [11] = 0xff, 10, 1, 0, 9};
+    uint8_t a6[16] = {0x20, 0x01, 0x0d, 0xb8, [15] = 1}, b6[16] = {0x20, 0x01, 0x0d, 0xb9, [15] = 1};
+    assert_true(config_cidrs_match(&c.proxy_trusted, AF_INET, a4));
+    assert_true(config_cidrs_match(&c.proxy_trusted, AF_INET, b4)); /* 0.0.0.0/0 */
+    assert_true(config_cidrs_match(&c.proxy_trusted, AF_INET6, m6)); /* ::ffff:10.1.0.9 is IPv4 */
+    assert_true(config_cidrs_match(&c.proxy_trusted, AF_INET6, a6));
+    assert_false(config_cidrs_match(&c.proxy_trusted, AF_INET6, b6));
+
+    set_ok(&c, "proxy_trusted", "192.0.2.7, 10.1.128.0/17, 2001:db8::/33");
+    uint8_t c4[4] = {10, 1, 127, 255}, d4[4] = {10, 1, 128, 0}, e4[4] = {192, 0, 2, 8};
+    assert_false(config_cidrs_match(&c.proxy_trusted, AF_INET, c4));
+    assert_true(config_cidrs_match(&c.proxy_trusted, AF_INET, d4));
+    assert_false(config_cidrs_match(&c.proxy_trusted, AF_INET, e4));
+    uint8_t f6[16] = {0x20, 0x01, 0x0d, 0xb8, 0x80}, g6[16] = {0x20, 0x01, 0x0d, 0xb8, 0x7f, 0xff};
+    assert_false(config_cidrs_match(&c.proxy_trusted, AF_INET6, f6));
+    assert_true(config_cidrs_match(&c.proxy_trusted, AF_INET6, g6));
+
+    char dump[8192];
+    config_dump(&c, dump, sizeof dump);
+    assert_non_null(strstr(dump, "proxy_trusted = 192.0.2.7/32, 10.1.128.0/17, 2001:db8::/33\n"));
+    set_ok(&c, "proxy_trusted", "");
+    assert_int_equal(c.proxy_trusted.n, 0);
+    assert_false(config_cidrs_match(&c.proxy_trusted, AF_INET, a4));
+    config_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -935,6 +1004,7 @@ int main(void)
         cmocka_unit_test(test_ini_errors),     cmocka_unit_test(test_dump_round_trip),
         cmocka_unit_test(test_cli_precedence), cmocka_unit_test(test_cli_hostname),
         cmocka_unit_test(test_cli_errors),     cmocka_unit_test(test_cli_help_and_print),
+        cmocka_unit_test(test_cidrs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
