@@ -31,9 +31,12 @@ if make --no-print-directory build/asan/mxgate > build/asan-build.log 2>&1; then
     if MXGATE_BIN="$(pwd)/build/asan/mxgate" $PY -m pytest -q -p no:cacheprovider -rs tests/integration \
         > build/integration.log 2>&1; then rc=0; else rc=$?; fi
     tail -30 build/integration.log
-    p=$(grep -Eo '[0-9]+ passed' build/integration.log | tail -1 | grep -Eo '[0-9]+'); p=${p:-0}
-    f=$(grep -Eo '[0-9]+ (failed|error)' build/integration.log | awk '{s+=$1} END {print s+0}')
-    k=$(grep -Eo '[0-9]+ skipped' build/integration.log | tail -1 | grep -Eo '[0-9]+'); k=${k:-0}
+    # pytest's summary is its last line ("1 failed, 144 passed in 130.95s");
+    # counts elsewhere in the log (a test's captured output) are not counts.
+    sum=$(tail -1 build/integration.log)
+    p=$(echo "$sum" | grep -Eo '[0-9]+ passed' | grep -Eo '[0-9]+'); p=${p:-0}
+    f=$(echo "$sum" | grep -Eo '[0-9]+ (failed|errors?)' | awk '{s+=$1} END {print s+0}')
+    k=$(echo "$sum" | grep -Eo '[0-9]+ skipped' | grep -Eo '[0-9]+'); k=${k:-0}
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
     if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then echo "integration: nothing ran"; f=1; fi
     add "$p" "$f"; skip=$((skip + k))
