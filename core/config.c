@@ -761,6 +761,80 @@ void config_free(mx_config_t *c)
     c->relay_mask = 0;
 }
 
+/* The octets a key's value takes in mx_config_t (K_LISTEN and K_DOMAINS
+ * are more than one field: handled by the callers). */
+static size_t value_size(const key_row_t *k)
+{
+    switch (k->type) {
+    case K_UINT:
+    case K_SECS:
+    case K_MSECS:
+        return sizeof(uint32_t);
+    case K_SIZE:
+        return sizeof(uint64_t);
+    case K_BOOL:
+        return sizeof(bool);
+    case K_ENUM:
+        return sizeof(uint8_t);
+    case K_HOSTNAME:
+        return CONFIG_DOMAIN_MAX + 1;
+    case K_HOSTPORT:
+        return CONFIG_ADDR_MAX;
+    case K_PATH:
+        return CONFIG_PATH_MAX;
+    case K_WORDS:
+        return CONFIG_WORDS_MAX;
+    case K_CIDRS:
+        return sizeof(config_cidrs_t);
+    }
+    return 0;
+}
+
+bool config_key_same(const mx_config_t *a, const mx_config_t *b, const char *name)
+{
+    const key_row_t *k = name ? row_find(name, strlen(name)) : NULL;
+    if (!k)
+        return false;
+    if (k->type == K_LISTEN) {
+        if (a->nlisten != b->nlisten)
+            return false;
+        for (int i = 0; i < a->nlisten; i++)
+            if (strcmp(a->listen[i], b->listen[i]))
+                return false;
+        return true;
+    }
+    if (k->type == K_DOMAINS) {
+        if (a->relay_count != b->relay_count)
+            return false;
+        for (uint32_t i = 0; i < a->relay_count; i++)
+            if (!slice_eq(a->relay_domains[i], b->relay_domains[i]))
+                return false;
+        return true;
+    }
+    if (k->type == K_HOSTNAME || k->type == K_HOSTPORT || k->type == K_PATH || k->type == K_WORDS)
+        return strcmp((const char *)a + k->off, (const char *)b + k->off) == 0;
+    if (k->type == K_CIDRS) {
+        const config_cidrs_t *x = (const config_cidrs_t *)(const void *)((const char *)a + k->off);
+        const config_cidrs_t *y = (const config_cidrs_t *)(const void *)((const char *)b + k->off);
+        return x->n == y->n && memcmp(x->v, y->v, x->n * sizeof x->v[0]) == 0;
+    }
+    return memcmp((const char *)a + k->off, (const char *)b + k->off, value_size(k)) == 0;
+}
+
+int config_key_copy(mx_config_t *dst, const mx_config_t *src, const char *name)
+{
+    const key_row_t *k = name ? row_find(name, strlen(name)) : NULL;
+    if (!k || k->type == K_DOMAINS)
+        return -1;
+    if (k->type == K_LISTEN) {
+        memcpy(dst->listen, src->listen, sizeof dst->listen);
+        dst->nlisten = src->nlisten;
+        return 0;
+    }
+    memcpy((char *)dst + k->off, (const char *)src + k->off, value_size(k));
+    return 0;
+}
+
 int config_set(mx_config_t *c, const char *key, const char *value, char *err, size_t errlen)
 {
     char why[256], sv[72];

@@ -143,6 +143,14 @@ typedef struct mx_config {
  * address mapped into IPv6 counts as IPv4) lies in one of the networks. */
 bool config_cidrs_match(const config_cidrs_t *c, int family, const uint8_t *addr);
 
+/* Whether key `name` (canonical or not) has the same value in a and b;
+ * false for an unknown key. */
+bool config_key_same(const mx_config_t *a, const mx_config_t *b, const char *name);
+
+/* Give dst src's value of key `name` (how a reload keeps a key that needs a
+ * restart); -1 for an unknown key and for relay_domains (an arena). */
+int config_key_copy(mx_config_t *dst, const mx_config_t *src, const char *name);
+
 /* What --help shows about a key. */
 typedef struct config_key {
     const char *name; /* canonical: underscores, lower case */

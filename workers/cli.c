@@ -2,12 +2,18 @@
  * cli.c - the configuration's sources: file, environment, flags.
  *
  * argv is walked twice. The first walk checks every flag's spelling and
- * finds --config, --help and --print-config, so a typo fails before any file
- * is read and --help works however broken the rest of the setup is. The
- * second walk applies the flags after the file and the environment, which is
- * all "flags win" means. Each source's errors are rewritten to name what the
- * person actually typed (the flag, the variable, the file and line) rather
- * than the internal key.
+ * finds --config, --help, --version and --print-config, so a typo fails
+ * before any file is read and --help works however broken the rest of the
+ * setup is. The second walk applies the flags after the file and the
+ * environment, which is all "flags win" means. Each source's errors are
+ * rewritten to name what the person actually typed (the flag, the variable,
+ * the file and line) rather than the internal key.
+ *
+ * For --print-config -n each key remembers the last source that set it (the
+ * same walk, in the same order); the file's lines are found by reading the
+ * file's text again with inih's rules for what a key line is (the file has
+ * passed config_parse_ini by then). A value is "not the default" when its
+ * text in config_dump() differs from a default config's.
  *
  * No main() here: tests/unit/test_config.c includes this file to test it.
  */
@@ -26,9 +32,17 @@
 typedef struct cli_flag {
     const char *arg; /* as typed, up to len: "--workers" */
     int len;
-    const char *value; /* NULL for --help and --print-config */
-    const char *key;   /* canonical key, or NULL for the three own flags */
+    const char *value; /* NULL for --help, --version and --print-config ("-n" for --print-config -n) */
+    const char *key;   /* canonical key, or NULL for the own flags */
 } cli_flag_t;
+
+/* Where a key's value came from: the file (and line), the variable or the
+ * flag, as typed; who == NULL: the default (or filled in at start). */
+typedef struct cli_src {
+    const char *who;
+    int len;
+    unsigned line; /* the file's; 0 for the others */
+} cli_src_t;
 
 static bool cli_is(const cli_flag_t *f, const char *name)
 {
@@ -46,11 +60,13 @@ static int cli_next(int argc, char **argv, int *i, cli_flag_t *f, char *err, siz
     }
     const char *eq = strchr(a, '=');
     *f = (cli_flag_t){a, eq ? (int)(eq - a) : (int)strlen(a), eq ? eq + 1 : NULL, NULL};
-    if (cli_is(f, "--help") || cli_is(f, "--print-config")) {
+    if (cli_is(f, "--help") || cli_is(f, "--version") || cli_is(f, "--print-config")) {
         if (eq) {
             snprintf(err, errlen, "%.*s: takes no value", f->len, a);
             return -1;
         }
+        if (cli_is(f, "--print-config") && *i < argc && strcmp(argv[*i], "-n") == 0)
+            f->value = argv[(*i)++];
         return 0;
     }
     if (!cli_is(f, "--config")) {
@@ -130,20 +146,84 @@ static char *cli_slurp(const char *path, char *err, size_t errlen)
     return text;
 }
 
-static int cli_file(mx_config_t *c, const char *path, char *err, size_t errlen)
+/* The key's place in the table (config_key_at order). */
+static size_t cli_key_index(const config_key_t *k)
+{
+    const config_key_t *t;
+    for (size_t i = 0; (t = config_key_at(i)); i++)
+        if (t == k)
+            return i;
+    return 0;
+}
+
+static void cli_note(cli_src_t *src, const char *name, const char *who, int len, unsigned line)
+{
+    const config_key_t *k = src ? config_key_find(name) : NULL;
+    if (k)
+        src[cli_key_index(k)] = (cli_src_t){who, len, line};
+}
+
+static bool cli_blank(char ch)
+{
+    return ch == ' ' || ch == '\t' || ch == '\r' || ch == '\n' || ch == '\f' || ch == '\v';
+}
+
+/* Which line of the (already accepted) file set each key last: inih's rules
+ * for a line (a comment starts with ';' or '#'; an indented line after a key
+ * continues it, even across blank and comment lines; '[' opens a section
+ * and forgets the key; else the name ends at the first '=' or ':'). */
+static void cli_file_sources(const char *path, const char *text, cli_src_t *src)
+{
+    unsigned line = 0;
+    bool prev = false;
+    for (const char *p = text; *p;) {
+        const char *nl = strchr(p, '\n');
+        const char *end = nl ? nl : p + strlen(p), *q = p;
+        line++;
+        if (line == 1 && end - q >= 3 && memcmp(q, "\xEF\xBB\xBF", 3) == 0)
+            q += 3;
+        bool indented = q < end && cli_blank(*q);
+        while (q < end && cli_blank(*q))
+            q++;
+        if (q == end || *q == ';' || *q == '#' || (indented && prev)) {
+            /* blank, comment or continuation */
+        } else if (*q == '[') {
+            prev = false;
+        } else {
+            const char *d = q;
+            while (d < end && *d != '=' && *d != ':')
+                d++;
+            const char *ne = d;
+            while (ne > q && cli_blank(ne[-1]))
+                ne--;
+            char name[CLI_NAME_MAX];
+            if ((size_t)(ne - q) < sizeof name) {
+                memcpy(name, q, (size_t)(ne - q));
+                name[ne - q] = '\0';
+                cli_note(src, name, path, (int)strlen(path), line);
+            }
+            prev = true;
+        }
+        p = nl ? nl + 1 : end;
+    }
+}
+
+static int cli_file(mx_config_t *c, const char *path, cli_src_t *src, char *err, size_t errlen)
 {
     char *text = cli_slurp(path, err, errlen);
     if (!text)
         return -1;
     char e[512];
     int rc = config_parse_ini(c, text, e, sizeof e);
-    free(text);
     if (rc != 0)
         snprintf(err, errlen, "%s: %s", path, e);
+    else if (src)
+        cli_file_sources(path, text, src);
+    free(text);
     return rc;
 }
 
-static int cli_env(mx_config_t *c, char **envp, char *err, size_t errlen)
+static int cli_env(mx_config_t *c, char **envp, cli_src_t *src, char *err, size_t errlen)
 {
     const size_t plen = sizeof CLI_ENV_PREFIX - 1;
     for (; *envp; envp++) {
@@ -170,15 +250,18 @@ static int cli_env(mx_config_t *c, char **envp, char *err, size_t errlen)
             cli_blame(err, errlen, var, (int)(eq - var), e);
             return -1;
         }
+        cli_note(src, k->name, var, (int)(eq - var), 0);
     }
     return 0;
 }
 
-/* What only the running system knows: its name. */
-static int cli_fill(mx_config_t *c, char *err, size_t errlen)
+/* What only the running system knows: its name. What is filled in here was
+ * left at its default by every source (src: no longer theirs). */
+static int cli_fill(mx_config_t *c, cli_src_t *src, char *err, size_t errlen)
 {
     char e[512];
     if (!c->hostname[0]) {
+        cli_note(src, "hostname", NULL, 0, 0);
         char name[256] = "";
         if (gethostname(name, sizeof name - 1) != 0) {
             snprintf(err, errlen, "hostname: gethostname: %s; set hostname", strerror(errno));
@@ -191,6 +274,7 @@ static int cli_fill(mx_config_t *c, char *err, size_t errlen)
         }
     }
     if (c->relay_count == 0) {
+        cli_note(src, "relay_domains", NULL, 0, 0);
         char list[CONFIG_DOMAIN_MAX + 16];
         snprintf(list, sizeof list, "localhost,%s", c->hostname);
         if (config_set(c, "relay_domains", list, err, errlen) != 0)
@@ -199,15 +283,71 @@ static int cli_fill(mx_config_t *c, char *err, size_t errlen)
     return 0;
 }
 
-static int cli_print(const mx_config_t *c)
+static char *cli_dump(const mx_config_t *c)
 {
     size_t n = config_dump(c, NULL, 0) + 1;
     char *buf = malloc(n);
+    if (buf)
+        config_dump(c, buf, n);
+    return buf;
+}
+
+static int cli_print(const mx_config_t *c)
+{
+    char *buf = cli_dump(c);
     if (!buf)
         return -1;
-    config_dump(c, buf, n);
     fputs(buf, stdout);
     free(buf);
+    return fflush(stdout) == 0 ? 0 : -1;
+}
+
+/* One key's "key = value\n" and its indented continuation lines in a dump;
+ * *p moves past it. */
+static size_t cli_block(const char **p)
+{
+    const char *s = *p, *e = s;
+    do {
+        const char *nl = strchr(e, '\n');
+        e = nl ? nl + 1 : e + strlen(e);
+    } while (*e == ' ');
+    *p = e;
+    return (size_t)(e - s);
+}
+
+/* --print-config -n: the keys a source set to something else than the
+ * default, each after a comment line naming the source (its text with
+ * anything unprintable masked, so a comment stays one line). */
+static int cli_print_set(const mx_config_t *c, const cli_src_t *src)
+{
+    mx_config_t d;
+    config_defaults(&d);
+    char *now = cli_dump(c), *def = cli_dump(&d);
+    config_free(&d);
+    if (!now || !def) {
+        free(now), free(def);
+        errno = ENOMEM;
+        return -1;
+    }
+    printf("# mxgate %s: the keys set to other than their default, each below where it was set\n", MXGATE_VERSION);
+    const char *pn = now, *pd = def;
+    for (size_t i = 0; config_key_at(i) && *pn && *pd; i++) {
+        const char *bn = pn, *bd = pd;
+        size_t ln = cli_block(&pn), ld = cli_block(&pd);
+        if (!src[i].who || (ln == ld && memcmp(bn, bd, ln) == 0))
+            continue;
+        fputs("# ", stdout);
+        for (int j = 0; j < src[i].len; j++) {
+            unsigned char ch = (unsigned char)src[i].who[j];
+            putchar(ch >= 0x20 && ch != 0x7f ? ch : '?');
+        }
+        if (src[i].line)
+            printf(", line %u", src[i].line);
+        putchar('\n');
+        fwrite(bn, 1, ln, stdout);
+    }
+    free(now);
+    free(def);
     return fflush(stdout) == 0 ? 0 : -1;
 }
 
@@ -215,6 +355,7 @@ int cli_load(mx_config_t *c, int argc, char **argv, char **envp, char *err, size
 {
     const char *file = NULL;
     bool print = false;
+    cli_src_t *src = NULL; /* --print-config -n only */
     cli_flag_t f;
     char e[512];
 
@@ -226,40 +367,61 @@ int cli_load(mx_config_t *c, int argc, char **argv, char **envp, char *err, size
             cli_usage(stdout, argc > 0 ? argv[0] : NULL);
             return CLI_HELP;
         }
-        if (cli_is(&f, "--print-config"))
+        if (cli_is(&f, "--version")) {
+            printf("mxgate %s\n", MXGATE_VERSION);
+            fflush(stdout);
+            return CLI_VERSION;
+        }
+        if (cli_is(&f, "--print-config")) {
             print = true;
-        else if (cli_is(&f, "--config"))
+            if (f.value && !src) {
+                size_t n = 0;
+                while (config_key_at(n))
+                    n++;
+                if (!(src = calloc(n, sizeof *src))) {
+                    snprintf(err, errlen, "--print-config: out of memory");
+                    return CLI_ERROR;
+                }
+            }
+        } else if (cli_is(&f, "--config")) {
             file = f.value;
+        }
     }
-    if (file && cli_file(c, file, err, errlen) != 0)
-        return CLI_ERROR;
-    if (envp && cli_env(c, envp, err, errlen) != 0)
-        return CLI_ERROR;
+    int rc = CLI_ERROR;
+    if (file && cli_file(c, file, src, err, errlen) != 0)
+        goto out;
+    if (envp && cli_env(c, envp, src, err, errlen) != 0)
+        goto out;
     for (int i = 1; i < argc;) {
         if (cli_next(argc, argv, &i, &f, err, errlen) != 0)
-            return CLI_ERROR; /* cannot happen: the first walk took them all */
+            goto out; /* cannot happen: the first walk took them all */
         if (f.key && config_set(c, f.key, f.value, e, sizeof e) != 0) {
             cli_blame(err, errlen, f.arg, f.len, e);
-            return CLI_ERROR;
+            goto out;
         }
+        if (f.key)
+            cli_note(src, f.key, f.arg, f.len, 0);
     }
-    if (cli_fill(c, err, errlen) != 0)
-        return CLI_ERROR;
+    if (cli_fill(c, src, err, errlen) != 0)
+        goto out;
+    rc = CLI_RUN;
     if (print) {
-        if (cli_print(c) != 0) {
+        rc = CLI_PRINTED;
+        if ((src ? cli_print_set(c, src) : cli_print(c)) != 0) {
             snprintf(err, errlen, "--print-config: %s", strerror(errno));
-            return CLI_ERROR;
+            rc = CLI_ERROR;
         }
-        return CLI_PRINTED;
     }
-    return CLI_RUN;
+out:
+    free(src);
+    return rc;
 }
 
 void cli_usage(FILE *out, const char *prog)
 {
     const char *base = prog && *prog ? strrchr(prog, '/') : NULL;
     fprintf(out,
-            "usage: %s [--config FILE] [--KEY VALUE | --KEY=VALUE]... [--print-config] [--help]\n"
+            "usage: %s [--config FILE] [--KEY VALUE | --KEY=VALUE]... [--print-config [-n]] [--version] [--help]\n"
             "\n"
             "Every key can be set in the config file (key = value, before any section or in\n"
             "[mxgate]), in the environment (MXGATE_KEY) or as a flag (--key); later sources\n"
@@ -268,6 +430,9 @@ void cli_usage(FILE *out, const char *prog)
             "\n"
             "  --config FILE\n        read keys from this INI file\n"
             "  --print-config\n        print the resulting configuration and exit\n"
+            "  --print-config -n\n        print only the keys set to other than their default, each with\n"
+            "        where it was set (file and line, variable or flag), and exit\n"
+            "  --version\n        print the version and exit\n"
             "  --help\n        print this text and exit\n"
             "\n",
             base            ? base + 1

@@ -25,7 +25,8 @@ enum cli_status {
     CLI_ERROR = -1,  /* err says what and where; exit 2 */
     CLI_RUN = 0,     /* c is ready */
     CLI_HELP = 1,    /* --help: usage printed on stdout; exit 0 */
-    CLI_PRINTED = 2, /* --print-config: config printed on stdout; exit 0 */
+    CLI_PRINTED = 2, /* --print-config [-n]: config printed on stdout; exit 0 */
+    CLI_VERSION = 3, /* --version: "mxgate VERSION" printed on stdout; exit 0 */
 };
 
 /*
@@ -36,8 +37,14 @@ enum cli_status {
  * holds a config to config_free().
  * Errors name the source and the key: "--workers: expected a number from 0
  * to 256: abc", "MXGATE_WORKERS: ...", "FILE: line 3: workers: ...".
- * Unknown flags and unknown MXGATE_* variables are errors: a misspelt name
- * would otherwise be ignored in silence.
+ * Unknown flags are errors (a misspelt name would otherwise be ignored in
+ * silence); unknown MXGATE_* variables get a warning on stderr (orchestrators
+ * add their own).
+ *
+ * --print-config prints every key as INI text; --print-config -n only the
+ * keys whose value differs from the default and that a source set, each
+ * after a comment line naming that source (like Postfix's postconf -n):
+ * "# FILE, line N", "# MXGATE_KEY" or "# --key". Both outputs load again.
  */
 int cli_load(mx_config_t *c, int argc, char **argv, char **envp, char *err, size_t errlen)
     __attribute__((warn_unused_result));

@@ -6,11 +6,21 @@
  * per CPU (each with its own ring and SO_REUSEPORT listener) and then only
  * waits for signals: SIGTERM/SIGINT drain (stop accepting, let transactions
  * finish up to drain_timeout, then 421) and exit 0.
+ *
+ * The order of start-up is the privilege separation: everything that needs
+ * root happens first (look up user and group, prepare the Maildir for that
+ * user, check that no one listens on our addresses, bind the listeners and
+ * the HTTP endpoint, start the SPF helper, which drops to spf_user itself),
+ * then root is given up for good (privs.c), and only then do the resolver
+ * and the worker threads start: no client byte is read as root.
  */
 #include "cli.h"
 #include "http.h"
+#include "listen.h"
 #include "maildir.h"
 #include "metrics.h"
+#include "privs.h"
+#include "resolve.h"
 #include "spf.h"
 #include "spf_client.h"
 #include "spfd.h"
@@ -21,6 +31,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +53,8 @@ typedef struct ops {
     worker_t *w;
     int n;
     bool relay;          /* a downstream is configured: readiness needs it */
+    resolve_t *res;      /* its address; NULL without a downstream */
+    atomic_bool started; /* the workers run (the endpoint starts before them) */
     proc_metrics_t pm;
 } ops_t;
 
@@ -94,6 +107,8 @@ static void on_http(void *ctx, const char *path, http_reply_t *out)
     char text[128];
     if (strcmp(path, "/metrics") == 0) {
         metrics_text(o, out);
+    } else if ((strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0) && !atomic_load(&o->started)) {
+        reply_text(out, 503, "starting\n");
     } else if (strcmp(path, "/healthz") == 0) {
         uint64_t now = mono_ms();
         for (int i = 0; i < o->n; i++) {
@@ -112,6 +127,8 @@ static void on_http(void *ctx, const char *path, http_reply_t *out)
             reachable = m_get(&o->w[i].m.ds_reachable) != 0;
         if (m_get(&o->pm.draining))
             reply_text(out, 503, "draining\n");
+        else if (o->res && !resolve_get(o->res, NULL, NULL))
+            reply_text(out, 503, "downstream name does not resolve\n");
         else if (!reachable)
             reply_text(out, 503, "downstream unreachable\n");
         else
@@ -142,16 +159,22 @@ static void drain_delay(const mx_config_t *cfg, ops_t *o, const sigset_t *set)
  * end of a SOCK_SEQPACKET socketpair per worker. The main thread watches it
  * (SIGCHLD) and starts a new one when it dies; the workers take their new
  * socket at their next tick and meanwhile answer temperror.
+ *
+ * The first helper starts as root and becomes spf_user itself. A restart
+ * happens after the gateway gave up root, so the new helper runs as the
+ * gateway's user (it says so in its log). It is executed through
+ * /proc/self/exe, the very binary that runs, which needs no search
+ * permission on the directories of its path (the new user may have none)
+ * and is the same version even if the file was replaced meanwhile.
  */
 static pid_t spf_spawn(const mx_config_t *cfg, worker_t *w, int n, bool running)
 {
     char exe[CONFIG_PATH_MAX], fds[CONFIG_WORKERS_MAX * 8] = "", threads[16], tmo[16];
     ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (el <= 0) {
-        log_line(LOG_ERROR, "event=spf_helper_failed error=\"readlink /proc/self/exe: %s\"", strerror(errno));
-        return -1;
-    }
-    exe[el] = '\0';
+    if (el <= 0)
+        snprintf(exe, sizeof exe, "mxgate"); /* only argv[0], for ps */
+    else
+        exe[el] = '\0';
     int mine[CONFIG_WORKERS_MAX], theirs[CONFIG_WORKERS_MAX];
     int k = 0;
     for (int i = 0; i < n && i < CONFIG_WORKERS_MAX; i++, k++) {
@@ -176,7 +199,7 @@ static pid_t spf_spawn(const mx_config_t *cfg, worker_t *w, int n, bool running)
                     (char *)levels[cfg->log_level & 3], cfg->dns_server[0] ? "--dns-server" : NULL,
                     (char *)cfg->dns_server, NULL};
     pid_t pid;
-    int rc = posix_spawn(&pid, exe, NULL, NULL, argv, environ);
+    int rc = posix_spawn(&pid, "/proc/self/exe", NULL, NULL, argv, environ);
     for (int i = 0; i < k; i++)
         close(theirs[i]);
     if (rc) {
@@ -203,8 +226,8 @@ int main(int argc, char **argv, char **envp)
     static filter_chain_t chain;
     char err[512];
     int rc = cli_load(&cfg, argc, argv, envp, err, sizeof err);
-    if (rc == 1 || rc == 2)
-        return 0; /* --help, --print-config */
+    if (rc > 0)
+        return 0; /* --help, --print-config, --version */
     if (rc) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 2;
@@ -214,7 +237,31 @@ int main(int argc, char **argv, char **envp)
         fprintf(stderr, "mxgate: %s\n", err);
         return 2;
     }
-    if (!cfg.downstream[0] && maildir_prepare(cfg.maildir, err, sizeof err)) {
+    /* As root: who to become, before anything is bound. */
+    privs_t privs;
+    if (privs_plan(&cfg, &privs, err, sizeof err)) {
+        fprintf(stderr, "mxgate: %s\n", err);
+        return 1;
+    }
+    if (!cfg.downstream[0] && maildir_prepare(cfg.maildir, privs.drop ? privs.uid : (uid_t)-1,
+                                              privs.drop ? privs.gid : (gid_t)-1, err, sizeof err)) {
+        fprintf(stderr, "mxgate: %s\n", err);
+        return 1;
+    }
+    resolve_t *res = NULL;
+    if (cfg.downstream[0] && !(res = resolve_new(cfg.downstream, cfg.dns_server, cfg.dns_timeout, err, sizeof err))) {
+        fprintf(stderr, "mxgate: %s\n", err);
+        return 1;
+    }
+    /* SO_REUSEPORT would let us join another instance's listeners in
+     * silence: find out first whether anyone listens there. */
+    for (int i = 0; i < cfg.nlisten; i++) {
+        if (listen_probe("listen", cfg.listen[i], err, sizeof err)) {
+            fprintf(stderr, "mxgate: %s\n", err);
+            return 1;
+        }
+    }
+    if (cfg.http_listen[0] && listen_probe("http_listen", cfg.http_listen, err, sizeof err)) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
     }
@@ -250,11 +297,31 @@ int main(int argc, char **argv, char **envp)
             fprintf(stderr, "mxgate: %s\n", err);
             return 1;
         }
+        w[i].resolver = res;
+    }
+    static ops_t ops;
+    ops.w = w;
+    ops.n = n;
+    ops.relay = cfg.downstream[0] != 0;
+    ops.res = res;
+    http_server_t *http = NULL;
+    if (cfg.http_listen[0] && !(http = http_start(cfg.http_listen, on_http, &ops, err, sizeof err))) {
+        fprintf(stderr, "mxgate: %s\n", err);
+        return 1;
     }
     pid_t spf_pid = chain.spf ? spf_spawn(&cfg, w, n, false) : -1;
     if (chain.spf && spf_pid < 0)
         return 1;
     time_t spf_started = time(NULL);
+    /* Everything that needed root is done. */
+    if (privs_drop(&privs, err, sizeof err)) {
+        fprintf(stderr, "mxgate: %s\n", err);
+        return 1;
+    }
+    if (res && resolve_start(res, err, sizeof err)) {
+        fprintf(stderr, "mxgate: %s\n", err);
+        return 1;
+    }
     for (int i = 0; i < n; i++) {
         if ((errno = pthread_create(&th[i], NULL, worker_main, &w[i]))) {
             fprintf(stderr, "mxgate: pthread_create: %s\n", strerror(errno));
@@ -268,15 +335,7 @@ int main(int argc, char **argv, char **envp)
             return 1;
         }
     }
-    static ops_t ops;
-    ops.w = w;
-    ops.n = n;
-    ops.relay = cfg.downstream[0] != 0;
-    http_server_t *http = NULL;
-    if (cfg.http_listen[0] && !(http = http_start(cfg.http_listen, on_http, &ops, err, sizeof err))) {
-        fprintf(stderr, "mxgate: %s\n", err);
-        return 1;
-    }
+    atomic_store(&ops.started, true);
     log_line(LOG_INFO, "event=start version=%s workers=%d listen=%s hostname=%s downstream=%s maildir=%s http=%s",
              MXGATE_VERSION, n, cfg.listen[0], cfg.hostname, cfg.downstream[0] ? cfg.downstream : "-",
              cfg.downstream[0] ? "-" : cfg.maildir, cfg.http_listen[0] ? cfg.http_listen : "-");
@@ -336,6 +395,7 @@ int main(int argc, char **argv, char **envp)
     }
     for (int i = 0; i < n; i++)
         worker_destroy(&w[i]);
+    resolve_free(res);
     filter_chain_fini(&chain);
     free(w);
     free(th);

@@ -17,6 +17,7 @@
 #include "pool.h"
 
 #include "lend.h"
+#include "resolve.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -51,6 +52,9 @@ struct dsconn {
     outq_t out;
     pool_owner_t owner;
     uint64_t born_ms;
+    struct sockaddr_storage peer; /* where it connects: the address current at its open */
+    socklen_t peerlen;
+    bool unresolved;         /* the name had no address: its "connect" is a timeout that fails */
     const char *why;         /* why it is closing, for the log */
     timer_node_t timer;      /* no progress for downstream_timeout */
     int unacked;             /* bytes the kernel held for the server when last looked at;
@@ -71,8 +75,6 @@ typedef struct waiter {
 struct pool {
     relay_config_t rcfg;
     char helo[CONFIG_DOMAIN_MAX + 1];
-    struct sockaddr_storage addr;
-    socklen_t addrlen;
     dsconn_t **conn;         /* downstream_connections slots */
     uint32_t *gen;
     uint32_t nslots, nconn, nclosing;
@@ -103,10 +105,8 @@ int pool_init(worker_t *w, char *err, size_t errlen)
         return -1;
     }
     w->pool = p;
-    if (worker_parse_addr(cfg->downstream, &p->addr, &p->addrlen)) {
-        snprintf(err, errlen, "downstream: cannot resolve %s", cfg->downstream);
-        return -1;
-    }
+    /* The address is the resolver's (resolve.h), taken at each connect: a
+     * name that does not resolve yet does not stop start-up. */
     snprintf(p->helo, sizeof p->helo, "%s", cfg->hostname);
     p->rcfg = (relay_config_t){ slice_make(p->helo, strlen(p->helo)), cfg->downstream_protocol == CONFIG_PROTO_LMTP,
                                 cfg->recipient_limit + 8 };
@@ -339,7 +339,7 @@ static void close_conn(worker_t *w, dsconn_t *c, const char *why)
 {
     if (c->phase == PH_CLOSING)
         return;
-    bool quiet = !c->leased && relay_ready(&c->relay);
+    bool quiet = (!c->leased && relay_ready(&c->relay)) || c->unresolved; /* the resolver logs that */
     log_line(quiet ? LOG_DEBUG : LOG_WARN, "event=downstream_closed worker=%d conn=%u reason=%s messages=%u", w->id,
              c->idx, why, c->relay.messages);
     if (c->phase == PH_CONNECTING) {
@@ -561,7 +561,11 @@ static void open_conn(worker_t *w)
     if (slot == p->nslots)
         return;
     dsconn_t *c = calloc(1, sizeof *c);
-    int fd = c ? socket(p->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+    if (c && !resolve_get(w->resolver, &c->peer, &c->peerlen)) {
+        c->unresolved = true; /* fails like a refused connect, below */
+        c->peer.ss_family = AF_INET;
+    }
+    int fd = c ? socket(c->peer.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
     if (fd < 0) {
         free(c);
         log_line(LOG_ERROR, "event=downstream_socket_failed worker=%d error=\"%s\"", w->id, strerror(errno));
@@ -581,7 +585,11 @@ static void open_conn(worker_t *w)
     p->nconn++;
     m_inc(&w->m.ds_connects);
     struct io_uring_sqe *sqe = worker_sqe(w);
-    io_uring_prep_connect(sqe, fd, (struct sockaddr *)&p->addr, p->addrlen);
+    static struct __kernel_timespec now_ts; /* zero: completes at once with -ETIME */
+    if (c->unresolved)
+        io_uring_prep_timeout(sqe, &now_ts, 0, 0);
+    else
+        io_uring_prep_connect(sqe, fd, (struct sockaddr *)&c->peer, c->peerlen);
     io_uring_sqe_set_data64(sqe, ud_make(OP_DS_CONNECT, c->idx, c->gen));
     c->inflight++;
     arm_timer(w, c);
@@ -747,8 +755,10 @@ void pool_cqe(worker_t *w, int op, uint32_t idx, uint32_t gen, struct io_uring_c
         if (c->phase != PH_CONNECTING)
             break;
         if (res < 0) {
-            log_line(LOG_WARN, "event=downstream_connect_failed worker=%d downstream=%s error=\"%s\"", w->id,
-                     w->cfg->downstream, strerror(-res));
+            /* unresolved: the resolver has said so once already */
+            log_line(c->unresolved ? LOG_DEBUG : LOG_WARN,
+                     "event=downstream_connect_failed worker=%d downstream=%s error=\"%s\"", w->id,
+                     w->cfg->downstream, c->unresolved ? "the name does not resolve" : strerror(-res));
             m_inc(&w->m.ds_connect_failures);
             p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_FIRST_MS;
             if (p->backoff_ms > BACKOFF_MAX_MS)

@@ -16,6 +16,7 @@
 #include "worker.h"
 
 #include "lend.h"
+#include "listen.h"
 #include "pool.h"
 #include "session.h"
 #include "spf_client.h"
@@ -220,7 +221,7 @@ static int listen_setup(worker_t *w, char *err, size_t errlen)
         if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
             setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) || bind(fd, (struct sockaddr *)&ss, len) ||
             listen(fd, LISTEN_BACKLOG)) {
-            snprintf(err, errlen, "listen %s: %s", w->cfg->listen[i], strerror(errno));
+            listen_error(err, errlen, "listen", w->cfg->listen[i], (struct sockaddr *)&ss, errno);
             if (fd >= 0)
                 close(fd);
             return -1;

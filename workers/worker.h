@@ -98,6 +98,7 @@ struct worker {
     sessions_t *sessions;
     pool_t *pool;
     spfc_t *spf;
+    struct resolve *resolver;     /* the downstream's address (resolve.h); set by main, read at connect */
     metrics_t m;                  /* written by this worker only; read when scraped */
     /* the loop's own */
     int listen_fd[CONFIG_LISTEN_MAX];

@@ -1502,6 +1502,7 @@ class Fuzzer:
             "drain_timeout": DRAIN_TIMEOUT, "max_connections": 10000, "max_connections_per_ip": 0,
             "downstream_connections": 2 * self.a.concurrency + 16, "message_size_limit": self.a.size_limit,
             "log_level": self.a.log_level, "http_listen": "",
+            "user": "root",  # as root, keep it: the output directory may be unreachable for nobody
         }
         env = {}
         if "ASAN_OPTIONS" not in os.environ:

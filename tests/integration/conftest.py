@@ -45,6 +45,9 @@ DEFAULTS = {
     "downstream_timeout": 10,
     "log_level": "info",
     "http_listen": "",  # tests that want the endpoint give it a free port
+    # The tests run as root in 0700 temporary directories: keep root (mxgate
+    # warns). test_operator.py drops to the default user on purpose.
+    "user": "root",
 }
 
 _NO_URING = re.compile(r"io_uring|IORING|seccomp", re.I)

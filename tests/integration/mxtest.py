@@ -189,7 +189,8 @@ class SmtpSink:
     """
 
     def __init__(self, port=None, lmtp=False, hostname="sink.test", size=52428800,
-                 idle_timeout=120.0, smtputf8=False, rcvbuf=None):
+                 idle_timeout=120.0, smtputf8=False, rcvbuf=None, host=HOST):
+        self.host = host             # another loopback address (127.0.0.3) for a second server
         self.port = port or free_port()
         self.rcvbuf = rcvbuf         # SO_RCVBUF of its connections (a slow reader's kernel
                                      # buffer stays small), or None for the system's
@@ -228,7 +229,7 @@ class SmtpSink:
 
     @property
     def addr(self):
-        return "%s:%d" % (HOST, self.port)
+        return "%s:%d" % (self.host, self.port)
 
     # -- lifecycle
 
@@ -241,7 +242,7 @@ class SmtpSink:
         deadline = time.monotonic() + 5
         while True:
             try:
-                s.bind((HOST, self.port))
+                s.bind((self.host, self.port))
                 break
             except OSError:
                 if time.monotonic() > deadline:
@@ -874,6 +875,9 @@ class Gateway:
         # Gateways run side by side here: the operations endpoint only where
         # a test gives it its own port.
         self.opts.setdefault("http_listen", "")
+        # Started as root, mxgate would drop to nobody, who cannot reach the
+        # tests' 0700 temporary directories: keep root unless a test says.
+        self.opts.setdefault("user", "root")
         self.log_path = log_path
         self.cwd = cwd
         self.binary = binary

@@ -994,6 +994,139 @@ static void test_cidrs(void **state)
     config_free(&c);
 }
 
+/* config_key_same and config_key_copy: every key, against a value that
+ * differs only in it (what a reload compares and keeps). */
+static void test_key_same_and_copy(void **state)
+{
+    (void)state;
+    size_t n = sizeof kv_cases / sizeof kv_cases[0];
+    for (size_t i = 0; i < n; i++) {
+        mx_config_t a, b;
+        config_defaults(&a);
+        config_defaults(&b);
+        set_ok(&b, kv_cases[i].key, kv_cases[i].good);
+        const config_key_t *k;
+        for (size_t j = 0; (k = config_key_at(j)); j++) {
+            bool same = config_key_same(&a, &b, k->name);
+            if (same != (strcmp(k->name, kv_cases[i].key) != 0))
+                fail_msg("after %s = %s: config_key_same(%s) is %d", kv_cases[i].key, kv_cases[i].good, k->name,
+                         same);
+        }
+        if (strcmp(kv_cases[i].key, "relay_domains") == 0) {
+            assert_int_equal(config_key_copy(&a, &b, "relay_domains"), -1);
+        } else {
+            assert_int_equal(config_key_copy(&a, &b, kv_cases[i].key), 0);
+            assert_true(config_key_same(&a, &b, kv_cases[i].key));
+            char *da = dump(&a), *db = dump(&b);
+            assert_string_equal(da, db);
+            free(da);
+            free(db);
+        }
+        config_free(&a);
+        config_free(&b);
+    }
+    mx_config_t a;
+    config_defaults(&a);
+    assert_false(config_key_same(&a, &a, "no_such_key"));
+    assert_int_equal(config_key_copy(&a, &a, "no_such_key"), -1);
+    config_free(&a);
+}
+
+/* --version: the version alone, before anything else is looked at. */
+static void test_cli_version(void **state)
+{
+    (void)state;
+    char err[512] = "";
+    int rc;
+    mx_config_t c;
+    char *argv[] = {"mxgate", "--version", "--workers", "abc", NULL};
+    char *out = cli_captured(&c, 4, argv, NULL, err, sizeof err, &rc);
+    assert_int_equal(rc, CLI_VERSION);
+    assert_string_equal(out, "mxgate " MXGATE_VERSION "\n");
+    assert_string_equal(MXGATE_VERSION, "0.2.0");
+    free(out);
+    config_free(&c);
+    char *bad[] = {"mxgate", "--version=1", NULL};
+    assert_int_equal(cli_load(&c, 2, bad, NULL, err, sizeof err), CLI_ERROR);
+    assert_err_has(err, "--version: takes no value");
+    config_free(&c);
+    char *help[] = {"mxgate", "--help", NULL};
+    out = cli_captured(&c, 2, help, NULL, err, sizeof err, &rc);
+    assert_non_null(strstr(out, "--version\n"));
+    assert_non_null(strstr(out, "--print-config -n\n"));
+    free(out);
+    config_free(&c);
+}
+
+/* --print-config -n: only what a source set to other than the default,
+ * each below a comment naming the file and line, the variable or the flag;
+ * the output loads again to the same values. */
+static void test_cli_print_set(void **state)
+{
+    (void)state;
+    char path[64], err[512] = "", want[2048];
+    temp_file(path, "\xEF\xBB\xBF# file\n"
+                    "workers = 3\n"
+                    "recipient_limit = 100\n"              /* the default: not shown */
+                    "listen = 127.0.0.1:25,\n"
+                    "  ; a comment between\n"
+                    "\n"
+                    "    [::1]:25\n"                        /* continues listen (line 4) */
+                    "[mxgate]\n"
+                    "Error-Limit: 7\n"
+                    "data_timeout = 10m\n"                 /* 600 s: the default */
+                    "hostname = file.example\n"
+                    "message_size_limit = 1m\n");
+    char *envp[] = {"MXGATE_WORKERS=5", "MXGATE_DOWNSTREAM=mail.example:25", "MXGATE_HOSTNAME=", NULL};
+    char *argv[] = {"mxgate", "--print-config", "-n", "--config", path, "--error-limit=8",
+                    "--message-size-limit", "10m", NULL};
+    mx_config_t c;
+    int rc;
+    char *out = cli_captured(&c, 8, argv, envp, err, sizeof err, &rc);
+    if (rc != CLI_PRINTED)
+        fail_msg("rc %d: %s", rc, err);
+    snprintf(want, sizeof want,
+             "# mxgate " MXGATE_VERSION ": the keys set to other than their default, each below where it was set\n"
+             "# %s, line 4\n"
+             "listen = 127.0.0.1:25, [::1]:25\n"
+             "# MXGATE_WORKERS\n"
+             "workers = 5\n"
+             "# --error-limit\n"
+             "error_limit = 8\n"
+             "# MXGATE_DOWNSTREAM\n"
+             "downstream = mail.example:25\n",
+             path);
+    /* hostname: emptied by the environment, then filled from the system;
+     * relay_domains filled in; message_size_limit set back to the default */
+    assert_string_equal(out, want);
+    mx_config_t d;
+    config_defaults(&d);
+    if (config_parse_ini(&d, out, err, sizeof err) != 0)
+        fail_msg("output does not load: %s", err);
+    assert_int_equal(d.workers, 5);
+    assert_int_equal(d.error_limit, 8);
+    assert_int_equal(d.nlisten, 2);
+    assert_string_equal(d.downstream, "mail.example:25");
+    config_free(&d);
+    free(out);
+    config_free(&c);
+
+    /* Nothing set: the header line alone. -n only right after --print-config. */
+    char *argv2[] = {"mxgate", "--print-config", "-n", NULL};
+    out = cli_captured(&c, 3, argv2, NULL, err, sizeof err, &rc);
+    assert_int_equal(rc, CLI_PRINTED);
+    assert_true(strncmp(out, "# mxgate ", 9) == 0);
+    assert_non_null(strchr(out, '\n'));
+    assert_string_equal(strchr(out, '\n'), "\n"); /* one line */
+    free(out);
+    config_free(&c);
+    char *argv3[] = {"mxgate", "-n", "--print-config", NULL};
+    assert_int_equal(cli_load(&c, 3, argv3, NULL, err, sizeof err), CLI_ERROR);
+    assert_err_has(err, "unexpected argument: -n");
+    config_free(&c);
+    unlink(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1004,7 +1137,8 @@ int main(void)
         cmocka_unit_test(test_ini_errors),     cmocka_unit_test(test_dump_round_trip),
         cmocka_unit_test(test_cli_precedence), cmocka_unit_test(test_cli_hostname),
         cmocka_unit_test(test_cli_errors),     cmocka_unit_test(test_cli_help_and_print),
-        cmocka_unit_test(test_cidrs),
+        cmocka_unit_test(test_cidrs),          cmocka_unit_test(test_key_same_and_copy),
+        cmocka_unit_test(test_cli_version),    cmocka_unit_test(test_cli_print_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

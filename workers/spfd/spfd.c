@@ -1004,7 +1004,8 @@ int spfd_main(int argc, char **argv)
 
     /* Everything that needs a file or root happens before the drop: the
      * user's entry, resolv.conf (res_ninit, once per pool thread). */
-    struct passwd *pw = geteuid() == 0 ? getpwnam(d.o.user) : NULL;
+    bool root = geteuid() == 0;
+    struct passwd *pw = root ? getpwnam(d.o.user) : NULL;
     close_other_fds(&d.o);
     if (chdir("/") != 0) /* no hold on the gateway's working directory */
         log_line(LOG_WARN, "event=spf_helper_chdir_fail error=\"%s\"", strerror(errno));
@@ -1020,6 +1021,18 @@ int spfd_main(int argc, char **argv)
         log_line(LOG_ERROR, "event=spf_helper_fail error=\"%s\"", err);
         spfd_free(&d);
         return 1;
+    }
+    if (!root) {
+        /* Started by a gateway that already gave up root (a restart), or
+         * never had it: it runs as that user; --user cannot be taken. */
+        logbuf_t b;
+        lb_init(&b, "spf_helper_privileges");
+        lb_u64(&b, "uid", geteuid());
+        lb_u64(&b, "gid", getegid());
+        lb_cstr(&b, "user", d.o.user);
+        lb_cstr(&b, "action", "none");
+        lb_cstr(&b, "note", "not started as root: runs as the gateway's user, cannot switch to --user");
+        log_emit(LOG_INFO, &b);
     }
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) {
         log_line(LOG_ERROR, "event=spf_helper_fail error=\"prctl: %s\"", strerror(errno));
