@@ -48,10 +48,12 @@ int filter_chain_init(filter_chain_t *ch, const mx_config_t *cfg, char *err, siz
                 filter_chain_fini(ch);
                 return -1;
             }
-            if (f->init && f->init(cfg, err, errlen)) {
+            void *state = NULL;
+            if (f->init && f->init(cfg, &state, err, errlen)) {
                 filter_chain_fini(ch);
                 return -1;
             }
+            ch->state[ch->n] = state;
             ch->f[ch->n++] = f;
             relay |= f == &filter_relay;
             ch->spf |= f == &filter_spf;
@@ -70,9 +72,11 @@ int filter_chain_init(filter_chain_t *ch, const mx_config_t *cfg, char *err, siz
 
 void filter_chain_fini(filter_chain_t *ch)
 {
-    for (int i = 0; i < ch->n; i++)
+    for (int i = 0; i < ch->n; i++) {
         if (ch->f[i]->fini)
-            ch->f[i]->fini();
+            ch->f[i]->fini(ch->state[i]);
+        ch->state[i] = NULL;
+    }
     ch->n = 0;
 }
 
@@ -83,6 +87,7 @@ enum filter_act filter_run(const filter_chain_t *ch, enum filter_stage st, filte
         if (!ch->f[i]->stage[st])
             continue;
         filter_verdict_t one = {0};
+        fx->self = ch->state[i];
         enum filter_act a = ch->f[i]->stage[st](fx, &one);
         if (a == FA_TAG) {
             out = FA_TAG;

@@ -73,6 +73,9 @@ struct filter_facts {
     uint32_t messages;     /* transactions begun in this connection, this one included */
     uint32_t rcpts;        /* RCPT commands in this connection, this one included */
     spf_state_t *spf;
+    /* The running filter's own state (what its init made), set by
+     * filter_run() for each filter it calls. */
+    const void *self;
     /* FA_TAG: headers ("Name: value\r\n"...) are appended here. */
     char *hdr;
     size_t hdr_len, hdr_cap;
@@ -100,9 +103,12 @@ static inline enum filter_act filter_refuse(filter_verdict_t *v, enum filter_act
 
 typedef struct filter_def {
     const char *name;
-    /* Start-up: load what the filter needs (a file). 0 or -1 with err. */
-    int (*init)(const mx_config_t *cfg, char *err, size_t errlen);
-    void (*fini)(void);
+    /* Load what the filter needs (a file) into *state, which its stages
+     * then find in facts->self; 0, or -1 with err. Each chain has its own
+     * state, so a reload builds a new one while the old chain still serves.
+     * Main thread; the stages only read the state. */
+    int (*init)(const mx_config_t *cfg, void **state, char *err, size_t errlen);
+    void (*fini)(void *state);
     /* One stage; fill v and return its act. NULL: no opinion. */
     enum filter_act (*stage[FS_COUNT])(const filter_facts_t *fx, filter_verdict_t *v);
 } filter_def_t;
@@ -110,12 +116,14 @@ typedef struct filter_def {
 /* The chain the config asks for, in order. */
 typedef struct filter_chain {
     const filter_def_t *f[16];
+    void *state[16]; /* each filter's, from its init */
     int n;
     bool spf; /* SPF is in the chain: the worker needs the helper */
 } filter_chain_t;
 
-/* Build the chain from cfg->filters and initialize each filter (start-up,
- * main thread). -1 with err naming the bad filter. */
+/* Build the chain from cfg->filters and initialize each filter (start-up
+ * or reload, main thread). -1 with err naming the bad filter; nothing is
+ * left to free then. */
 int filter_chain_init(filter_chain_t *ch, const mx_config_t *cfg, char *err, size_t errlen)
     __attribute__((warn_unused_result));
 void filter_chain_fini(filter_chain_t *ch);

@@ -5,8 +5,10 @@
  * user there). Everyone else gets 550 5.1.1 at RCPT, so the gateway never
  * takes mail for a mailbox that does not exist and never has to bounce it.
  *
- * The file is read once at start-up into one arena and an open-addressing
- * index of lowercased keys; lookups from the workers only read it.
+ * The file is read at start-up, and again on each reload into a new map
+ * (the chain's state: the old one serves until no worker uses it), into one
+ * arena and an open-addressing index of lowercased keys; lookups from the
+ * workers only read it.
  * Format: one address per line; blank lines and lines starting with '#'
  * are skipped; anything after the address on a line (a Postfix map's value
  * column) is ignored.
@@ -18,13 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static struct {
+typedef struct rmap {
     char *arena;       /* keys, NUL-terminated, lowercased */
     uint32_t *index;   /* offset + 1 into arena; 0: empty slot */
     uint32_t mask;
     uint32_t count;
-    bool loaded;
-} map;
+} rmap_t;
 
 static uint32_t hash_lower(const char *p, size_t n)
 {
@@ -48,24 +49,28 @@ static bool key_eq(const char *key, const char *p, size_t n)
     return key[n] == '\0';
 }
 
-static bool map_has(const char *p, size_t n)
+static bool map_has(const rmap_t *map, const char *p, size_t n)
 {
-    for (uint32_t s = hash_lower(p, n) & map.mask; map.index[s]; s = (s + 1) & map.mask)
-        if (key_eq(map.arena + map.index[s] - 1, p, n))
+    for (uint32_t s = hash_lower(p, n) & map->mask; map->index[s]; s = (s + 1) & map->mask)
+        if (key_eq(map->arena + map->index[s] - 1, p, n))
             return true;
     return false;
 }
 
-static void recipients_fini(void)
+static void recipients_fini(void *state)
 {
-    free(map.arena);
-    free(map.index);
-    memset(&map, 0, sizeof map);
+    rmap_t *map = state;
+    if (!map)
+        return;
+    free(map->arena);
+    free(map->index);
+    free(map);
 }
 
-static int recipients_init(const mx_config_t *cfg, char *err, size_t errlen)
+/* No map set: *state stays NULL and every recipient passes. */
+static int recipients_init(const mx_config_t *cfg, void **state, char *err, size_t errlen)
 {
-    recipients_fini();
+    *state = NULL;
     if (!cfg->recipient_map[0])
         return 0;
     FILE *f = fopen(cfg->recipient_map, "re");
@@ -124,32 +129,36 @@ static int recipients_init(const mx_config_t *cfg, char *err, size_t errlen)
     uint32_t slots = 16;
     while (slots < 2 * keys)
         slots *= 2;
-    map.index = calloc(slots, sizeof *map.index);
-    if (!map.index || len >= UINT32_MAX) {
+    rmap_t *map = calloc(1, sizeof *map);
+    if (map)
+        map->index = calloc(slots, sizeof *map->index);
+    if (!map || !map->index || len >= UINT32_MAX) {
         free(arena);
+        recipients_fini(map);
         snprintf(err, errlen, "recipient_map: out of memory");
         return -1;
     }
-    map.arena = arena;
-    map.mask = slots - 1;
+    map->arena = arena;
+    map->mask = slots - 1;
     for (size_t off = 0; off < len; off += strlen(arena + off) + 1) {
         size_t n = strlen(arena + off);
-        if (map_has(arena + off, n))
+        if (map_has(map, arena + off, n))
             continue; /* listed twice */
-        uint32_t s = hash_lower(arena + off, n) & map.mask;
-        while (map.index[s])
-            s = (s + 1) & map.mask;
-        map.index[s] = (uint32_t)off + 1;
-        map.count++;
+        uint32_t s = hash_lower(arena + off, n) & map->mask;
+        while (map->index[s])
+            s = (s + 1) & map->mask;
+        map->index[s] = (uint32_t)off + 1;
+        map->count++;
     }
-    map.loaded = true;
+    *state = map;
     return 0;
 }
 
 static enum filter_act recipients_rcpt(const filter_facts_t *fx, filter_verdict_t *v)
 {
     const smtp_path_t *r = fx->rcpt;
-    if (!map.loaded || r->postmaster)
+    const rmap_t *map = fx->self;
+    if (!map || r->postmaster)
         return FA_ACCEPT;
     slice_t d = r->domain;
     if (d.len && d.ptr[d.len - 1] == '.')
@@ -161,7 +170,7 @@ static enum filter_act recipients_rcpt(const filter_facts_t *fx, filter_verdict_
         memcpy(key, r->local.ptr, r->local.len);
         key[r->local.len] = '@';
         memcpy(key + r->local.len + 1, d.ptr, d.len);
-        if (map_has(key, r->local.len + 1 + d.len) || map_has(key + r->local.len, 1 + d.len))
+        if (map_has(map, key, r->local.len + 1 + d.len) || map_has(map, key + r->local.len, 1 + d.len))
             return FA_ACCEPT;
     }
     return filter_refuse(v, FA_REJECT, 550, "5.1.1", "Error: no such user here", "unknown_user");

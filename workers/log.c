@@ -14,7 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
-int log_level = LOG_INFO;
+_Atomic int log_level = LOG_INFO;
 
 static void write_line(int level, const char *body, size_t n)
 {

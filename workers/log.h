@@ -20,7 +20,7 @@ enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 #define LOG_LINE_MAX 8192
 
-extern int log_level; /* lines below it are dropped */
+extern _Atomic int log_level; /* lines below it are dropped */
 void log_line(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 typedef struct logbuf {

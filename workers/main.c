@@ -20,6 +20,7 @@
 #include "maildir.h"
 #include "metrics.h"
 #include "privs.h"
+#include "reload.h"
 #include "resolve.h"
 #include "spf.h"
 #include "spf_client.h"
@@ -53,7 +54,8 @@ typedef struct ops {
     worker_t *w;
     int n;
     bool relay;          /* a downstream is configured: readiness needs it */
-    resolve_t *res;      /* its address; NULL without a downstream */
+    pthread_mutex_t mu;  /* guards res: a reload may change it */
+    resolve_t *res;      /* the current generation's downstream address; NULL without one */
     atomic_bool started; /* the workers run (the endpoint starts before them) */
     proc_metrics_t pm;
 } ops_t;
@@ -101,6 +103,14 @@ static void metrics_text(ops_t *o, http_reply_t *out)
  * downstream answering connects (where there is one): what a balancer
  * should send mail to.
  */
+static bool resolves(ops_t *o)
+{
+    pthread_mutex_lock(&o->mu);
+    bool ok = !o->res || resolve_get(o->res, NULL, NULL);
+    pthread_mutex_unlock(&o->mu);
+    return ok;
+}
+
 static void on_http(void *ctx, const char *path, http_reply_t *out)
 {
     ops_t *o = ctx;
@@ -127,7 +137,7 @@ static void on_http(void *ctx, const char *path, http_reply_t *out)
             reachable = m_get(&o->w[i].m.ds_reachable) != 0;
         if (m_get(&o->pm.draining))
             reply_text(out, 503, "draining\n");
-        else if (o->res && !resolve_get(o->res, NULL, NULL))
+        else if (!resolves(o))
             reply_text(out, 503, "downstream name does not resolve\n");
         else if (!reachable)
             reply_text(out, 503, "downstream unreachable\n");
@@ -218,50 +228,119 @@ static pid_t spf_spawn(const mx_config_t *cfg, worker_t *w, int n, bool running)
     return pid;
 }
 
+/* Generations replaced by a reload, until no worker holds them (conf.h). */
+static conf_t *retired;
+
+static void retire_sweep(worker_t *w, int n, const conf_t *cur)
+{
+    for (conf_t **pp = &retired; *pp;) {
+        conf_t *c = *pp;
+        bool seen = true;
+        for (int i = 0; i < n && seen; i++)
+            seen = atomic_load_explicit(&w[i].conf_seen, memory_order_acquire) >= cur->number;
+        if (seen && atomic_load_explicit(&c->holders, memory_order_acquire) == 0) {
+            *pp = c->retired_next;
+            log_line(LOG_DEBUG, "event=reload_freed generation=%llu", (unsigned long long)c->number);
+            conf_free(c);
+            continue;
+        }
+        pp = &c->retired_next;
+    }
+}
+
+/*
+ * SIGHUP: build the next generation and publish it; the workers adopt it
+ * at their next loop turn. On failure the running one stays and the
+ * reason is logged and counted.
+ */
+static conf_t *reload(conf_t *_Atomic *pub, ops_t *o, int argc, char **argv, char **envp)
+{
+    conf_t *cur = atomic_load(pub);
+    reload_report_t rep;
+    char err[512];
+    conf_t *next = reload_build(cur, argc, argv, envp, &rep, err, sizeof err);
+    logbuf_t b;
+    lb_init(&b, "reload");
+    if (!next) {
+        m_inc(&o->pm.reloads_failed);
+        lb_cstr(&b, "result", "failed");
+        lb_u64(&b, "generation", cur->number);
+        lb_cstr(&b, "error", err);
+        lb_cstr(&b, "note", "the running configuration stays");
+        log_emit(LOG_ERROR, &b);
+        return cur;
+    }
+    log_level = next->cfg.log_level;
+    pthread_mutex_lock(&o->mu);
+    o->res = next->resolver;
+    pthread_mutex_unlock(&o->mu);
+    atomic_store_explicit(pub, next, memory_order_release);
+    cur->retired_next = retired;
+    retired = cur;
+    m_inc(&o->pm.reloads_ok);
+    lb_cstr(&b, "result", "ok");
+    lb_u64(&b, "generation", next->number);
+    lb_cstr(&b, "changed", rep.changed[0] ? rep.changed : "-");
+    if (rep.not_applied[0]) {
+        lb_cstr(&b, "not_applied", rep.not_applied);
+        lb_cstr(&b, "note", "these keys need a restart");
+    }
+    log_emit(rep.not_applied[0] ? LOG_WARN : LOG_INFO, &b);
+    return next;
+}
+
 int main(int argc, char **argv, char **envp)
 {
     if (argc > 1 && strcmp(argv[1], "--spf-helper") == 0)
         return spfd_main(argc, argv);
-    static mx_config_t cfg;
-    static filter_chain_t chain;
+    mx_config_t loaded;
+    memset(&loaded, 0, sizeof loaded);
     char err[512];
-    int rc = cli_load(&cfg, argc, argv, envp, err, sizeof err);
-    if (rc > 0)
+    int rc = cli_load(&loaded, argc, argv, envp, err, sizeof err);
+    if (rc > 0) {
+        config_free(&loaded);
         return 0; /* --help, --print-config, --version */
+    }
     if (rc) {
+        config_free(&loaded);
         fprintf(stderr, "mxgate: %s\n", err);
         return 2;
     }
-    log_level = cfg.log_level;
-    if (filter_chain_init(&chain, &cfg, err, sizeof err)) {
+    log_level = loaded.log_level;
+    conf_t *conf = conf_new(&loaded, 1, err, sizeof err);
+    if (!conf) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 2;
     }
+    static conf_t *_Atomic current;
+    atomic_init(&current, conf);
+    const mx_config_t *cfg = &conf->cfg; /* the keys that need a restart: the same in every generation */
     /* As root: who to become, before anything is bound. */
     privs_t privs;
-    if (privs_plan(&cfg, &privs, err, sizeof err)) {
+    if (privs_plan(cfg, &privs, err, sizeof err)) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
     }
-    if (!cfg.downstream[0] && maildir_prepare(cfg.maildir, privs.drop ? privs.uid : (uid_t)-1,
-                                              privs.drop ? privs.gid : (gid_t)-1, err, sizeof err)) {
+    if (!cfg->downstream[0] && maildir_prepare(cfg->maildir, privs.drop ? privs.uid : (uid_t)-1,
+                                               privs.drop ? privs.gid : (gid_t)-1, err, sizeof err)) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
     }
-    resolve_t *res = NULL;
-    if (cfg.downstream[0] && !(res = resolve_new(cfg.downstream, cfg.dns_server, cfg.dns_timeout, err, sizeof err))) {
+    if (cfg->downstream[0] &&
+        !(conf->resolver = resolve_new(cfg->downstream, cfg->dns_server, cfg->dns_timeout, err, sizeof err))) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
     }
+    conf->own_resolver = true;
     /* SO_REUSEPORT would let us join another instance's listeners in
      * silence: find out first whether anyone listens there. */
-    for (int i = 0; i < cfg.nlisten; i++) {
-        if (listen_probe("listen", cfg.listen[i], err, sizeof err)) {
+    for (int i = 0; i < cfg->nlisten; i++) {
+        if (listen_probe("listen", cfg->listen[i], err, sizeof err)) {
             fprintf(stderr, "mxgate: %s\n", err);
             return 1;
         }
     }
-    if (cfg.http_listen[0] && listen_probe("http_listen", cfg.http_listen, err, sizeof err)) {
+    if (cfg->http_listen[0] && listen_probe("http_listen", cfg->http_listen, err, sizeof err)) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
     }
@@ -273,7 +352,7 @@ int main(int argc, char **argv, char **envp)
         setrlimit(RLIMIT_NOFILE, &rl);
     }
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int n = cfg.workers ? (int)cfg.workers : (ncpu > 0 ? (int)ncpu : 1);
+    int n = cfg->workers ? (int)cfg->workers : (ncpu > 0 ? (int)ncpu : 1);
 
     /* Workers inherit this mask: signals reach only the main thread. */
     sigset_t set;
@@ -293,24 +372,24 @@ int main(int argc, char **argv, char **envp)
         return 1;
     }
     for (int i = 0; i < n; i++) {
-        if (worker_init(&w[i], i, &cfg, &chain, limits, err, sizeof err)) {
+        if (worker_init(&w[i], i, &current, limits, err, sizeof err)) {
             fprintf(stderr, "mxgate: %s\n", err);
             return 1;
         }
-        w[i].resolver = res;
     }
     static ops_t ops;
     ops.w = w;
     ops.n = n;
-    ops.relay = cfg.downstream[0] != 0;
-    ops.res = res;
+    ops.relay = cfg->downstream[0] != 0;
+    pthread_mutex_init(&ops.mu, NULL);
+    ops.res = conf->resolver;
     http_server_t *http = NULL;
-    if (cfg.http_listen[0] && !(http = http_start(cfg.http_listen, on_http, &ops, err, sizeof err))) {
+    if (cfg->http_listen[0] && !(http = http_start(cfg->http_listen, on_http, &ops, err, sizeof err))) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
     }
-    pid_t spf_pid = chain.spf ? spf_spawn(&cfg, w, n, false) : -1;
-    if (chain.spf && spf_pid < 0)
+    pid_t spf_pid = conf->chain.spf ? spf_spawn(cfg, w, n, false) : -1;
+    if (conf->chain.spf && spf_pid < 0)
         return 1;
     time_t spf_started = time(NULL);
     /* Everything that needed root is done. */
@@ -318,7 +397,7 @@ int main(int argc, char **argv, char **envp)
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
     }
-    if (res && resolve_start(res, err, sizeof err)) {
+    if (conf->resolver && resolve_start(conf->resolver, err, sizeof err)) {
         fprintf(stderr, "mxgate: %s\n", err);
         return 1;
     }
@@ -337,11 +416,15 @@ int main(int argc, char **argv, char **envp)
     }
     atomic_store(&ops.started, true);
     log_line(LOG_INFO, "event=start version=%s workers=%d listen=%s hostname=%s downstream=%s maildir=%s http=%s",
-             MXGATE_VERSION, n, cfg.listen[0], cfg.hostname, cfg.downstream[0] ? cfg.downstream : "-",
-             cfg.downstream[0] ? "-" : cfg.maildir, cfg.http_listen[0] ? cfg.http_listen : "-");
+             MXGATE_VERSION, n, cfg->listen[0], cfg->hostname, cfg->downstream[0] ? cfg->downstream : "-",
+             cfg->downstream[0] ? "-" : cfg->maildir, cfg->http_listen[0] ? cfg->http_listen : "-");
     for (;;) {
-        int sig = 0;
-        if (sigwait(&set, &sig))
+        /* A second at most between sweeps of retired generations. */
+        struct timespec tick = { 1, 0 };
+        int sig = sigtimedwait(&set, NULL, &tick);
+        conf = atomic_load(&current);
+        retire_sweep(w, n, conf);
+        if (sig < 0)
             continue;
         if (sig == SIGCHLD) {
             int st;
@@ -353,19 +436,24 @@ int main(int argc, char **argv, char **envp)
                          WIFEXITED(st) ? WEXITSTATUS(st) : -1, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
                 if (time(NULL) - spf_started < 1)
                     sleep(SPF_RESTART_PAUSE_S); /* a helper that dies at once must not spin */
-                spf_pid = spf_spawn(&cfg, w, n, true);
+                spf_pid = spf_spawn(&conf->cfg, w, n, true);
                 spf_started = time(NULL);
                 m_inc(&ops.pm.spf_helper_restarts);
             }
             continue;
         }
         if (sig == SIGHUP) {
-            log_line(LOG_WARN, "event=sighup note=\"configuration reload is not implemented; restart to apply\"");
+            conf = reload(&current, &ops, argc, argv, envp);
+            if (conf->chain.spf && spf_pid < 0) {
+                /* SPF is new in the chain: its helper, as after a crash */
+                spf_pid = spf_spawn(&conf->cfg, w, n, true);
+                spf_started = time(NULL);
+            }
             continue;
         }
         log_line(LOG_INFO, "event=signal signal=%s action=drain delay_s=%u timeout_s=%u",
-                 sig == SIGTERM ? "TERM" : "INT", (unsigned)cfg.drain_delay, (unsigned)cfg.drain_timeout);
-        drain_delay(&cfg, &ops, &set);
+                 sig == SIGTERM ? "TERM" : "INT", (unsigned)conf->cfg.drain_delay, (unsigned)conf->cfg.drain_timeout);
+        drain_delay(&conf->cfg, &ops, &set);
         break;
     }
     for (int i = 0; i < n; i++)
@@ -395,11 +483,14 @@ int main(int argc, char **argv, char **envp)
     }
     for (int i = 0; i < n; i++)
         worker_destroy(&w[i]);
-    resolve_free(res);
-    filter_chain_fini(&chain);
+    while (retired) {
+        conf_t *c = retired;
+        retired = c->retired_next;
+        conf_free(c);
+    }
+    conf_free(atomic_load(&current));
     free(w);
     free(th);
     free(limits);
-    config_free(&cfg);
     return 0;
 }

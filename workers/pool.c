@@ -49,6 +49,9 @@ struct dsconn {
     uint8_t phase;
     bool recv_armed, sending, posted, leased;
     relay_t relay;
+    relay_config_t rcfg;     /* the relay's, as the configuration was at its open */
+    char helo[CONFIG_DOMAIN_MAX + 1];
+    uint32_t conf_gen;       /* p->conf_gen at its open: older ones are retired */
     outq_t out;
     pool_owner_t owner;
     uint64_t born_ms;
@@ -73,8 +76,8 @@ typedef struct waiter {
 } waiter_t;
 
 struct pool {
-    relay_config_t rcfg;
-    char helo[CONFIG_DOMAIN_MAX + 1];
+    uint32_t conf_gen;       /* one more each time a reload changes what a connection is */
+    uint32_t max_due;        /* replies a connection may owe: the largest recipient_limit seen, + 8 */
     dsconn_t **conn;         /* downstream_connections slots */
     uint32_t *gen;
     uint32_t nslots, nconn, nclosing;
@@ -88,6 +91,7 @@ struct pool {
 };
 
 static void conn_fail(worker_t *w, dsconn_t *c, enum relay_fail why);
+static void close_conn(worker_t *w, dsconn_t *c, const char *why);
 static void on_probe(worker_t *w, timer_node_t *t);
 static void serve_queue(worker_t *w);
 static void to_pool(worker_t *w, dsconn_t *c);
@@ -107,9 +111,7 @@ int pool_init(worker_t *w, char *err, size_t errlen)
     w->pool = p;
     /* The address is the resolver's (resolve.h), taken at each connect: a
      * name that does not resolve yet does not stop start-up. */
-    snprintf(p->helo, sizeof p->helo, "%s", cfg->hostname);
-    p->rcfg = (relay_config_t){ slice_make(p->helo, strlen(p->helo)), cfg->downstream_protocol == CONFIG_PROTO_LMTP,
-                                cfg->recipient_limit + 8 };
+    p->max_due = cfg->recipient_limit + 8;
     p->nslots = cfg->downstream_connections;
     p->conn = calloc(p->nslots, sizeof *p->conn);
     p->gen = calloc(p->nslots, sizeof *p->gen);
@@ -133,6 +135,34 @@ static void conn_free(worker_t *w, dsconn_t *c)
     outq_clear(&c->out, &w->blocks);
     relay_free(&c->relay);
     free(c);
+}
+
+void pool_reconfigure(worker_t *w, const mx_config_t *before)
+{
+    pool_t *p = w->pool;
+    const mx_config_t *cfg = w->cfg;
+    if (!p)
+        return;
+    if (cfg->recipient_limit + 8 > p->max_due)
+        p->max_due = cfg->recipient_limit + 8; /* never lower: older sessions may still send more */
+    if (!strcmp(before->downstream, cfg->downstream) && before->downstream_protocol == cfg->downstream_protocol &&
+        !strcmp(before->hostname, cfg->hostname) && before->recipient_limit <= cfg->recipient_limit)
+        return;
+    /* What a connection is has changed (server, protocol, the name it
+     * greets with, how many replies it may owe): the idle ones close now,
+     * leased ones when their transaction is done, and new ones open as the
+     * new configuration says. A new server gets a fresh start. */
+    p->conf_gen++;
+    if (strcmp(before->downstream, cfg->downstream)) {
+        p->backoff_ms = 0;
+        p->backoff_until = 0;
+    }
+    for (uint32_t i = 0; i < p->nslots; i++) {
+        dsconn_t *c = p->conn[i];
+        if (c && c->phase == PH_OPEN && !c->leased && relay_ready(&c->relay))
+            close_conn(w, c, "reload");
+    }
+    serve_queue(w);
 }
 
 void pool_destroy(worker_t *w)
@@ -340,7 +370,8 @@ static void close_conn(worker_t *w, dsconn_t *c, const char *why)
     if (c->phase == PH_CLOSING)
         return;
     bool quiet = (!c->leased && relay_ready(&c->relay)) || c->unresolved; /* the resolver logs that */
-    log_line(quiet ? LOG_DEBUG : LOG_WARN, "event=downstream_closed worker=%d conn=%u reason=%s messages=%u", w->id,
+    /* retirement is routine; a reload's is an operator's act, worth a line */
+    log_line(!quiet ? LOG_WARN : strcmp(why, "reload") ? LOG_DEBUG : LOG_INFO, "event=downstream_closed worker=%d conn=%u reason=%s messages=%u", w->id,
              c->idx, why, c->relay.messages);
     if (c->phase == PH_CONNECTING) {
         /* A connect to a silent address may take minutes to fail by itself. */
@@ -433,6 +464,8 @@ static void to_pool(worker_t *w, dsconn_t *c)
     const char *why = NULL;
     if (w->draining)
         why = "draining";
+    else if (c->conf_gen != w->pool->conf_gen)
+        why = "reload";
     else if (c->relay.messages >= cfg->downstream_max_messages)
         why = "max_messages";
     else if (w->now - c->born_ms > (uint64_t)cfg->downstream_max_lifetime * 1000)
@@ -515,14 +548,15 @@ static void serve_queue(worker_t *w)
     while (p->wq_len) {
         dsconn_t *c = NULL;
         for (uint32_t i = 0; i < p->nslots && !c; i++)
-            if (p->conn[i] && p->conn[i]->phase == PH_OPEN && !p->conn[i]->leased && relay_ready(&p->conn[i]->relay))
+            if (p->conn[i] && p->conn[i]->phase == PH_OPEN && !p->conn[i]->leased &&
+                relay_ready(&p->conn[i]->relay) && p->conn[i]->conf_gen == p->conf_gen)
                 c = p->conn[i];
         if (!c) {
             /* One connection on its way per waiter, within the limit. */
             uint32_t coming = 0;
             for (uint32_t i = 0; i < p->nslots; i++)
                 if (p->conn[i] && p->conn[i]->phase != PH_CLOSING && !p->conn[i]->leased &&
-                    !relay_ready(&p->conn[i]->relay))
+                    !relay_ready(&p->conn[i]->relay) && p->conn[i]->conf_gen == p->conf_gen)
                     coming++;
             if (coming < p->wq_len && p->nconn < p->nslots && p->backoff_until <= w->now)
                 open_conn(w);
@@ -580,7 +614,12 @@ static void open_conn(worker_t *w)
     c->gen = ++p->gen[slot] & GEN_MASK;
     c->born_ms = w->now;
     c->phase = PH_CONNECTING;
-    relay_init(&c->relay, &p->rcfg);
+    const mx_config_t *cfg = w->cfg;
+    snprintf(c->helo, sizeof c->helo, "%s", cfg->hostname);
+    c->rcfg = (relay_config_t){ slice_make(c->helo, strlen(c->helo)), cfg->downstream_protocol == CONFIG_PROTO_LMTP,
+                                p->max_due };
+    c->conf_gen = p->conf_gen;
+    relay_init(&c->relay, &c->rcfg);
     p->conn[slot] = c;
     p->nconn++;
     m_inc(&w->m.ds_connects);
@@ -605,8 +644,8 @@ enum pool_acquire pool_acquire(worker_t *w, const pool_owner_t *o, pool_lease_t 
         dsconn_t *c = p->conn[i];
         if (!c || c->phase != PH_OPEN || c->leased || !relay_ready(&c->relay))
             continue;
-        if (w->now - c->born_ms > (uint64_t)cfg->downstream_max_lifetime * 1000) {
-            close_conn(w, c, "max_lifetime");
+        if (w->now - c->born_ms > (uint64_t)cfg->downstream_max_lifetime * 1000 || c->conf_gen != p->conf_gen) {
+            close_conn(w, c, c->conf_gen != p->conf_gen ? "reload" : "max_lifetime");
             continue;
         }
         lease_to(c, o);

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "config.h"
 #include "relay.h"
 
 typedef struct worker worker_t;
@@ -60,6 +61,12 @@ int pool_init(worker_t *w, char *err, size_t errlen);
  * that readiness knows whether the server answers before the first client. */
 void pool_start(worker_t *w);
 void pool_destroy(worker_t *w);
+
+/* The worker adopted a new configuration generation (w->cfg); before is
+ * the one it had. Connections that no longer match it (downstream,
+ * downstream_protocol, hostname, a higher recipient_limit) are retired:
+ * idle ones now, leased ones after their transaction. */
+void pool_reconfigure(worker_t *w, const mx_config_t *before);
 
 enum pool_acquire { POOL_GRANTED, POOL_QUEUED, POOL_REFUSED };
 

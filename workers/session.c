@@ -100,6 +100,7 @@ struct session {
     uint64_t id, start_ms;
     uint32_t txn, rcpts_conn;
     tx_t *tx;
+    conf_t *conf;          /* the configuration it began with, to its end (conf.h) */
     proxy_t *proxy;        /* while SF_PROXY */
     const char *reason;    /* how it ended, for the disconnect line */
     session_t *post_next;
@@ -322,7 +323,7 @@ static void arm(worker_t *w, session_t *s, enum tkind k, uint64_t deadline)
 /* Which clock runs now, and when it runs out. */
 static void set_timer(worker_t *w, session_t *s)
 {
-    const mx_config_t *cfg = w->cfg;
+    const mx_config_t *cfg = &s->conf->cfg;
     if (s->flags & SF_CLOSING)
         return;
     if (s->flags & SF_QUIT) {
@@ -388,7 +389,7 @@ static void ds_unblock(worker_t *w, session_t *s)
 /* Body bytes earn time at data_min_rate, up to data_timeout ahead. */
 static void data_credit(worker_t *w, session_t *s, size_t n)
 {
-    const mx_config_t *cfg = w->cfg;
+    const mx_config_t *cfg = &s->conf->cfg;
     uint64_t cap = w->now + (uint64_t)cfg->data_timeout * 1000;
     s->last_byte = w->now;
     if (!cfg->data_min_rate) {
@@ -435,6 +436,8 @@ static enum tx_end end_of(const char *why)
 static tx_env_t env_of(worker_t *w, session_t *s)
 {
     return (tx_env_t){ w,
+                       &s->conf->cfg,
+                       &s->conf->chain,
                        &s->smtp,
                        &session_pool_ops,
                        s->idx,
@@ -467,8 +470,9 @@ static void quit_with(worker_t *w, session_t *s, int code, const char *esc, cons
 /* What the filters see of the session outside a transaction. */
 static void facts_of(worker_t *w, const session_t *s, filter_facts_t *fx)
 {
+    (void)w;
     memset(fx, 0, sizeof *fx);
-    fx->cfg = w->cfg;
+    fx->cfg = &s->conf->cfg;
     fx->family = s->family;
     fx->addr = s->addr;
     fx->helo = slice_make(s->helo ? s->helo : "", s->helo_len);
@@ -490,7 +494,7 @@ static void on_helo(worker_t *w, session_t *s, const smtp_event_t *ev)
     filter_facts_t fx;
     filter_verdict_t v;
     facts_of(w, s, &fx);
-    enum filter_act a = filter_run(w->chain, FS_HELO, &fx, &v);
+    enum filter_act a = filter_run(&s->conf->chain, FS_HELO, &fx, &v);
     if (a == FA_REJECT || a == FA_TEMPFAIL) {
         smtp_reply_t r = { v.code, v.esc, slice_make(v.text, strlen(v.text)), 0 };
         smtp_verdict(&s->smtp, ev->slot, &r);
@@ -709,6 +713,7 @@ static void session_free(worker_t *w, session_t *s)
     free(s->proxy);
     if (s->held != s->held_inline)
         free(s->held);
+    worker_conf_drop(w, s->conf);
     free(s);
 }
 
@@ -809,7 +814,7 @@ static void on_timer(worker_t *w, timer_node_t *t)
         break;
     case T_DATA:
         /* Bytes came within data_timeout: the client is just too slow. */
-        if (w->now - s->last_byte < (uint64_t)w->cfg->data_timeout * 1000)
+        if (w->now - s->last_byte < (uint64_t)s->conf->cfg.data_timeout * 1000)
             timeout(w, s, "data_rate", MT_DATA_RATE);
         else
             timeout(w, s, "data_timeout", MT_DATA);
@@ -835,7 +840,7 @@ static void admit(worker_t *w, session_t *s, int total)
     facts_of(w, s, &fx);
     fx.conn_total = (uint32_t)total;
     fx.conn_per_ip = (uint32_t)per_ip;
-    if (filter_run(w->chain, FS_CONNECT, &fx, &v) >= FA_REJECT) {
+    if (filter_run(&s->conf->chain, FS_CONNECT, &fx, &v) >= FA_REJECT) {
         bool wait = v.act == FA_WAIT;
         const char *why = wait || !v.why ? "filter" : v.why;
         m_inc(&w->m.refused[!strcmp(why, "max_connections")          ? MR_MAX_CONNECTIONS
@@ -855,10 +860,10 @@ static void admit(worker_t *w, session_t *s, int total)
              s->port);
     if (!(s->flags & SF_RECV))
         arm_recv(w, s);
-    if (w->cfg->greeting_delay) {
+    if (s->conf->cfg.greeting_delay) {
         /* postscreen's pregreet test: a client that talks before it hears
          * the 220 is a bot; the engine answers it 554 and closes. */
-        arm(w, s, T_GREET, w->now + w->cfg->greeting_delay);
+        arm(w, s, T_GREET, w->now + s->conf->cfg.greeting_delay);
         return;
     }
     greet(w, s);
@@ -964,7 +969,6 @@ static bool proxy_refused_here(worker_t *w, session_t *s)
 void session_accept(worker_t *w, int fd)
 {
     sessions_t *ss = w->sessions;
-    const mx_config_t *cfg = w->cfg;
     struct sockaddr_storage sa;
     socklen_t sl = sizeof sa;
     session_t *s = calloc(1, sizeof *s);
@@ -975,6 +979,8 @@ void session_accept(worker_t *w, int fd)
         return;
     }
     s->fd = fd;
+    s->conf = worker_conf_hold(w);
+    const mx_config_t *cfg = &s->conf->cfg;
     s->held = s->held_inline;
     s->held_cap = HELD_INLINE;
     if (sa.ss_family == AF_INET6) {
@@ -1002,7 +1008,7 @@ void session_accept(worker_t *w, int fd)
     s->clock = w->now;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    smtp_init(&s->smtp, &w->smtp_cfg, &s->view);
+    smtp_init(&s->smtp, &s->conf->smtp, &s->view);
     if (cfg->proxy_protocol != CONFIG_PROXY_OFF) {
         if (cfg->proxy_trusted.n && !config_cidrs_match(&cfg->proxy_trusted, s->family, s->addr)) {
             s->flags |= SF_NO_PROXY;

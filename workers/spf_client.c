@@ -68,8 +68,8 @@ struct spfc {
 
 int spfc_init(worker_t *w, spfc_done_fn *done, char *err, size_t errlen)
 {
-    if (!w->chain || !w->chain->spf)
-        return 0;
+    /* Always: a reload may put SPF in the chain, and main then starts the
+     * helper and hands each worker its socket (spfc_handover). */
     spfc_t *c = calloc(1, sizeof *c);
     if (!c) {
         snprintf(err, errlen, "worker %d: out of memory for SPF", w->id);

@@ -112,7 +112,7 @@ static const smtp_reply_t oom_reply = { 451, "4.3.0", SLICE_INIT("Error: out of 
 
 static bool relay_mode(const tx_t *t)
 {
-    return t->env.w->cfg->downstream[0] != 0;
+    return t->env.cfg->downstream[0] != 0;
 }
 
 /* ---- the arena: strings that must outlive a receive buffer ---- */
@@ -241,7 +241,7 @@ static void path_of(slice_t mailbox, bool postmaster, smtp_path_t *p)
 static void facts(tx_t *t, filter_facts_t *fx, smtp_path_t *sender)
 {
     memset(fx, 0, sizeof *fx);
-    fx->cfg = t->env.w->cfg;
+    fx->cfg = t->env.cfg;
     fx->host = &t->host;
     fx->family = t->env.family;
     fx->addr = t->env.addr;
@@ -281,7 +281,7 @@ static enum filter_act run_stage(tx_t *t, enum filter_stage st, const tx_rcpt_t 
         fx.rcpt = &rcpt;
         fx.rcpts = rc->conn_no;
     }
-    enum filter_act a = filter_run(t->env.w->chain, st, &fx, &v);
+    enum filter_act a = filter_run(t->env.chain, st, &fx, &v);
     if (a == FA_REJECT || a == FA_TEMPFAIL)
         *r = verdict_reply(&v);
     return a == FA_TAG ? FA_ACCEPT : a;
@@ -333,7 +333,7 @@ static bool build_headers(tx_t *t)
     facts(t, &fx, &sender);
     fx.hdr = t->hdr;
     fx.hdr_cap = HDR_CAP - 1024; /* the Received header's room */
-    if (filter_run(t->env.w->chain, FS_DATA, &fx, &v) >= FA_REJECT)
+    if (filter_run(t->env.chain, FS_DATA, &fx, &v) >= FA_REJECT)
         fx.hdr_len = 0; /* the verdict was taken before; only the tags matter here */
     /* localtime_r takes glibc's process-wide tz lock: once a second per
      * worker thread is enough for a date with one-second resolution. */
@@ -358,7 +358,7 @@ static bool build_headers(tx_t *t)
     }
     int k = snprintf(t->hdr + fx.hdr_len, HDR_CAP - fx.hdr_len,
                      "Received: from %s (%s%s])\r\n\tby %s (mxgate) with %s id %s%s;\r\n\t%s\r\n", helo,
-                     t->env.family == AF_INET6 ? "[IPv6:" : "[", t->env.ip, t->env.w->cfg->hostname, proto, t->id,
+                     t->env.family == AF_INET6 ? "[IPv6:" : "[", t->env.ip, t->env.cfg->hostname, proto, t->id,
                      forpart, date);
     if (k <= 0 || (size_t)k >= HDR_CAP - fx.hdr_len)
         k = 0;
@@ -529,7 +529,7 @@ tx_t *tx_begin(const tx_env_t *env, const smtp_event_t *mail)
     filter_verdict_t v;
     facts(t, &fx, &sender);
     fx.sender = &mail->path;
-    enum filter_act a = filter_run(env->w->chain, FS_MAIL, &fx, &v);
+    enum filter_act a = filter_run(env->chain, FS_MAIL, &fx, &v);
     if (a == FA_REJECT || a == FA_TEMPFAIL || a == FA_WAIT) {
         if (a == FA_WAIT)
             v = (filter_verdict_t){ FA_TEMPFAIL, 451, "4.3.0", "Error: try again later", "wait" };
@@ -649,7 +649,7 @@ static void deliver_local(tx_t *t)
 {
     char name[512], text[600];
     if (t->error || !t->mbuf ||
-        maildir_deliver(t->env.w->cfg->maildir, t->env.w->cfg->hostname, t->id, NULL, 0, t->mbuf, t->mlen, name,
+        maildir_deliver(t->env.cfg->maildir, t->env.cfg->hostname, t->id, NULL, 0, t->mbuf, t->mlen, name,
                         sizeof name)) {
         smtp_reply_t r = { 451, "4.3.0", SLICE_LIT("Error: local delivery failed"), SMTP_R_PEER };
         answer_eod(t, &r);
@@ -668,7 +668,7 @@ void tx_data_end(tx_t *t, const smtp_event_t *ev)
     smtp_path_t sender;
     filter_verdict_t v;
     facts(t, &fx, &sender);
-    enum filter_act a = filter_run(t->env.w->chain, FS_DATA_END, &fx, &v);
+    enum filter_act a = filter_run(t->env.chain, FS_DATA_END, &fx, &v);
     if (a == FA_REJECT || a == FA_TEMPFAIL || a == FA_WAIT) {
         if (a == FA_WAIT)
             v = (filter_verdict_t){ FA_TEMPFAIL, 451, "4.3.0", "Error: try again later", "wait" };

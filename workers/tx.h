@@ -27,6 +27,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
+#include "filter.h"
 #include "pool.h"
 #include "smtp.h"
 
@@ -36,6 +38,8 @@ typedef struct tx tx_t;
 /* What a transaction knows of its session; fixed for its life. */
 typedef struct tx_env {
     worker_t *w;
+    const mx_config_t *cfg;       /* the session's configuration generation (conf.h) */
+    const filter_chain_t *chain;  /* and its filters */
     smtp_t *smtp;                 /* the session's engine: where verdicts go */
     const pool_owner_ops_t *ops;  /* the session's callbacks for the pool */
     uint32_t owner_idx, owner_gen;

@@ -254,25 +254,101 @@ static void arm_tick(worker_t *w)
     io_uring_sqe_set_data64(sqe, ud_make(OP_TICK, 0, 0));
 }
 
-int worker_init(worker_t *w, int id, const mx_config_t *cfg, const filter_chain_t *chain, conn_limits_t *limits,
-                char *err, size_t errlen)
+/* ---- configuration generations (conf.h) ---- */
+
+static conf_held_t *held_find(worker_t *w, const conf_t *c)
+{
+    for (uint32_t i = 0; i < w->nheld; i++)
+        if (w->held[i].c == c)
+            return &w->held[i];
+    return NULL;
+}
+
+/* Let go of an entry: the worker's reference on its generation goes back
+ * to main, which may free it from then on. */
+static void held_release(worker_t *w, conf_held_t *h)
+{
+    atomic_fetch_sub_explicit(&h->c->holders, 1, memory_order_release);
+    *h = w->held[--w->nheld];
+}
+
+/* Take c as the current generation: a reference first, then `seen` says
+ * main may count on it (release: main reads holders after seen). */
+static int conf_adopt(worker_t *w, conf_t *c)
+{
+    if (w->nheld == w->held_cap) {
+        uint32_t cap = w->held_cap ? w->held_cap * 2 : 4;
+        conf_held_t *n = realloc(w->held, cap * sizeof *n);
+        if (!n)
+            return -1;
+        w->held = n;
+        w->held_cap = cap;
+    }
+    atomic_fetch_add_explicit(&c->holders, 1, memory_order_relaxed);
+    w->held[w->nheld++] = (conf_held_t){ c, 0 };
+    conf_t *old = w->conf;
+    w->conf = c;
+    w->cfg = &c->cfg;
+    w->chain = &c->chain;
+    w->resolver = c->resolver;
+    if (old) {
+        conf_held_t *h = held_find(w, old);
+        if (h && h->users == 0)
+            held_release(w, h);
+    }
+    atomic_store_explicit(&w->conf_seen, c->number, memory_order_release);
+    return 0;
+}
+
+/* Once per loop turn, between turns: a generation main published since. */
+static void conf_turn(worker_t *w)
+{
+    conf_t *c = atomic_load_explicit(w->conf_pub, memory_order_acquire);
+    if (c == w->conf)
+        return;
+    const mx_config_t *before = w->cfg;
+    conf_t *old = w->conf;
+    /* the old generation stays held while the pool compares with it */
+    conf_held_t *h = held_find(w, old);
+    if (h)
+        h->users++;
+    if (conf_adopt(w, c)) {
+        if (h)
+            h->users--;
+        return; /* no memory for the list: try again next turn */
+    }
+    pool_reconfigure(w, before);
+    if ((h = held_find(w, old)) && --h->users == 0)
+        held_release(w, h);
+    log_line(LOG_DEBUG, "event=reload_adopted worker=%d generation=%llu", w->id, (unsigned long long)c->number);
+}
+
+conf_t *worker_conf_hold(worker_t *w)
+{
+    held_find(w, w->conf)->users++;
+    return w->conf;
+}
+
+void worker_conf_drop(worker_t *w, conf_t *c)
+{
+    conf_held_t *h = held_find(w, c);
+    if (h && --h->users == 0 && c != w->conf)
+        held_release(w, h);
+}
+
+int worker_init(worker_t *w, int id, conf_t *_Atomic *pub, conn_limits_t *limits, char *err, size_t errlen)
 {
     memset(w, 0, sizeof *w);
     w->id = id;
-    w->cfg = cfg;
-    w->chain = chain;
+    w->conf_pub = pub;
     w->limits = limits;
     w->wake_fd = -1;
     for (int i = 0; i < CONFIG_LISTEN_MAX; i++)
         w->listen_fd[i] = -1;
-    smtp_config_defaults(&w->smtp_cfg, slice_make(cfg->hostname, strlen(cfg->hostname)));
-    w->smtp_cfg.line_max = cfg->smtp_line_limit;
-    w->smtp_cfg.text_line_max = cfg->text_line_limit;
-    w->smtp_cfg.rcpt_max = cfg->recipient_limit;
-    w->smtp_cfg.error_max = cfg->error_limit;
-    w->smtp_cfg.size_max = cfg->message_size_limit;
-    w->smtp_cfg.bare_newline = cfg->bare_newline;
-    w->smtp_cfg.smtputf8 = cfg->smtputf8;
+    if (conf_adopt(w, atomic_load(pub))) {
+        snprintf(err, errlen, "worker %d: out of memory", id);
+        return -1;
+    }
     w->now = now_ms();
     timer_wheel_init(&w->timers, w->now);
     /* Ids start at a random point: unique across workers, instances and
@@ -428,6 +504,7 @@ void *worker_main(void *arg)
         }
         io_uring_cq_advance(&w->ring, n);
         end_of_turn(w);
+        conf_turn(w);
         m_set(&w->m.heartbeat_ms, w->now);
         if (w->draining && sessions_count(w) == 0 && pool_drain(w))
             break;
@@ -453,6 +530,10 @@ void worker_destroy(worker_t *w)
         if (w->listen_fd[i] >= 0)
             close(w->listen_fd[i]);
     outq_pool_free(&w->blocks);
+    while (w->nheld)
+        held_release(w, &w->held[0]);
+    free(w->held);
+    w->held = NULL;
     if (w->wake_fd >= 0)
         close(w->wake_fd);
     sem_destroy(&w->ready);

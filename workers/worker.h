@@ -25,6 +25,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "conf.h"
 #include "config.h"
 #include "filter.h"
 #include "log.h"
@@ -77,10 +78,16 @@ typedef struct spfc spfc_t;
 struct worker {
     int id;
     struct io_uring ring;
+    /* The configuration generation new sessions and the pool use (conf.h):
+     * cfg and chain are its, for short. Adopted between loop turns. */
+    conf_t *conf;
     const mx_config_t *cfg;
     const filter_chain_t *chain;
+    conf_t *_Atomic *conf_pub;    /* main's current generation */
+    _Atomic uint64_t conf_seen;   /* the number of the last one adopted, for main */
+    conf_held_t *held;            /* generations held here: the current one and any with sessions */
+    uint32_t nheld, held_cap;
     conn_limits_t *limits;
-    smtp_config_t smtp_cfg;
     uint64_t now;                 /* ms, CLOCK_MONOTONIC, once per loop turn */
     bool draining, stopped;
     uint64_t drain_deadline;
@@ -111,8 +118,12 @@ struct worker {
     char init_err[512];
 };
 
-int worker_init(worker_t *w, int id, const mx_config_t *cfg, const filter_chain_t *chain, conn_limits_t *limits,
-                char *err, size_t errlen);
+int worker_init(worker_t *w, int id, conf_t *_Atomic *pub, conn_limits_t *limits, char *err, size_t errlen);
+
+/* A session begins on the current generation and keeps it: conf_hold at its
+ * start, conf_drop at its end (conf.h). */
+conf_t *worker_conf_hold(worker_t *w);
+void worker_conf_drop(worker_t *w, conf_t *c);
 void *worker_main(void *arg);
 void worker_destroy(worker_t *w);
 void worker_wake(worker_t *w);

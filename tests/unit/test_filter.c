@@ -213,6 +213,33 @@ static void test_recipients(void **state)
     assert_int_equal(filter_chain_init(&ch, &c, err, sizeof err), -1);
     assert_non_null(strstr(err, "No such file"));
     config_free(&c);
+
+    /* Two chains at once, as during a reload: each answers by its own map,
+     * and ending one leaves the other whole. */
+    env_t *old = env_new("relay");
+    filter_chain_fini(&old->ch);
+    write_map("alice@example.com\n");
+    set(&old->cfg, "recipient_map", map_path);
+    set(&old->cfg, "filters", "relay, recipients");
+    if (filter_chain_init(&old->ch, &old->cfg, err, sizeof err))
+        fail_msg("%s", err);
+    unlink(map_path);
+    env_t *next = env_new("relay");
+    filter_chain_fini(&next->ch);
+    write_map("carol@example.com\n");
+    set(&next->cfg, "recipient_map", map_path);
+    set(&next->cfg, "filters", "relay, recipients");
+    if (filter_chain_init(&next->ch, &next->cfg, err, sizeof err))
+        fail_msg("%s", err);
+    unlink(map_path);
+    assert_int_equal(rcpt(old, "alice@example.com", &v), FA_ACCEPT);
+    assert_int_equal(rcpt(old, "carol@example.com", &v), FA_REJECT);
+    assert_int_equal(rcpt(next, "alice@example.com", &v), FA_REJECT);
+    assert_int_equal(rcpt(next, "carol@example.com", &v), FA_ACCEPT);
+    env_free(old);
+    assert_int_equal(rcpt(next, "carol@example.com", &v), FA_ACCEPT);
+    assert_int_equal(rcpt(next, "dave@example.com", &v), FA_REJECT);
+    env_free(next);
 }
 
 static void test_limits(void **state)
