@@ -243,31 +243,14 @@ def test_privileged_port_names_the_capability_and_the_sysctl():
 
 class FixedPortDns(DnsServer):
     """A DnsServer that comes back on the same port after stop(): mxgate's
-    dns_server does not move."""
+    dns_server does not move. The port is chosen once, as DnsServer does."""
 
-    def __init__(self, workdir, records, port):
+    def __init__(self, workdir, records):
         super().__init__(workdir, records)
-        self.fixed = port
+        self.fixed = DnsServer._free_port(self)
 
     def _free_port(self):
         return self.fixed
-
-
-def _dns_port():
-    for _ in range(50):
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            u.bind((HOST, 0))
-            port = u.getsockname()[1]
-            t.bind((HOST, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
-    raise RuntimeError("no port free for UDP and TCP")
 
 
 @pytest.mark.skipif(not unbound_available(), reason="unbound is not installed (make deps)")
@@ -275,8 +258,7 @@ def test_downstream_name_resolved_at_connect_time(tmp_path, make_sink, gateway):
     port = free_port()
     sink1 = make_sink(port=port)                      # 127.0.0.1:port
     sink2 = SmtpSink(port=port, host="127.0.0.3", hostname="sink2.test").start()
-    dport = _dns_port()
-    dns = FixedPortDns(tmp_path / "dns", {"other.test": [("A", "192.0.2.1")]}, dport).start()
+    dns = FixedPortDns(tmp_path / "dns", {"other.test": [("A", "192.0.2.1")]}).start()
     try:
         http = free_port()
         gw = gateway(downstream="mail.test:%d" % port, dns_server=dns.addr, dns_timeout=1, workers=1,
