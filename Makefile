@@ -17,7 +17,7 @@ INIH    := $(shell pkg-config --libs inih 2>/dev/null || echo -linih)
 # Debian 12 packages: build, tests (real peers) and benchmarks.
 DEB_PKGS := gcc g++ make pkg-config clang libclang-rt-14-dev \
 	liburing-dev libjemalloc-dev libspf2-dev libinih-dev libcmocka-dev \
-	libbenchmark-dev libmicrohttpd-dev python3 python3-pytest python3-yaml postfix swaks unbound haproxy \
+	libbenchmark-dev libmicrohttpd-dev libssl-dev openssl python3 python3-pytest python3-yaml postfix swaks unbound haproxy \
 	prometheus
 
 CORE_SRC := $(wildcard core/*.c)
@@ -38,7 +38,7 @@ BENCH_SRC := $(wildcard bench/*.cc)
 SRV_SRC  := $(wildcard workers/*.c workers/spfd/*.c filters/*.c)
 SRV_HDR  := $(wildcard workers/*.h workers/spfd/*.h filters/*.h)
 SRV_INC  := -Icore -Iworkers -Iworkers/spfd -Ifilters
-SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lmicrohttpd -lpthread
+SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lmicrohttpd -lssl -lcrypto -lpthread
 
 .PHONY: all deps run test unit fuzz fuzz-test fuzz-wire bench bench-e2e bench-spf asan clean
 
@@ -173,9 +173,17 @@ test: deps
 	@$(MAKE) --no-print-directory all
 	@sh tests/run-all.sh
 
-# Embedded defaults: listen 127.0.0.1:2525, deliver to ./mail/ (Maildir).
-run: deps all
-	./$(B)/mxgate $(RUN_ARGS)
+# Embedded defaults: listen 127.0.0.1:2525, deliver to ./mail/ (Maildir),
+# with STARTTLS offered on a self-signed certificate made once into build/
+# (swaks --tls works; a real MX needs a certificate for its name).
+run: deps all $(B)/tls/cert.pem
+	./$(B)/mxgate --tls may --tls-cert-file $(B)/tls/cert.pem --tls-key-file $(B)/tls/key.pem $(RUN_ARGS)
+
+$(B)/tls/cert.pem:
+	@mkdir -p $(@D)
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 825 \
+	  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+	  -keyout $(B)/tls/key.pem -out $@ 2>/dev/null
 
 clean:
 	rm -rf $(B)

@@ -80,6 +80,7 @@ static const char *const level_names[] = {"debug", "info", "warn", "error", NULL
 static const char *const spf_action_names[] = {"accept", "reject", "tempfail", NULL};
 static const char *const spf_stage_names[] = {"rcpt", "data", NULL};
 static const char *const proxy_names[] = {"off", "v1", "v2", "any", NULL};
+static const char *const tls_names[] = {"off", "may", "encrypt", NULL};
 
 _Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
 _Static_assert(CONFIG_PROTO_SMTP == 0 && CONFIG_PROTO_LMTP == 1, "proto_names follows enum config_proto");
@@ -87,6 +88,7 @@ _Static_assert(CONFIG_LOG_DEBUG == 0 && CONFIG_LOG_ERROR == 3, "level_names foll
 _Static_assert(CONFIG_SPF_ACCEPT == 0 && CONFIG_SPF_TEMPFAIL == 2, "spf_action_names follows enum config_spf_action");
 _Static_assert(CONFIG_SPF_AT_RCPT == 0 && CONFIG_SPF_AT_DATA == 1, "spf_stage_names follows enum config_spf_stage");
 _Static_assert(CONFIG_PROXY_OFF == 0 && CONFIG_PROXY_ANY == 3, "proxy_names follows enum config_proxy");
+_Static_assert(CONFIG_TLS_OFF == 0 && CONFIG_TLS_ENCRYPT == 2, "tls_names follows enum config_tls");
 _Static_assert(CONFIG_RELAY_MAX < UINT16_MAX, "relay_index holds domain index + 1 in a uint16_t");
 
 static const key_row_t rows[] = {
@@ -151,6 +153,19 @@ static const key_row_t rows[] = {
     ROW(proxy_trusted, "", K_CIDRS, config_cidrs_t, 0, CONFIG_CIDR_MAX, NULL,
         "networks that must send the PROXY header (CIDR, comma-separated); others may not; empty: every source must"),
     SECS(proxy_timeout, "5", 1, 600, "seconds a PROXY header may take to arrive"),
+    ENUM(tls, "off", tls_names,
+         "STARTTLS: off, may (offered) or encrypt (required: MAIL before it gets 530 5.7.0); needs a certificate"),
+    ROW(tls_cert_file, "", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
+        "PEM certificate chains, comma-separated, one per key type (e.g. ECDSA and RSA: the client's offer picks)"),
+    ROW(tls_key_file, "", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
+        "PEM private keys, comma-separated, in the order of tls_cert_file"),
+    ROW(tls_protocols, "tlsv1.2, tlsv1.3", K_WORDS, char[CONFIG_WORDS_MAX], 1, 2, NULL,
+        "TLS versions offered: tlsv1.2, tlsv1.3 or both"),
+    ROW(tls_ciphers, "", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
+        "TLS 1.2 cipher list, OpenSSL syntax; empty: OpenSSL's default"),
+    ROW(tls_ciphersuites, "", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
+        "TLS 1.3 cipher suites, OpenSSL syntax; empty: OpenSSL's default"),
+    SECS(tls_handshake_timeout, "30", 1, 600, "seconds the TLS handshake after STARTTLS may take"),
     ROW(user, "", K_WORDS, char[CONFIG_WORDS_MAX], 0, 1, NULL,
         "user the workers run as after binding when started as root; empty: mxgate if it exists, else nobody"),
     ROW(group, "", K_WORDS, char[CONFIG_WORDS_MAX], 0, 1, NULL,

@@ -46,6 +46,7 @@ enum config_proto { CONFIG_PROTO_SMTP = 0, CONFIG_PROTO_LMTP = 1 };
 
 /* Which PROXY protocol header a listener reads before its greeting. */
 enum config_proxy { CONFIG_PROXY_OFF = 0, CONFIG_PROXY_V1, CONFIG_PROXY_V2, CONFIG_PROXY_ANY };
+enum config_tls { CONFIG_TLS_OFF = 0, CONFIG_TLS_MAY, CONFIG_TLS_ENCRYPT };
 
 /* Networks, for proxy_trusted: an address family (AF_INET or AF_INET6, as
  * in <sys/socket.h>), the network's first bits and its prefix length. */
@@ -130,6 +131,13 @@ typedef struct mx_config {
     uint8_t proxy_protocol;         /* enum config_proxy */
     config_cidrs_t proxy_trusted;   /* n == 0: every source must send the header */
     uint32_t proxy_timeout;         /* seconds for the whole header */
+    uint8_t tls;                          /* enum config_tls: STARTTLS offered (may) or required */
+    char tls_cert_file[CONFIG_PATH_MAX];  /* PEM chains, comma-separated (one per key type) */
+    char tls_key_file[CONFIG_PATH_MAX];   /* their keys, in the same order */
+    char tls_protocols[CONFIG_WORDS_MAX]; /* "tlsv1.2,tlsv1.3" */
+    char tls_ciphers[CONFIG_PATH_MAX];    /* TLS 1.2 cipher list (OpenSSL syntax); "": OpenSSL's */
+    char tls_ciphersuites[CONFIG_PATH_MAX]; /* TLS 1.3 suites; "": OpenSSL's */
+    uint32_t tls_handshake_timeout;       /* seconds */
     char user[CONFIG_WORDS_MAX];    /* "": mxgate if that user exists, else nobody */
     char group[CONFIG_WORDS_MAX];   /* "": the user's primary group */
 

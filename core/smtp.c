@@ -36,7 +36,7 @@ static const char *const ev_names[] = {
     [SMTP_EV_RSET] = "RSET",         [SMTP_EV_NOOP] = "NOOP",
     [SMTP_EV_QUIT] = "QUIT",         [SMTP_EV_VRFY] = "VRFY",
     [SMTP_EV_EXPN] = "EXPN",         [SMTP_EV_HELP] = "HELP",
-    [SMTP_EV_ERROR] = "ERROR",
+    [SMTP_EV_ERROR] = "ERROR",       [SMTP_EV_STARTTLS] = "STARTTLS",
 };
 
 static const char *const err_names[] = {
@@ -59,6 +59,7 @@ static const char *const err_names[] = {
     [SMTP_ERR_BODY_BARE_CR] = "body_bare_cr",
     [SMTP_ERR_BODY_LINE] = "body_line_too_long",
     [SMTP_ERR_BODY_SIZE] = "body_too_large",
+    [SMTP_ERR_TLS_REQUIRED] = "tls_required",
 };
 
 const char *smtp_ev_name(smtp_ev_type_t t)
@@ -82,6 +83,7 @@ void smtp_config_defaults(smtp_config_t *c, slice_t hostname)
     c->size_max = 10u << 20;
     c->bare_newline = SCAN_BARE_REJECT;
     c->smtputf8 = true;
+    c->tls = SMTP_TLS_OFF; /* the caller has a certificate or not */
 }
 
 void smtp_init(smtp_t *s, const smtp_config_t *cfg, smtp_out_t *out)
@@ -101,7 +103,7 @@ void smtp_free(smtp_t *s)
 /* The one place the state changes; a tracing build can log old -> new here. */
 static void enter(smtp_t *s, enum smtp_state st)
 {
-    if (st <= SMTP_S_HELO)
+    if (st <= SMTP_S_HELO || st == SMTP_S_TLS)
         memset(&s->tx, 0, sizeof s->tx);
     s->state = (uint8_t)st;
 }
@@ -275,6 +277,10 @@ static smtp_status_t no_recipients(smtp_t *s, smtp_event_t *ev)
 static smtp_status_t check_mail(smtp_t *s, slice_t args, smtp_event_t *ev)
 {
     const char *why = "";
+    /* RFC 3207 4: a server that requires TLS refuses mail before it; first,
+     * as Postfix does, since nothing else the client could fix matters. */
+    if (s->cfg->tls == SMTP_TLS_ENCRYPT && !s->tls)
+        return fail(s, ev, SMTP_ERR_TLS_REQUIRED, 530, "5.7.0", "Must issue a STARTTLS command first");
     if (s->state == SMTP_S_INIT)
         return fail(s, ev, SMTP_ERR_SEQUENCE, 503, "5.5.1", "Error: send HELO/EHLO first");
     if (s->state >= SMTP_S_MAIL)
@@ -425,6 +431,23 @@ static smtp_status_t check_not_impl(smtp_t *s, slice_t args, smtp_event_t *ev)
     return fail(s, ev, SMTP_ERR_NOT_IMPL, 502, "5.5.1", "Error: command not implemented");
 }
 
+/* RFC 3207. Read only with no verdict open (feed_ahead does not take it), so
+ * the state is the real one; its own verdict blocks reading (blocks_reading),
+ * so nothing behind it is read in plaintext before settle() decides. */
+static smtp_status_t check_starttls(smtp_t *s, slice_t args, smtp_event_t *ev)
+{
+    if (s->cfg->tls == SMTP_TLS_OFF)
+        return check_not_impl(s, args, ev);
+    if (s->tls)
+        return fail(s, ev, SMTP_ERR_SEQUENCE, 503, "5.5.1", "Error: TLS already active");
+    smtp_status_t st = no_args(s, args, ev, "Syntax: STARTTLS");
+    if (st != SMTP_AGAIN)
+        return st;
+    if (s->state >= SMTP_S_MAIL)
+        return fail(s, ev, SMTP_ERR_SEQUENCE, 503, "5.5.1", "Error: MAIL transaction in progress");
+    return ask(s, SMTP_EV_STARTTLS, ev);
+}
+
 /* Four letters as one case-folded word (built byte by byte, so the same on
  * any endianness; compilers turn it into one load). */
 #define VKEY(a, b, c, d) ((uint32_t)(a) | (uint32_t)(b) << 8 | (uint32_t)(c) << 16 | (uint32_t)(d) << 24)
@@ -452,7 +475,7 @@ static const struct cmd {
     { "SOML", VKEY('s', 'o', 'm', 'l'), check_not_impl }, { "SAML", VKEY('s', 'a', 'm', 'l'), check_not_impl },
     { "TURN", VKEY('t', 'u', 'r', 'n'), check_not_impl }, { "ETRN", VKEY('e', 't', 'r', 'n'), check_not_impl },
     { "ATRN", VKEY('a', 't', 'r', 'n'), check_not_impl }, { "BDAT", VKEY('b', 'd', 'a', 't'), check_not_impl },
-    { "AUTH", VKEY('a', 'u', 't', 'h'), check_not_impl }, { "STARTTLS", 0, check_not_impl },
+    { "AUTH", VKEY('a', 'u', 't', 'h'), check_not_impl }, { "STARTTLS", 0, check_starttls },
     { "XCLIENT", 0, check_not_impl },                     { "XFORWARD", 0, check_not_impl },
 };
 
@@ -676,6 +699,12 @@ smtp_status_t smtp_feed(smtp_t *s, const char *in, size_t len, size_t *consumed,
             return SMTP_CLOSED; /* a verdict ended it (too many errors) */
         if (blocks_reading(s))
             return SMTP_PAUSED;
+        if (s->state == SMTP_S_TLS) {
+            /* Between the 220 and the handshake: whatever came in plaintext
+             * after STARTTLS is dropped unread (CVE-2011-0411). */
+            *consumed += len;
+            return SMTP_AGAIN;
+        }
         if (len == 0)
             return SMTP_AGAIN;
         if (reply_room(s->out) < SMTP_OUT_RESERVE)
@@ -712,8 +741,16 @@ static void ehlo_reply(smtp_t *s, slice_t first)
         snprintf(size, sizeof size, "SIZE %llu", (unsigned long long)s->cfg->size_max);
     else
         snprintf(size, sizeof size, "SIZE");
-    const char *caps[] = { "PIPELINING", size, "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8" };
-    size_t ncaps = s->cfg->smtputf8 ? 5 : 4;
+    const char *caps[6];
+    size_t ncaps = 0;
+    caps[ncaps++] = "PIPELINING";
+    caps[ncaps++] = size;
+    if (s->cfg->tls != SMTP_TLS_OFF && !s->tls) /* where Postfix lists it */
+        caps[ncaps++] = "STARTTLS";
+    caps[ncaps++] = "8BITMIME";
+    caps[ncaps++] = "ENHANCEDSTATUSCODES";
+    if (s->cfg->smtputf8)
+        caps[ncaps++] = "SMTPUTF8";
     (void)reply_line(s->out, 250, true, NULL, first);
     for (size_t i = 0; i < ncaps; i++)
         (void)reply_line(s->out, 250, i + 1 < ncaps, NULL, slice_make(caps[i], strlen(caps[i])));
@@ -811,6 +848,14 @@ static void settle(smtp_t *s, smtp_ev_type_t t, const smtp_reply_t *r)
         say_reply(s, r); /* a refused message is not a client error */
         reset_tx(s);
         break;
+    case SMTP_EV_STARTTLS:
+        if (!ok) {
+            refused(s, r); /* 454: the session goes on in plaintext */
+            break;
+        }
+        say_reply(s, r);
+        enter(s, SMTP_S_TLS);
+        break;
     default:
         break;
     }
@@ -819,7 +864,7 @@ static void settle(smtp_t *s, smtp_ev_type_t t, const smtp_reply_t *r)
 /* Every open verdict is in: the state the real verdicts lead to. */
 static void settle_state(smtp_t *s)
 {
-    if (s->state == SMTP_S_CLOSED || s->state == SMTP_S_DATA)
+    if (s->state == SMTP_S_CLOSED || s->state == SMTP_S_DATA || s->state == SMTP_S_TLS)
         return;
     if (s->_mail_failed) {
         s->_mail_failed = false;
@@ -882,8 +927,30 @@ void smtp_accept(smtp_t *s, uint32_t slot)
     case SMTP_EV_DATA_END:
         r = (smtp_reply_t){ 250, "2.0.0", SLICE_LIT("Ok: queued"), 0 };
         break;
+    case SMTP_EV_STARTTLS:
+        r = (smtp_reply_t){ 220, "2.0.0", SLICE_LIT("Ready to start TLS"), 0 };
+        break;
     default:
         break;
     }
     smtp_verdict(s, slot, &r);
+}
+
+void smtp_tls_started(smtp_t *s)
+{
+    if (s->state != SMTP_S_TLS)
+        return;
+    /* RFC 3207 4.2: discard all knowledge obtained from the client before
+     * TLS. Nothing here survives but the counters. */
+    replyq_clear(&s->rq);
+    s->_carry_len = 0;
+    s->_skip = 0;
+    s->_mail_failed = false;
+    s->_mail_peer = false;
+    s->_mail_flags = 0;
+    s->_mail_code = 0;
+    s->_mail_esc[0] = 0;
+    s->esmtp = false;
+    s->tls = true;
+    enter(s, SMTP_S_INIT);
 }

@@ -13,7 +13,8 @@
  *         break;           // AGAIN: need bytes; PAUSED: await a verdict;
  *     }                    // FULL: send out and call again; CLOSED: send, close
  *
- * Events for HELO, EHLO, MAIL, RCPT, DATA and end of data want a verdict.
+ * Events for HELO, EHLO, MAIL, RCPT, DATA, end of data and STARTTLS want a
+ * verdict.
  * Each takes a slot in the session's reply queue (core/replyq.h), named in
  * ev.slot; the caller fills it with smtp_verdict() or smtp_accept(), now or
  * later (after an SPF lookup, after the downstream answered), in any order.
@@ -32,7 +33,21 @@
  * until its next MAIL, RSET or HELO, uncounted; and a DATA whose recipients
  * were all refused that way gets their reply rather than 554). Any other command
  * waits (SMTP_PAUSED) until every open verdict is in; nothing is read after
- * DATA, HELO/EHLO or the end of data until theirs is.
+ * DATA, HELO/EHLO, STARTTLS or the end of data until theirs is.
+ *
+ * STARTTLS (RFC 3207; cfg->tls not off): the engine does the protocol, the
+ * caller the TLS. STARTTLS ends a pipelined group: it is read only once
+ * every open verdict is in and, outside a transaction and while the session
+ * is still in plaintext, becomes SMTP_EV_STARTTLS. Accepted (smtp_accept:
+ * 220 2.0.0), the engine enters SMTP_S_TLS (smtp_tls_pending): from then on
+ * smtp_feed discards every byte it is given, unanswered, because plaintext
+ * a client pipelined behind STARTTLS must never be taken as if it had come
+ * through TLS (CVE-2011-0411). The caller sends the output (the 220 is its
+ * last plaintext), does the handshake and calls smtp_tls_started(): the
+ * session starts over as right after the greeting, encrypted, and the
+ * client speaks first (EHLO). A refusal (454 4.7.0 when TLS cannot be had)
+ * leaves the session as it was, in plaintext; like other refusals it counts
+ * as the client's error unless flagged SMTP_R_PEER.
  *
  * Slices in an event point into the caller's input or into the engine's small
  * carry buffer (a command split across feeds). They stay valid until the next
@@ -44,11 +59,15 @@
  * into feeds: tests feed every sample at every split and compare event logs.
  *
  * Replies (the enhanced code decides a test's expectation; texts may change):
- *   greeting 220; HELO 250; EHLO 250 with PIPELINING, SIZE, 8BITMIME,
- *   ENHANCEDSTATUSCODES, SMTPUTF8 (optional); MAIL 250 2.1.0; RCPT 250 2.1.5;
- *   DATA 354; end of data 250 2.0.0 (or the caller's verdict); RSET/NOOP
- *   250 2.0.0; QUIT 221 2.0.0; VRFY 252 2.5.2; EXPN 502 5.5.1; HELP 214 2.0.0.
- *   Unknown verb 500 5.5.2; SEND/SOML/SAML/TURN/ETRN/BDAT/AUTH/STARTTLS
+ *   greeting 220; HELO 250; EHLO 250 with PIPELINING, SIZE, STARTTLS (tls
+ *   not off, not yet encrypted), 8BITMIME, ENHANCEDSTATUSCODES, SMTPUTF8
+ *   (optional); MAIL 250 2.1.0; RCPT 250 2.1.5; DATA 354; end of data
+ *   250 2.0.0 (or the caller's verdict); RSET/NOOP 250 2.0.0; QUIT 221 2.0.0;
+ *   VRFY 252 2.5.2; EXPN 502 5.5.1; HELP 214 2.0.0; STARTTLS 220 2.0.0 (or
+ *   the caller's verdict), 503 5.5.1 when TLS is already on or inside a
+ *   transaction, 501 5.5.4 with an argument; MAIL before STARTTLS with
+ *   tls = encrypt 530 5.7.0. Unknown verb 500 5.5.2;
+ *   SEND/SOML/SAML/TURN/ETRN/BDAT/AUTH, and STARTTLS with tls = off,
  *   502 5.5.1; wrong order 503 5.5.1; syntax 501 5.5.4 (addresses 501 5.1.7
  *   sender, 501 5.1.3 recipient); unknown parameter 555 5.5.4; non-ASCII
  *   address without SMTPUTF8 553 5.6.7; SIZE= over the limit 552 5.3.4; too
@@ -88,9 +107,18 @@ typedef struct smtp_config {
     uint64_t size_max;       /* message octets; 0: no limit */
     uint8_t bare_newline;    /* enum scan_bare: reject (default) or normalize */
     bool smtputf8;           /* advertise and accept SMTPUTF8 */
+    uint8_t tls;             /* enum smtp_tls: STARTTLS off (default), offered, required */
 } smtp_config_t;
 
-/* Fill the RFC defaults: 512, 1000, 100 recipients, 20 errors, 10 MiB. */
+/* STARTTLS (RFC 3207). Zero is off, so a zeroed config is as before it. */
+enum smtp_tls {
+    SMTP_TLS_OFF = 0,  /* not offered: STARTTLS is 502 */
+    SMTP_TLS_MAY,      /* offered in EHLO; plaintext mail is taken too */
+    SMTP_TLS_ENCRYPT,  /* offered, and MAIL before it is 530 5.7.0 (RFC 3207 4) */
+};
+
+/* Fill the RFC defaults: 512, 1000, 100 recipients, 20 errors, 10 MiB,
+ * no STARTTLS. */
 void smtp_config_defaults(smtp_config_t *c, slice_t hostname);
 
 typedef enum smtp_ev_type {
@@ -111,6 +139,7 @@ typedef enum smtp_ev_type {
     SMTP_EV_EXPN,
     SMTP_EV_HELP,
     SMTP_EV_ERROR,         /* a command refused by the engine; replied */
+    SMTP_EV_STARTTLS,      /* verdict; accept sends 220, then the handshake */
 } smtp_ev_type_t;
 
 typedef enum smtp_err {
@@ -133,6 +162,7 @@ typedef enum smtp_err {
     SMTP_ERR_BODY_BARE_CR,
     SMTP_ERR_BODY_LINE,
     SMTP_ERR_BODY_SIZE,
+    SMTP_ERR_TLS_REQUIRED, /* 530 at MAIL: tls = encrypt and no STARTTLS yet */
 } smtp_err_t;
 
 const char *smtp_err_name(smtp_err_t e);
@@ -151,7 +181,7 @@ typedef struct smtp_event {
 static inline bool smtp_ev_wants_verdict(smtp_ev_type_t t)
 {
     return t == SMTP_EV_HELO || t == SMTP_EV_EHLO || t == SMTP_EV_MAIL || t == SMTP_EV_RCPT || t == SMTP_EV_DATA ||
-           t == SMTP_EV_DATA_END;
+           t == SMTP_EV_DATA_END || t == SMTP_EV_STARTTLS;
 }
 
 typedef enum smtp_status {
@@ -170,6 +200,8 @@ enum smtp_state {
     SMTP_S_RCPT,        /* at least one RCPT accepted */
     SMTP_S_DATA,        /* reading the body */
     SMTP_S_CLOSED,
+    SMTP_S_TLS,         /* STARTTLS accepted: input discarded until smtp_tls_started
+                         * (after CLOSED: the values before it stay as they were) */
 };
 
 /* The transaction: begins at MAIL, ends at end of data, RSET, HELO or abort. */
@@ -201,6 +233,7 @@ typedef struct smtp {
     uint16_t _mail_code;   /* ... and code */
     char _mail_esc[RQ_ESC_MAX + 1];
     bool esmtp;            /* the client said EHLO */
+    bool tls;              /* the session is encrypted (set by smtp_tls_started) */
     uint32_t errors;
     uint32_t commands;
     uint32_t messages;     /* messages whose end of data was reached */
@@ -249,5 +282,26 @@ static inline bool smtp_partial(const smtp_t *s)
 
 /* End the session with a reply (421 on timeout, shutdown, overload). */
 void smtp_close(smtp_t *s, int code, const char *esc, const char *text);
+
+/*
+ * STARTTLS was accepted and its 220 written: send the output, then start the
+ * TLS handshake. Until smtp_tls_started() smtp_feed discards all input and
+ * writes nothing (smtp_close still writes its reply: a caller whose
+ * handshake has begun closes without sending it).
+ */
+static inline bool smtp_tls_pending(const smtp_t *s)
+{
+    return s->state == SMTP_S_TLS;
+}
+
+/*
+ * The TLS handshake after STARTTLS completed. RFC 3207 4.2: the session
+ * forgets what the client said before it: back to the state right after the
+ * greeting (no HELO/EHLO, no transaction, no partial line, no open reply),
+ * with tls set. Counters are kept; nothing is written (the client speaks
+ * first). Does nothing unless smtp_tls_pending(); a failed handshake is
+ * the caller's to end (close the connection).
+ */
+void smtp_tls_started(smtp_t *s);
 
 #endif

@@ -4,6 +4,7 @@
 #include "conf.h"
 
 #include "resolve.h"
+#include "tls.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,11 @@ conf_t *conf_new(mx_config_t *cfg, uint64_t number, char *err, size_t errlen)
     c->smtp.size_max = k->message_size_limit;
     c->smtp.bare_newline = k->bare_newline;
     c->smtp.smtputf8 = k->smtputf8;
+    c->smtp.tls = k->tls == CONFIG_TLS_ENCRYPT ? SMTP_TLS_ENCRYPT : k->tls == CONFIG_TLS_MAY ? SMTP_TLS_MAY : SMTP_TLS_OFF;
+    if (k->tls != CONFIG_TLS_OFF && !(c->tls = tls_ctx_new(k, err, errlen))) {
+        conf_free(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -44,6 +50,7 @@ void conf_free(conf_t *c)
         return;
     if (c->own_resolver)
         resolve_free(c->resolver);
+    tls_ctx_free(c->tls);
     filter_chain_fini(&c->chain);
     config_free(&c->cfg);
     free(c);

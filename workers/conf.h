@@ -32,11 +32,13 @@
 #include <stdint.h>
 
 struct resolve;
+struct tls_ctx;
 
 typedef struct conf {
     mx_config_t cfg;
     filter_chain_t chain;
     smtp_config_t smtp;        /* the engine's limits, from cfg */
+    struct tls_ctx *tls;       /* certificates and settings for STARTTLS; NULL when tls = off */
     struct resolve *resolver;  /* the downstream's address; NULL without one */
     bool own_resolver;         /* freed with this generation (else a later one took it over) */
     uint64_t number;           /* 1 at start-up, then one more per reload applied */
@@ -45,7 +47,8 @@ typedef struct conf {
 } conf_t;
 
 /* A generation from a loaded configuration: cfg is moved in (the caller's
- * copy is zeroed and must not be freed); the filter chain is built. The
+ * copy is zeroed and must not be freed); the filter chain is built and the
+ * TLS certificates are loaded (a reload reads them again). The
  * resolver is the caller's to set. NULL with err (cfg freed). */
 conf_t *conf_new(mx_config_t *cfg, uint64_t number, char *err, size_t errlen);
 

@@ -99,7 +99,9 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
     static const char *const outcome[MO_COUNT] = { "accepted", "deferred", "refused" };
     static const char *const classes[6] = { NULL, NULL, "2xx", "3xx", "4xx", "5xx" };
     static const char *const bp[MB_COUNT] = { "client_slow", "downstream_slow", "held_buffers", "no_buffers" };
-    static const char *const tmo[MT_COUNT] = { "command", "data", "data_rate", "proxy", "downstream", "spf" };
+    static const char *const tmo[MT_COUNT] = { "command", "data", "data_rate", "proxy", "downstream", "spf",
+                                                  "tls_handshake" };
+    static const char *const tls_hs[MTLS_COUNT] = { "ok", "failed", "timeout" };
     static const char *const proxy[MP_COUNT] = { "v1", "v2", "local" };
     static const char *const proxy_err[MPE_COUNT] = {
         NULL,          "not_proxy",      "bad_v1_syntax",  "bad_address",       "bad_port",
@@ -152,6 +154,9 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
              MP_COUNT, offsetof(metrics_t, proxy), false);
     labelled(&o, w, n, "mxgate_proxy_errors_total", "PROXY protocol headers refused (the connection closed), by error.",
              "error", proxy_err, MPE_COUNT, offsetof(metrics_t, proxy_errors), false);
+    labelled(&o, w, n, "mxgate_tls_handshakes_total", "STARTTLS handshakes, by how they ended.", "result", tls_hs,
+             MTLS_COUNT, offsetof(metrics_t, tls_handshakes), false);
+    one(&o, "mxgate_tls_resumed_total", "counter", "STARTTLS handshakes that resumed a session.", SUM(tls_resumed));
     head(&o, "mxgate_config_reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
     put(&o, "mxgate_config_reloads_total{result=\"ok\"} %llu\n", (unsigned long long)m_get(&proc->reloads_ok));
     put(&o, "mxgate_config_reloads_total{result=\"failed\"} %llu\n", (unsigned long long)m_get(&proc->reloads_failed));

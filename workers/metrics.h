@@ -62,7 +62,10 @@ enum m_backpressure {
     MB_COUNT
 };
 
-enum m_timeout { MT_COMMAND = 0, MT_DATA, MT_DATA_RATE, MT_PROXY, MT_DOWNSTREAM, MT_SPF, MT_COUNT };
+enum m_timeout { MT_COMMAND = 0, MT_DATA, MT_DATA_RATE, MT_PROXY, MT_DOWNSTREAM, MT_SPF, MT_TLS, MT_COUNT };
+
+/* STARTTLS handshakes, by how they ended. */
+enum m_tls { MTLS_OK = 0, MTLS_FAILED, MTLS_TIMEOUT, MTLS_COUNT };
 
 /* PROXY headers accepted: with an address by version, or LOCAL (the
  * balancer's own check, or an address family without an IP). */
@@ -107,6 +110,8 @@ typedef struct metrics {
     mcount_t timeouts[MT_COUNT];
     mcount_t proxy[MP_COUNT];
     mcount_t proxy_errors[MPE_COUNT];
+    mcount_t tls_handshakes[MTLS_COUNT];
+    mcount_t tls_resumed;                  /* handshakes that resumed a session (a ticket) */
     mcount_t heartbeat_ms;                 /* the loop's last turn, CLOCK_MONOTONIC ms */
     mhist_t relay_latency;                 /* end of data sent to the downstream's reply */
     mhist_t session_duration;

@@ -149,6 +149,22 @@ void outq_sent(outq_t *q, outq_pool_t *pool, size_t n)
     if (n > q->lent)
         n = q->lent;
     q->lent = 0;
+    outq_drop(q, pool, n);
+}
+
+size_t outq_peek(const outq_t *q, const char **p)
+{
+    const outq_block_t *b = q->head;
+    while (b && !b->lent && b->len == b->off)
+        b = b->next; /* a block reserved and left empty */
+    if (!b || b->lent)
+        return 0;
+    *p = b->data + b->off;
+    return b->len - b->off;
+}
+
+void outq_drop(outq_t *q, outq_pool_t *pool, size_t n)
+{
     q->bytes -= n;
     while (q->head) {
         outq_block_t *b = q->head;

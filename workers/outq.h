@@ -52,6 +52,12 @@ int outq_lend(outq_t *q, struct iovec *iov, int max);
  * what was sent. */
 void outq_sent(outq_t *q, outq_pool_t *pool, size_t n);
 
+/* For a queue that is read rather than sent (TLS's plaintext, encrypted
+ * into the socket's queue): the head block's bytes (0: none, or lent), and
+ * dropping n bytes that were used. */
+size_t outq_peek(const outq_t *q, const char **p);
+void outq_drop(outq_t *q, outq_pool_t *pool, size_t n);
+
 static inline bool outq_busy(const outq_t *q)
 {
     return q->lent != 0;

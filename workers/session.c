@@ -27,6 +27,7 @@
 
 #include "lend.h"
 #include "proxy.h"
+#include "tls.h"
 #include "tx.h"
 #include "worker.h"
 
@@ -46,6 +47,7 @@
 #define HELO_MAX 255u        /* HELO name octets kept */
 #define LINGER_MAX_S 10u     /* a closing session's last replies may take this long to leave */
 #define LINGER_DRAIN_S 1u    /* ... and this long once drain_timeout has passed */
+#define TLS_PLAIN_CAP 16384u /* decrypted input at a time: one TLS record's plaintext */
 
 enum sflag {
     SF_CLOSING = 1 << 0,   /* shut down; freed when nothing is in flight */
@@ -64,9 +66,12 @@ enum sflag {
     SF_PROXY = 1 << 13,    /* reading the PROXY header: no greeting yet */
     SF_PER_IP = 1 << 14,   /* counted in limits->per_ip (once the address is known) */
     SF_NO_PROXY = 1 << 15, /* an untrusted source on a PROXY listener: a header is refused */
+    SF_STARTTLS = 1 << 16, /* STARTTLS accepted in this feed: TLS begins after it */
+    SF_TLS = 1 << 17,      /* the socket carries TLS: input goes to OpenSSL, replies through pout */
+    SF_TLS_HS = 1 << 18,   /* ... and the handshake is not done */
 };
 
-enum tkind { T_NONE = 0, T_PROXY, T_GREET, T_COMMAND, T_DATA, T_LINGER };
+enum tkind { T_NONE = 0, T_PROXY, T_GREET, T_COMMAND, T_DATA, T_LINGER, T_TLS };
 
 _Static_assert(PROXY_ERR_V2_TLV + 1 == MPE_TIMEOUT, "metrics' proxy errors follow proxy_err_t");
 
@@ -80,7 +85,7 @@ struct session {
     uint32_t idx, gen;
     int fd;
     uint16_t inflight;
-    uint16_t flags;
+    uint32_t flags;
     uint8_t tkind;         /* what the timer is counting */
     uint8_t family;
     uint16_t port;
@@ -101,6 +106,11 @@ struct session {
     uint32_t txn, rcpts_conn;
     tx_t *tx;
     conf_t *conf;          /* the configuration it began with, to its end (conf.h) */
+    tls_conn_t *tls;       /* after STARTTLS */
+    outq_t pout;           /* TLS: the engine's replies before they are encrypted into out */
+    char *plain;           /* TLS: decrypted input the engine has not taken; NULL when none */
+    uint32_t plain_off, plain_len;
+    uint64_t tls_start;    /* when the handshake began */
     proxy_t *proxy;        /* while SF_PROXY */
     const char *reason;    /* how it ended, for the disconnect line */
     session_t *post_next;
@@ -183,10 +193,17 @@ static uint16_t ip_slot(const session_t *s)
 
 /* ---- the engine's output window ---- */
 
+/* Where the engine writes: the socket's queue, or in TLS the plaintext
+ * queue that is encrypted into it. */
+static outq_t *engine_q(session_t *s)
+{
+    return (s->flags & SF_TLS) ? &s->pout : &s->out;
+}
+
 static void engine_begin(worker_t *w, session_t *s)
 {
     size_t room = 0;
-    char *p = outq_reserve(&s->out, &w->blocks, SMTP_OUT_MIN, &room);
+    char *p = outq_reserve(engine_q(s), &w->blocks, SMTP_OUT_MIN, &room);
     s->view = (smtp_out_t){ .buf = p, .len = 0, .cap = p ? room : 0 };
     s->flags |= SF_ENGINE;
 }
@@ -204,14 +221,14 @@ static void engine_end(worker_t *w, session_t *s)
     /* Replies that waited for room go into fresh blocks. */
     for (int guard = 0; guard < 1024 && s->view.buf && smtp_drain(&s->smtp); guard++) {
         count_replies(w, s);
-        outq_commit(&s->out, &w->blocks, s->view.len);
+        outq_commit(engine_q(s), &w->blocks, s->view.len);
         engine_begin(w, s);
     }
     count_replies(w, s);
     if (s->view.buf)
-        outq_commit(&s->out, &w->blocks, s->view.len);
+        outq_commit(engine_q(s), &w->blocks, s->view.len);
     s->view = (smtp_out_t){ .buf = NULL, .len = 0, .cap = 0 };
-    s->flags &= (uint16_t)~SF_ENGINE;
+    s->flags &= (uint32_t)~SF_ENGINE;
 }
 
 /* A new window when the engine filled this one (SMTP_FULL). */
@@ -219,15 +236,39 @@ static void engine_more(worker_t *w, session_t *s)
 {
     count_replies(w, s);
     if (s->view.buf)
-        outq_commit(&s->out, &w->blocks, s->view.len);
+        outq_commit(engine_q(s), &w->blocks, s->view.len);
     engine_begin(w, s);
 }
 
 /* ---- sending and receiving ---- */
 
+/* TLS: the engine's replies encrypted into the socket's queue, and our
+ * close_notify after the last of them. */
+static bool tls_seal(worker_t *w, session_t *s)
+{
+    const char *p;
+    size_t n;
+    while ((n = outq_peek(&s->pout, &p))) {
+        if (tls_write(s->tls, p, n, &s->out, &w->blocks)) {
+            log_line(LOG_WARN, "event=tls_error session=%016llx error=\"%s\"", (unsigned long long)s->id,
+                     tls_error(s->tls));
+            close_session(w, s, "tls_error");
+            return false;
+        }
+        outq_drop(&s->pout, &w->blocks, n);
+    }
+    if (s->flags & SF_QUIT)
+        tls_shutdown(s->tls, &s->out, &w->blocks);
+    return true;
+}
+
 static void send_out(worker_t *w, session_t *s)
 {
-    if (s->flags & (SF_SENDING | SF_CLOSING | SF_ENGINE))
+    if (s->flags & (SF_CLOSING | SF_ENGINE))
+        return;
+    if ((s->flags & SF_TLS) && !(s->flags & SF_TLS_HS) && !tls_seal(w, s))
+        return;
+    if (s->flags & SF_SENDING)
         return;
     struct iovec iov;
     if (outq_lend(&s->out, &iov, 1) == 0)
@@ -248,7 +289,7 @@ static void arm_recv(worker_t *w, session_t *s)
     io_uring_sqe_set_data64(sqe, ud_make(OP_RECV, s->idx, s->gen));
     s->inflight++;
     s->flags |= SF_RECV;
-    s->flags &= (uint16_t)~SF_CANCELLED;
+    s->flags &= (uint32_t)~SF_CANCELLED;
 }
 
 static void cancel_recv(worker_t *w, session_t *s)
@@ -265,7 +306,7 @@ static void recv_policy(worker_t *w, session_t *s)
 {
     if (s->flags & (SF_CLOSING | SF_QUIT | SF_EOF))
         return;
-    bool blocked = s->out.bytes > SEND_HIGH || s->nheld >= HELD_CANCEL || (s->flags & SF_DS_BLOCKED);
+    bool blocked = s->out.bytes + s->pout.bytes > SEND_HIGH || s->nheld >= HELD_CANCEL || (s->flags & SF_DS_BLOCKED);
     if ((s->flags & SF_RECV) && blocked && !(s->flags & SF_CANCELLED)) {
         cancel_recv(w, s);
         if (s->out.bytes > SEND_HIGH)
@@ -337,6 +378,11 @@ static void set_timer(worker_t *w, session_t *s)
     }
     if (s->tkind == T_GREET)
         return;
+    if (s->flags & SF_TLS_HS) {
+        if (s->tkind != T_TLS)
+            arm(w, s, T_TLS, s->tls_start + (uint64_t)cfg->tls_handshake_timeout * 1000);
+        return;
+    }
     bool waiting = smtp_open(&s->smtp) != 0 || (s->tx && tx_waiting(s->tx));
     if (s->smtp.state == SMTP_S_DATA && !waiting) {
         if (!(s->flags & SF_IN_DATA)) {
@@ -353,7 +399,7 @@ static void set_timer(worker_t *w, session_t *s)
         arm(w, s, T_DATA, s->data_deadline);
         return;
     }
-    s->flags &= (uint16_t)~SF_IN_DATA;
+    s->flags &= (uint32_t)~SF_IN_DATA;
     if (waiting) {
         s->flags |= SF_WAITING;
         timer_stop(&w->timers, &s->timer);
@@ -361,7 +407,7 @@ static void set_timer(worker_t *w, session_t *s)
         return;
     }
     if (s->flags & SF_WAITING) {
-        s->flags &= (uint16_t)~SF_WAITING;
+        s->flags &= (uint32_t)~SF_WAITING;
         s->clock = w->now; /* the client's turn starts with our replies */
     }
     arm(w, s, T_COMMAND, s->clock + (uint64_t)cfg->command_timeout * 1000);
@@ -382,7 +428,7 @@ static void ds_unblock(worker_t *w, session_t *s)
 {
     if (!(s->flags & SF_DS_BLOCKED))
         return;
-    s->flags &= (uint16_t)~SF_DS_BLOCKED;
+    s->flags &= (uint32_t)~SF_DS_BLOCKED;
     s->data_deadline += w->now - s->blocked_since;
 }
 
@@ -449,7 +495,8 @@ static tx_env_t env_of(worker_t *w, session_t *s)
                        s->port,
                        s->ip,
                        slice_make(s->helo ? s->helo : "", s->helo_len),
-                       s->smtp.esmtp };
+                       s->smtp.esmtp,
+                       (s->flags & SF_TLS) ? s->tls : NULL };
 }
 
 /* Close with a reply once it is sent (the engine writes it). */
@@ -557,6 +604,18 @@ static void on_event(worker_t *w, session_t *s, const smtp_event_t *ev)
     case SMTP_EV_RSET:
         end_tx(w, s, TXE_RSET);
         break;
+    case SMTP_EV_STARTTLS:
+        /* The engine offers STARTTLS only where this generation has a TLS
+         * context; TLS begins once this feed's bytes are used (process). */
+        if (s->conf->tls) {
+            smtp_accept(&s->smtp, ev->slot);
+            s->flags |= SF_STARTTLS;
+        } else {
+            static const smtp_reply_t no = { 454, "4.7.0", SLICE_INIT("TLS not available due to local problem"),
+                                             SMTP_R_PEER };
+            smtp_verdict(&s->smtp, ev->slot, &no);
+        }
+        break;
     case SMTP_EV_QUIT:
         end_tx(w, s, TXE_QUIT);
         if (!s->reason)
@@ -579,6 +638,126 @@ static void on_event(worker_t *w, session_t *s, const smtp_event_t *ev)
         end_tx_if_over(w, s);
 }
 
+/* ---- TLS ---- */
+
+/* n octets of the first held buffer were used. */
+static void held_used(worker_t *w, session_t *s, size_t n)
+{
+    if (!n)
+        return;
+    held_t *h = &s->held[0];
+    h->off = (uint16_t)(h->off + n);
+    h->len = (uint16_t)(h->len - n);
+    if (h->len == 0)
+        held_drop_first(w, s);
+}
+
+static void tls_failed(worker_t *w, session_t *s, const char *why)
+{
+    m_inc(&w->m.tls_handshakes[MTLS_FAILED]);
+    logbuf_t b;
+    lb_init(&b, "tls_failed");
+    lb_hex(&b, "session", s->id);
+    lb_cstr(&b, "client", s->ip);
+    lb_cstr(&b, "error", why);
+    log_emit(LOG_INFO, &b);
+    close_session(w, s, "tls_failed"); /* an alert may be in out: closing does not wait for it */
+}
+
+/* The handshake is done: RFC 3207 4.2, the session starts over. */
+static void tls_started(worker_t *w, session_t *s)
+{
+    s->flags &= (uint32_t)~SF_TLS_HS;
+    smtp_tls_started(&s->smtp);
+    free(s->helo);
+    s->helo = NULL;
+    s->helo_len = 0;
+    s->clock = w->now;
+    m_inc(&w->m.tls_handshakes[MTLS_OK]);
+    bool resumed = tls_resumed(s->tls);
+    if (resumed)
+        m_inc(&w->m.tls_resumed);
+    int alg = 0, bits = tls_bits(s->tls, &alg);
+    log_line(LOG_DEBUG, "event=tls session=%016llx client=%s version=%s cipher=%s bits=%d resumed=%s",
+             (unsigned long long)s->id, s->ip, tls_version(s->tls), tls_cipher(s->tls), bits, resumed ? "yes" : "no");
+}
+
+/* STARTTLS was accepted and its 220 is in out: what else the client sent in
+ * plaintext is dropped unread (CVE-2011-0411), and every byte from now on
+ * is TLS. */
+static bool tls_begin(worker_t *w, session_t *s)
+{
+    engine_end(w, s); /* the 220, in plaintext */
+    while (s->nheld)
+        held_drop_first(w, s);
+    s->tls = tls_conn_new(s->conf->tls);
+    if (!s->tls) {
+        close_session(w, s, "out_of_memory");
+        return false;
+    }
+    s->flags |= SF_TLS | SF_TLS_HS;
+    s->tls_start = w->now;
+    engine_begin(w, s);
+    return true;
+}
+
+/* Decrypted input for the engine in s->plain, from the held ciphertext;
+ * the handshake runs here first. false: nothing to feed now (or closed). */
+static bool tls_input(worker_t *w, session_t *s)
+{
+    if (s->plain_len)
+        return true;
+    for (int guard = 0; guard < 4096; guard++) {
+        const char *p = NULL;
+        size_t len = 0;
+        if (s->nheld) {
+            p = buf_data(w, s->held[0].bid) + s->held[0].off;
+            len = s->held[0].len;
+        }
+        const char *q = p;
+        size_t left = len;
+        if (s->flags & SF_TLS_HS) {
+            enum tls_status st = tls_handshake(s->tls, &q, &left, &s->out, &w->blocks);
+            held_used(w, s, len - left);
+            if (st == TLS_ERROR) {
+                tls_failed(w, s, tls_error(s->tls));
+                return false;
+            }
+            if (st == TLS_DONE)
+                tls_started(w, s);
+            else if (left == len)
+                return false; /* needs bytes not here yet */
+            continue;
+        }
+        if (!s->plain && !(s->plain = malloc(TLS_PLAIN_CAP))) {
+            close_session(w, s, "out_of_memory");
+            return false;
+        }
+        long got = tls_read(s->tls, &q, &left, s->plain, TLS_PLAIN_CAP, &s->out, &w->blocks);
+        held_used(w, s, len - left);
+        if (got > 0) {
+            s->plain_off = 0;
+            s->plain_len = (uint32_t)got;
+            return true;
+        }
+        if (got == -TLS_CLOSED) {
+            s->flags |= SF_EOF; /* close_notify: as a FIN */
+            while (s->nheld)
+                held_drop_first(w, s);
+            return false;
+        }
+        if (got < 0) {
+            log_line(LOG_INFO, "event=tls_error session=%016llx client=%s error=\"%s\"", (unsigned long long)s->id,
+                     s->ip, tls_error(s->tls));
+            close_session(w, s, "tls_error");
+            return false;
+        }
+        if (left == len)
+            return false;
+    }
+    return false;
+}
+
 /* ---- one pass over the held input ---- */
 
 static void process(worker_t *w, session_t *s)
@@ -586,18 +765,32 @@ static void process(worker_t *w, session_t *s)
     bool progressed = false;
     ds_unblock(w, s); /* looked at again below */
     engine_begin(w, s);
-    while (s->nheld && !(s->flags & (SF_CLOSING | SF_QUIT))) {
-        if (s->out.bytes + s->view.len > SEND_HIGH)
+    while (!(s->flags & (SF_CLOSING | SF_QUIT))) {
+        if (s->out.bytes + s->pout.bytes + s->view.len > SEND_HIGH)
             break; /* the client is not reading its replies */
         if (s->smtp.state == SMTP_S_DATA && s->tx && tx_room(s->tx) < RECV_BUF_SIZE) {
             ds_block(w, s); /* the downstream is slower than the client */
             break;
         }
-        held_t *h = &s->held[0];
-        const char *p = buf_data(w, h->bid) + h->off;
+        /* The engine reads the held buffers in place, or in TLS what was
+         * decrypted from them. */
+        bool tls = s->flags & SF_TLS;
+        const char *p;
+        size_t len;
+        if (tls) {
+            if (!tls_input(w, s))
+                break;
+            p = s->plain + s->plain_off;
+            len = s->plain_len;
+        } else {
+            if (!s->nheld)
+                break;
+            p = buf_data(w, s->held[0].bid) + s->held[0].off;
+            len = s->held[0].len;
+        }
         size_t n = 0;
         smtp_event_t ev;
-        smtp_status_t st = smtp_feed(&s->smtp, p, h->len, &n, &ev);
+        smtp_status_t st = smtp_feed(&s->smtp, p, len, &n, &ev);
         if (st == SMTP_EVENT) {
             if (ev.type != SMTP_EV_BODY)
                 progressed = true;
@@ -605,17 +798,30 @@ static void process(worker_t *w, session_t *s)
         }
         if (s->flags & SF_CLOSING)
             break;
-        h->off = (uint16_t)(h->off + n);
-        h->len = (uint16_t)(h->len - n);
-        if (h->len == 0)
-            held_drop_first(w, s);
+        if (tls) {
+            s->plain_off += (uint32_t)n;
+            s->plain_len -= (uint32_t)n;
+        } else {
+            held_used(w, s, n);
+        }
+        if (s->flags & SF_STARTTLS) {
+            s->flags &= (uint32_t)~SF_STARTTLS;
+            if (!tls_begin(w, s))
+                break;
+            continue;
+        }
         if (st == SMTP_FULL)
             engine_more(w, s);
         else if (st == SMTP_PAUSED || st == SMTP_CLOSED)
             break;
     }
-    if (!(s->flags & SF_CLOSING))
+    if (!(s->flags & SF_CLOSING)) {
         engine_end(w, s);
+        if (s->plain && !s->plain_len) {
+            free(s->plain); /* an idle TLS session holds no input buffer */
+            s->plain = NULL;
+        }
+    }
     if (progressed)
         s->clock = w->now;
     if (smtp_partial(&s->smtp)) {
@@ -623,7 +829,7 @@ static void process(worker_t *w, session_t *s)
             s->clock = w->now; /* a command's first byte starts its clock */
         s->flags |= SF_PARTIAL;
     } else {
-        s->flags &= (uint16_t)~SF_PARTIAL;
+        s->flags &= (uint32_t)~SF_PARTIAL;
     }
 }
 
@@ -654,7 +860,7 @@ static void run_one(worker_t *w, session_t *s)
         s->flags |= SF_QUIT;
     if (w->draining && !s->tx && !(s->flags & SF_QUIT) && smtp_open(&s->smtp) == 0 && s->smtp.state != SMTP_S_DATA)
         quit_with(w, s, 421, "4.3.2", "Service shutting down, closing transmission channel", "drain");
-    if ((s->flags & SF_EOF) && !(s->flags & SF_QUIT) && s->nheld == 0 && smtp_open(&s->smtp) == 0 &&
+    if ((s->flags & SF_EOF) && !(s->flags & SF_QUIT) && s->nheld == 0 && !s->plain_len && smtp_open(&s->smtp) == 0 &&
         !(s->tx && tx_waiting(s->tx))) {
         /* The client is gone and every reply it could still read is out. */
         s->reason = s->reason ? s->reason : "client_closed";
@@ -662,7 +868,9 @@ static void run_one(worker_t *w, session_t *s)
     }
     set_timer(w, s);
     send_out(w, s);
-    if ((s->flags & SF_QUIT) && !(s->flags & SF_SENDING) && s->out.bytes == 0) {
+    /* mid-handshake a reply (a drain's 421) cannot be sent: it is not waited for */
+    if ((s->flags & SF_QUIT) && !(s->flags & SF_SENDING) && s->out.bytes == 0 &&
+        (s->pout.bytes == 0 || (s->flags & SF_TLS_HS))) {
         close_session(w, s, s->reason ? s->reason : "quit");
         return;
     }
@@ -691,7 +899,7 @@ void sessions_run(worker_t *w)
         ss->posted = s->post_next;
         if (!ss->posted)
             ss->posted_tail = NULL;
-        s->flags &= (uint16_t)~SF_POSTED;
+        s->flags &= (uint32_t)~SF_POSTED;
         run_one(w, s);
     }
 }
@@ -711,6 +919,9 @@ static void session_free(worker_t *w, session_t *s)
     smtp_free(&s->smtp);
     free(s->helo);
     free(s->proxy);
+    free(s->plain);
+    outq_clear(&s->pout, &w->blocks);
+    tls_conn_free(s->tls);
     if (s->held != s->held_inline)
         free(s->held);
     worker_conf_drop(w, s->conf);
@@ -727,7 +938,7 @@ static void close_session(worker_t *w, session_t *s, const char *why)
     end_tx(w, s, end_of(s->reason));
     s->flags |= SF_CLOSING;
     if (s->flags & SF_STARVED) {
-        s->flags &= (uint16_t)~SF_STARVED;
+        s->flags &= (uint32_t)~SF_STARVED;
         ss->nstarved--;
     }
     timer_stop(&w->timers, &s->timer);
@@ -822,6 +1033,14 @@ static void on_timer(worker_t *w, timer_node_t *t)
     case T_LINGER:
         close_session(w, s, s->reason ? s->reason : "quit"); /* its last replies never left */
         break;
+    case T_TLS:
+        /* Mid-handshake nothing can be said to the client: close. */
+        m_inc(&w->m.timeouts[MT_TLS]);
+        m_inc(&w->m.tls_handshakes[MTLS_TIMEOUT]);
+        log_line(LOG_INFO, "event=tls_failed session=%016llx client=%s error=\"handshake timeout\"",
+                 (unsigned long long)s->id, s->ip);
+        close_session(w, s, "tls_timeout");
+        break;
     default:
         break;
     }
@@ -894,7 +1113,7 @@ static void proxy_done(worker_t *w, session_t *s, const proxy_result_t *r)
 {
     free(s->proxy);
     s->proxy = NULL;
-    s->flags &= (uint16_t)~SF_PROXY;
+    s->flags &= (uint32_t)~SF_PROXY;
     timer_stop(&w->timers, &s->timer);
     s->tkind = T_NONE;
     m_inc(&w->m.proxy[r->local ? MP_LOCAL : r->version == 1 ? MP_V1 : MP_V2]);
@@ -949,7 +1168,7 @@ static bool proxy_refused_here(worker_t *w, session_t *s)
     static const char v2sig[12] = { '\r', '\n', '\r', '\n', '\0', '\r', '\n', 'Q', 'U', 'I', 'T', '\n' };
     if (!s->nheld)
         return false;
-    s->flags &= (uint16_t)~SF_NO_PROXY;
+    s->flags &= (uint32_t)~SF_NO_PROXY;
     const held_t *h = &s->held[0];
     const char *p = buf_data(w, h->bid) + h->off;
     if (!((h->len >= 6 && memcmp(p, "PROXY ", 6) == 0) || (h->len >= 12 && memcmp(p, v2sig, 12) == 0)))
@@ -1057,7 +1276,7 @@ void session_cqe(worker_t *w, int op, uint32_t idx, uint32_t gen, struct io_urin
         }
         if (!(cqe->flags & IORING_CQE_F_MORE)) {
             s->inflight--;
-            s->flags &= (uint16_t)~SF_RECV;
+            s->flags &= (uint32_t)~SF_RECV;
             if (s->flags & SF_CLOSING)
                 break;
             if (res == -ENOBUFS) {
@@ -1078,7 +1297,7 @@ void session_cqe(worker_t *w, int op, uint32_t idx, uint32_t gen, struct io_urin
         break;
     case OP_SEND:
         s->inflight--;
-        s->flags &= (uint16_t)~SF_SENDING;
+        s->flags &= (uint32_t)~SF_SENDING;
         outq_sent(&s->out, &w->blocks, res > 0 ? (size_t)res : 0);
         if (res < 0) {
             close_session(w, s, "send_error");
@@ -1100,7 +1319,7 @@ void sessions_buffers_back(worker_t *w)
     for (uint32_t i = 0; i < ss->nslots && ss->nstarved; i++) {
         session_t *s = ss->slot[i];
         if (s && (s->flags & SF_STARVED)) {
-            s->flags &= (uint16_t)~SF_STARVED;
+            s->flags &= (uint32_t)~SF_STARVED;
             ss->nstarved--;
             post(w, s);
         }

@@ -21,6 +21,7 @@
 #include "maildir.h"
 #include "spf.h"
 #include "spf_client.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <arpa/inet.h>
@@ -346,7 +347,17 @@ static bool build_headers(tx_t *t)
         strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S %z", &tm);
         date_sec = now;
     }
-    const char *proto = t->params.smtputf8 ? "UTF8SMTP" : t->env.esmtp ? "ESMTP" : "SMTP";
+    /* RFC 3848 and 6531's names; S for STARTTLS */
+    const char *proto = t->params.smtputf8 ? (t->env.tls ? "UTF8SMTPS" : "UTF8SMTP")
+                        : t->env.esmtp     ? (t->env.tls ? "ESMTPS" : "ESMTP")
+                                           : (t->env.tls ? "SMTPS" : "SMTP");
+    char using[192] = "";
+    if (t->env.tls) {
+        /* Postfix's form: (using TLSv1.3 with cipher X (256/256 bits)) */
+        int alg = 0, bits = tls_bits(t->env.tls, &alg);
+        snprintf(using, sizeof using, "\r\n\t(using %s with cipher %s (%d/%d bits))", tls_version(t->env.tls),
+                 tls_cipher(t->env.tls), bits, alg);
+    }
     char helo[256], forpart[ADDR_PATH_MAX + 16] = "";
     clean_helo(t->env.helo, helo, sizeof helo);
     if (t->accepted == 1) {
@@ -357,9 +368,9 @@ static bool build_headers(tx_t *t)
         }
     }
     int k = snprintf(t->hdr + fx.hdr_len, HDR_CAP - fx.hdr_len,
-                     "Received: from %s (%s%s])\r\n\tby %s (mxgate) with %s id %s%s;\r\n\t%s\r\n", helo,
-                     t->env.family == AF_INET6 ? "[IPv6:" : "[", t->env.ip, t->env.cfg->hostname, proto, t->id,
-                     forpart, date);
+                     "Received: from %s (%s%s])%s\r\n\tby %s (mxgate) with %s id %s%s;\r\n\t%s\r\n", helo,
+                     t->env.family == AF_INET6 ? "[IPv6:" : "[", t->env.ip, using, t->env.cfg->hostname, proto,
+                     t->id, forpart, date);
     if (k <= 0 || (size_t)k >= HDR_CAP - fx.hdr_len)
         k = 0;
     t->hdr_len = fx.hdr_len + (size_t)k;
@@ -880,6 +891,9 @@ static void log_tx(tx_t *t, enum tx_end how)
     if (t->error)
         lb_cstr(&b, "error", t->error == ERR_DOWNSTREAM ? "downstream_lost" : "out_of_memory");
     lb_cstr(&b, "spf", t->spf.status == SPF_DONE ? spf_result_name(t->spf.result) : t->spf.status ? "pending" : "-");
+    lb_cstr(&b, "tls", t->env.tls ? tls_version(t->env.tls) : "-");
+    if (t->env.tls)
+        lb_cstr(&b, "tls.cipher", tls_cipher(t->env.tls));
     lb_u64(&b, "duration_ms", t->env.w->now - t->start_ms);
     log_emit(level, &b);
 }

@@ -51,6 +51,7 @@ typedef struct tx_env {
     const char *ip;               /* the address as text */
     slice_t helo;                 /* the session's copy; HELO cannot change within a transaction */
     bool esmtp;
+    const struct tls_conn *tls;   /* the session's TLS after STARTTLS; NULL in plaintext */
 } tx_env_t;
 
 /* How a transaction ended, for its log line. */

@@ -4,7 +4,8 @@
  * buffer size and verdicts.
  *
  * Input: a 6-byte header, 0-7 chunk-length bytes, then the session bytes
- * (what the client sends after the greeting; at most FUZZ_MAX_SESSION).
+ * (what the client sends after the greeting; at most FUZZ_MAX_SESSION; with
+ * STARTTLS, what it sends in plaintext and then through TLS).
  *   h[0] config flags: 0x01 bare_newline normalize, 0x02 SMTPUTF8 on,
  *        0x04 small line_max, 0x08 small text_line_max, 0x10 small rcpt_max,
  *        0x20 small size_max, 0x40 small error_max
@@ -15,7 +16,9 @@
  *        0x10 talk before the greeting, 0x20 smtp_close() at the end
  *   h[4] verdict seed: (h[4] & 3) == 0 accepts everything, otherwise a
  *        deterministic mix of accept, 550 5.7.1, 451 4.4.3, custom 250
- *   h[5] bits 0-2: number of chunk-length bytes that follow (0: no splits)
+ *        (STARTTLS: accept or 454 4.7.0)
+ *   h[5] bits 0-2: number of chunk-length bytes that follow (0: no splits);
+ *        bits 3-4: tls (0 off, 1 may, 2 encrypt, 3 may)
  * tests/fuzz/gen-corpus.py writes seeds in this format.
  *
  * Checks (__builtin_trap on failure):
@@ -30,11 +33,19 @@
  *    is the reply's first digit;
  *  - every message that reaches DATA_END was forwarded clean: only CRLF line
  *    ends, no interior CRLF.CRLF, empty or ending in CRLF, within size_max;
+ *  - STARTTLS: the event only with tls on and not yet encrypted; once it is
+ *    accepted, smtp_feed takes every byte and says nothing (no event, no
+ *    reply) until smtp_tls_started(), which this file's driver calls before
+ *    the next piece (the handshake happens between reads) and which leaves
+ *    a fresh, encrypted session with nothing written; no STARTTLS keyword
+ *    once encrypted; no MAIL event with tls = encrypt before it;
  *  - differential fragmentation: tu_drive() with the fuzzer's splits gives
  *    the same canonical log as with no splits (and a different output buffer
  *    size), and this file's own driver (which flushes output only on FULL or
  *    when input runs out, and may delay verdicts) gives the same events and
- *    the same reply bytes.
+ *    the same reply bytes. tu_drive never completes a handshake, so it
+ *    drops everything after an accepted STARTTLS; where the own driver went
+ *    on through TLS, its log up to smtp_tls_started() is compared.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -75,7 +86,14 @@ static int verdict_fn(const smtp_event_t *ev, int *code, const char **esc, const
     verdicts_t *v = arg;
     if (!v->mixed)
         return 0;
-    switch (xs32(&v->rng) % 8) {
+    uint32_t x = xs32(&v->rng) % 8;
+    if (ev->type == SMTP_EV_STARTTLS) {
+        if (x > 1)
+            return 0;
+        *code = 454, *esc = "4.7.0", *text = "TLS not available due to local problem";
+        return 1;
+    }
+    switch (x) {
     case 0:
         *code = 550, *esc = "5.7.1", *text = "Rejected by policy";
         return 1;
@@ -173,11 +191,17 @@ typedef struct run {
     int delay;
     int closed;
     int in_data;     /* a BODY may come: DATA accepted, end not yet seen */
+    size_t tls_log, tls_wire; /* log and wire lengths at the first smtp_tls_started */
+    int tls_done;
 } run_t;
 
 static void flush(run_t *r)
 {
     check_output(r->o.buf, r->o.len);
+    if (r->s.tls || r->cfg->tls == SMTP_TLS_OFF) { /* all of it written since the handshake, or no TLS */
+        CHECK(memmem(r->o.buf, r->o.len, "250-STARTTLS\r\n", 14) == NULL);
+        CHECK(memmem(r->o.buf, r->o.len, "250 STARTTLS\r\n", 14) == NULL);
+    }
     tu_put_escaped(&r->wire, slice_make(r->o.buf, r->o.len));
     r->o.len = 0;
 }
@@ -185,7 +209,7 @@ static void flush(run_t *r)
 static int wants_verdict(smtp_ev_type_t t)
 {
     return t == SMTP_EV_HELO || t == SMTP_EV_EHLO || t == SMTP_EV_MAIL || t == SMTP_EV_RCPT ||
-           t == SMTP_EV_DATA || t == SMTP_EV_DATA_END;
+           t == SMTP_EV_DATA || t == SMTP_EV_DATA_END || t == SMTP_EV_STARTTLS;
 }
 
 static void after_closed(run_t *r, const char *p, size_t n)
@@ -200,6 +224,11 @@ static void after_closed(run_t *r, const char *p, size_t n)
 static void handle_event(run_t *r, const smtp_event_t *ev, const char *rest, size_t restlen)
 {
     CHECK(ev->type != SMTP_EV_NONE);
+    CHECK(!smtp_tls_pending(&r->s)); /* nothing is read between the 220 and the handshake */
+    if (ev->type == SMTP_EV_STARTTLS)
+        CHECK(r->cfg->tls != SMTP_TLS_OFF && !r->s.tls && smtp_open(&r->s) == 1 && r->s.state < SMTP_S_MAIL);
+    if (ev->type == SMTP_EV_MAIL)
+        CHECK(r->cfg->tls != SMTP_TLS_ENCRYPT || r->s.tls);
     tu_log_event(&r->d, ev);
     if (ev->type == SMTP_EV_BODY) {
         CHECK(r->in_data);
@@ -246,16 +275,41 @@ static void handle_event(run_t *r, const smtp_event_t *ev, const char *rest, siz
         r->in_data = 1;
 }
 
+/* The handshake, between two reads: the 220 is sent in plaintext first. */
+static void tls_handshake(run_t *r)
+{
+    CHECK(smtp_open(&r->s) == 0 && !r->in_data && !r->s.tls);
+    flush(r);
+    if (!r->tls_done) {
+        r->tls_done = 1;
+        r->tls_log = r->d.log.len;
+        r->tls_wire = r->wire.len;
+    }
+    uint32_t commands = r->s.commands, errors = r->s.errors, messages = r->s.messages;
+    smtp_tls_started(&r->s);
+    CHECK(r->o.len == 0); /* the client speaks first */
+    CHECK(r->s.tls && !r->s.esmtp && r->s.state == SMTP_S_INIT && !smtp_tls_pending(&r->s));
+    CHECK(smtp_open(&r->s) == 0 && !smtp_partial(&r->s));
+    CHECK(r->s.commands == commands && r->s.errors == errors && r->s.messages == messages);
+    smtp_tls_started(&r->s); /* only once */
+    CHECK(r->s.state == SMTP_S_INIT);
+}
+
 /* Feed one piece; returns 0 once the session is closed. */
 static int feed_piece(run_t *r, const char *p, size_t n)
 {
     int idle = 0;
+    if (smtp_tls_pending(&r->s))
+        tls_handshake(r);
     for (;;) {
         smtp_event_t ev;
-        size_t used = (size_t)-1;
+        size_t used = (size_t)-1, before = r->o.len;
+        bool tls_wait = smtp_tls_pending(&r->s);
         memset(&ev, 0x5a, sizeof ev);
         smtp_status_t st = smtp_feed(&r->s, p, n, &used, &ev);
         CHECK(used <= n);
+        if (tls_wait) /* plaintext behind STARTTLS: taken, unanswered */
+            CHECK(st == SMTP_AGAIN && used == n && r->o.len == before && smtp_tls_pending(&r->s));
         p += used;
         n -= used;
         idle = used ? 0 : idle + 1;
@@ -377,6 +431,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cfg.error_max = 1 + ((h[2] >> 2) & 7);
     if (h[0] & 0x20) /* 16..1024, or 0: no limit */
         cfg.size_max = (h[2] >> 5) == 7 ? 0 : (uint64_t)16 << (h[2] >> 5);
+    static const uint8_t tls_modes[4] = { SMTP_TLS_OFF, SMTP_TLS_MAY, SMTP_TLS_ENCRYPT, SMTP_TLS_MAY };
+    cfg.tls = tls_modes[(h[5] >> 3) & 3];
     size_t outcap = outcaps[h[3] & 7];
     int delay = (h[3] & 0x08) != 0, early = (h[3] & 0x10) != 0, close_at_end = (h[3] & 0x20) != 0;
     verdicts_t v0 = { (0x9e3779b9u ^ ((uint32_t)h[4] * 0x01000193u)) | 1, (h[4] & 3) != 0 };
@@ -400,8 +456,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_same_or_trap("logs with and without splits", &split, &whole);
         tu_log_t wire = { 0 }, events = { 0 };
         CHECK(split_log(&whole, &wire, &events) == 0);
-        fuzz_same_or_trap("reply bytes of tu_drive and the own driver", &wire, &r->wire);
-        fuzz_same_or_trap("events of tu_drive and the own driver", &events, &r->d.log);
+        if (r->tls_done) {
+            /* tu_drive stayed where the own driver did the handshake */
+            tu_log_t own_wire = { 0 }, own_events = { 0 };
+            tu_put(&own_wire, r->wire.buf, r->tls_wire);
+            tu_put(&own_events, r->d.log.buf, r->tls_log);
+            tu_puts(&own_events, "EOF\n");
+            fuzz_same_or_trap("reply bytes of tu_drive and the own driver up to TLS", &wire, &own_wire);
+            fuzz_same_or_trap("events of tu_drive and the own driver up to TLS", &events, &own_events);
+            tu_free_log(&own_wire);
+            tu_free_log(&own_events);
+        } else {
+            fuzz_same_or_trap("reply bytes of tu_drive and the own driver", &wire, &r->wire);
+            fuzz_same_or_trap("events of tu_drive and the own driver", &events, &r->d.log);
+        }
         tu_free_log(&wire);
         tu_free_log(&events);
         tu_free_log(&split);

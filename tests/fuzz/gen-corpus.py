@@ -20,11 +20,32 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 # ---- fuzz_smtp header ----
 NORMALIZE, UTF8, SMALL_LINE, SMALL_TEXT, SMALL_RCPT, SMALL_SIZE, SMALL_ERR = 1, 2, 4, 8, 16, 32, 64
 DELAY, EARLY, CLOSE = 0x08, 0x10, 0x20
+TLS_OFF, TLS_MAY, TLS_ENCRYPT = 0, 1, 2
 
 
-def smtp_seed(session, flags=UTF8, limits=0, h2=0, outcap=6, driver=0, verdict=0, chunks=b""):
-    hdr = bytes([flags, limits, h2, (outcap & 7) | driver, verdict, len(chunks)]) + chunks
+def smtp_seed(session, flags=UTF8, limits=0, h2=0, outcap=6, driver=0, verdict=0, chunks=b"", tls=TLS_OFF):
+    hdr = bytes([flags, limits, h2, (outcap & 7) | driver, verdict, len(chunks) | tls << 3]) + chunks
     return hdr + session
+
+
+def chunk_len(n):
+    """The chunk-length byte for exactly n octets (fuzzutil.h's fuzz_splits)."""
+    if 1 <= n <= 16:
+        return bytes([n - 1])
+    assert (n - 1) % 8 == 0 and (n - 1) // 8 < 128, n
+    return bytes([0x80 + (n - 1) // 8])
+
+
+def tls_seed(plain, enc, **kw):
+    """plain, then what comes through TLS: the driver does the handshake
+    between pieces, so the first piece is plain (padded with a NOOP line,
+    itself plaintext behind STARTTLS, to a length a chunk byte can say) and
+    the rest comes whole."""
+    n = len(plain) + 7
+    while not (n <= 16 or (n - 1) % 8 == 0):
+        n += 1
+    plain += b"NOOP " + b"p" * (n - len(plain) - 7) + b"\r\n"
+    return smtp_seed(plain + enc, chunks=chunk_len(len(plain)) + b"\xff", **kw)
 
 
 def crlf(*lines):
@@ -109,6 +130,19 @@ def smtp_seeds():
                                                   b"MAIL TO:<a@example.org>", b"VRFY", b"RCPT TO:<>", b"QUIT"),
                                              flags=UTF8 | SMALL_SIZE, h2=7 << 5)
     s["tls-hello-junk"] = smtp_seed(bytes.fromhex("16030100a5010000a103035f1a") + bytes(range(0, 64)) + b"\r\nQUIT\r\n")
+    # STARTTLS (RFC 3207): plaintext injected behind it (CVE-2011-0411),
+    # then, after the handshake, a session through TLS
+    s["starttls-may"] = tls_seed(crlf(EHLO, b"STARTTLS", b"NOOP", b"MAIL FROM:<evil@example.net>"),
+                                 crlf(EHLO) + GROUP + BODY + crlf(b"STARTTLS", b"QUIT"), tls=TLS_MAY)
+    s["starttls-encrypt"] = tls_seed(crlf(EHLO, b"MAIL FROM:<a@example.org>", b"RCPT TO:<b@example.com>",
+                                          b"STARTTLS now", b"STARTTLS"),
+                                     crlf(b"MAIL FROM:<a@example.org>", EHLO) + GROUP + BODY + crlf(b"QUIT"),
+                                     tls=TLS_ENCRYPT)
+    s["starttls-pipelined-refused"] = tls_seed(crlf(EHLO) + GROUP + BODY + crlf(b"MAIL FROM:<a@example.org>",
+                                                                         b"STARTTLS", b"RSET", b"STARTTLS", b"NOOP"),
+                                               crlf(HELO, b"STARTTLS", b"QUIT"), tls=TLS_MAY, verdict=0x45,
+                                               driver=DELAY)
+    s["starttls-off"] = smtp_seed(crlf(EHLO, b"STARTTLS", b"NOOP", b"QUIT"))
     return s
 
 

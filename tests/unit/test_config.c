@@ -117,6 +117,9 @@ static void test_defaults(void **state)
     assert_int_equal(c.proxy_protocol, CONFIG_PROXY_OFF);
     assert_int_equal(c.proxy_trusted.n, 0);
     assert_int_equal(c.proxy_timeout, 5);
+    assert_int_equal(c.tls, CONFIG_TLS_OFF);
+    assert_string_equal(c.tls_protocols, "tlsv1.2,tlsv1.3");
+    assert_int_equal(c.tls_handshake_timeout, 30);
     assert_string_equal(c.user, "");
     assert_string_equal(c.group, "");
     assert_int_equal(c.log_level, CONFIG_LOG_INFO);
@@ -140,7 +143,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 52);
+    assert_int_equal(nkeys, 59);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -202,6 +205,13 @@ static const kv_case_t kv_cases[] = {
     {"proxy_protocol", "any", "v3", "expected off, v1, v2 or any: v3"},
     {"proxy_trusted", "10.0.0.0/8, ::1", "10.0.0.1/8", "host bits set past the prefix: 10.0.0.1/8"},
     {"proxy_timeout", "10", "0", "expected seconds from 1 to 600"},
+    {"tls", "encrypt", "required", "expected off, may or encrypt: required"},
+    {"tls_cert_file", "/etc/mxgate/ec.pem, /etc/mxgate/rsa.pem", "a\001b", "control character in path"},
+    {"tls_key_file", "/etc/mxgate/ec.key", "a\001b", "control character in path"},
+    {"tls_protocols", "tlsv1.3", "tlsv1.2, tlsv1.3, tlsv1.1", "too many names: tlsv1.2, tlsv1.3, tlsv1.1"},
+    {"tls_ciphers", "ECDHE+AESGCM:!aNULL", "a\001b", "control character in path"},
+    {"tls_ciphersuites", "TLS_AES_256_GCM_SHA384", "a\001b", "control character in path"},
+    {"tls_handshake_timeout", "10", "601", "expected seconds from 1 to 600"},
     {"user", "mxgate", "mx gate", "not a name: mx gate"},
     {"group", "mail", "a,b", "expected one name: a,b"},
 };

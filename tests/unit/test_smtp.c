@@ -14,6 +14,11 @@
  *     LF ends a command line only with bare_newline = normalize);
  *   - verdicts: refused, deferred (hand-driven PAUSED loop), custom text;
  *     smtp_close; an output buffer below SMTP_OUT_MIN;
+ *   - STARTTLS (RFC 3207): the EHLO keyword in each tls mode, the 220 and
+ *     the plaintext behind it dropped unanswered (CVE-2011-0411), the reset
+ *     at smtp_tls_started, its refusals (502, 501, 503, the caller's 454),
+ *     530 before it with tls = encrypt, its place in a pipelined group, and
+ *     sessions across the handshake split at every pair of positions;
  *   - a table of sample sessions, each fed whole, byte by byte, split at
  *     every position, at every pair of positions (short ones) and with the
  *     smallest legal output buffer (SMTP_OUT_MIN, so SMTP_FULL comes after
@@ -51,6 +56,8 @@ enum cfg_kind {
     CFG_UTF8,      /* defaults, SMTPUTF8 on */
     CFG_NORMALIZE, /* defaults, bare CR/LF in a body normalized */
     CFG_SMALL,     /* small limits, so short samples can cross them */
+    CFG_TLS,       /* defaults, STARTTLS offered */
+    CFG_TLS_ENCRYPT, /* defaults, STARTTLS required before MAIL */
 };
 
 static smtp_config_t make_cfg(enum cfg_kind k)
@@ -73,6 +80,12 @@ static smtp_config_t make_cfg(enum cfg_kind k)
         c.rcpt_max = 2;
         c.size_max = 200;
         c.error_max = 5;
+        break;
+    case CFG_TLS:
+        c.tls = SMTP_TLS_MAY;
+        break;
+    case CFG_TLS_ENCRYPT:
+        c.tls = SMTP_TLS_ENCRYPT;
         break;
     }
     return c;
@@ -471,6 +484,32 @@ static int verdict_queued(const smtp_event_t *ev, int *code, const char **esc, c
     return 0;
 }
 
+/* Refuse every MAIL. */
+static int verdict_refuse_mail(const smtp_event_t *ev, int *code, const char **esc, const char **text, void *arg)
+{
+    (void)arg;
+    if (ev->type == SMTP_EV_MAIL) {
+        *code = 550;
+        *esc = "5.7.1";
+        *text = "sender refused";
+        return 1;
+    }
+    return 0;
+}
+
+/* STARTTLS refused: no certificate, the TLS library failed... */
+static int verdict_no_tls(const smtp_event_t *ev, int *code, const char **esc, const char **text, void *arg)
+{
+    (void)arg;
+    if (ev->type == SMTP_EV_STARTTLS) {
+        *code = 454;
+        *esc = "4.7.0";
+        *text = "TLS not available due to local problem";
+        return 1;
+    }
+    return 0;
+}
+
 /* Refuse every message at end of data. */
 static int verdict_spam(const smtp_event_t *ev, int *code, const char **esc, const char **text, void *arg)
 {
@@ -707,6 +746,53 @@ static const sample_t static_samples[] = {
            "TURN\r\n"
            "NOOP\r\n"
            "NOOP\r\n"),
+    /* STARTTLS: whatever follows an accepted one in plaintext is dropped,
+     * unanswered, however it is cut (tu_drive never does the handshake) */
+    SAMPLE("starttls, plaintext behind it dropped", CFG_TLS, NULL, "220|250|220 2.0.0|EOF",
+           "EHLO client.example\r\n"
+           "STARTTLS\r\n"
+           "NOOP\r\n"
+           "MAIL FROM:<a@b.example>\r\n"
+           "QUIT\r\n"),
+    SAMPLE("starttls refused by the caller", CFG_TLS, verdict_no_tls,
+           "220|250|454 4.7.0|250 2.0.0|" TX_OK "|221 2.0.0|CLOSED",
+           "EHLO client.example\r\n"
+           "STARTTLS\r\n"
+           "NOOP\r\n"
+           "MAIL FROM:<a@example.org>\r\n"
+           "RCPT TO:<b@example.com>\r\n"
+           "DATA\r\n"
+           "x\r\n"
+           ".\r\n"
+           "QUIT\r\n"),
+    SAMPLE("starttls refused by the engine", CFG_TLS, NULL,
+           "220|501 5.5.4|250|250 2.1.0|503 5.5.1|250 2.0.0|220 2.0.0|EOF",
+           "STARTTLS now\r\n"
+           "EHLO client.example\r\n"
+           "MAIL FROM:<a@example.org>\r\n"
+           "STARTTLS\r\n"
+           "RSET\r\n"
+           "starttls\r\n"
+           "NOOP\r\n"),
+    SAMPLE("starttls required", CFG_TLS_ENCRYPT, NULL, "220|250|530 5.7.0|503 5.5.1|250 2.0.0|250|220 2.0.0|EOF",
+           "EHLO client.example\r\n"
+           "MAIL FROM:<a@example.org>\r\n"
+           "RCPT TO:<b@example.com>\r\n"
+           "RSET\r\n"
+           "HELO client.example\r\n"
+           "STARTTLS\r\n"
+           "MAIL FROM:<a@example.org>\r\n"),
+    SAMPLE("starttls behind a refused MAIL", CFG_TLS, verdict_refuse_mail, "220|250|550 5.7.1|503 5.5.1|220 2.0.0|EOF",
+           "EHLO client.example\r\n"
+           "MAIL FROM:<a@example.org>\r\n"
+           "RCPT TO:<b@example.com>\r\n"
+           "STARTTLS\r\n"
+           "NOOP\r\n"),
+    SAMPLE("starttls off", CFG_DEFAULT, NULL, "220|250|502 5.5.1|250 2.0.0|221 2.0.0|CLOSED",
+           "EHLO client.example\r\n"
+           "STARTTLS\r\n"
+           "NOOP\r\n"
+           "QUIT\r\n"),
 };
 
 #define NSTATIC (sizeof static_samples / sizeof static_samples[0])
@@ -893,6 +979,7 @@ static void test_config_defaults(void **state)
     assert_int_equal(c.error_max, 20);
     assert_int_equal(c.size_max, 10485760);
     assert_int_equal(c.bare_newline, SCAN_BARE_REJECT);
+    assert_int_equal(c.tls, SMTP_TLS_OFF);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1944,18 +2031,6 @@ static void test_verdict_refuse_rcpt(void **state)
     free(log);
 }
 
-static int verdict_refuse_mail(const smtp_event_t *ev, int *code, const char **esc, const char **text, void *arg)
-{
-    (void)arg;
-    if (ev->type == SMTP_EV_MAIL) {
-        *code = 550;
-        *esc = "5.7.1";
-        *text = "sender refused";
-        return 1;
-    }
-    return 0;
-}
-
 static void test_verdict_refuse_mail(void **state)
 {
     (void)state;
@@ -2554,6 +2629,631 @@ static void test_close(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* 10. STARTTLS                                                        */
+/* ------------------------------------------------------------------ */
+
+/* A session across STARTTLS: what the client sends in plaintext, and what
+ * comes through TLS once the handshake is done. */
+typedef struct tls_case {
+    const char *name;
+    enum cfg_kind cfg;
+    tu_verdict_fn verdict;
+    const char *expect; /* reply signature of the whole feed */
+    const char *plain, *enc;
+    size_t plen, elen;
+} tls_case_t;
+
+#define TLS_CASE(name, cfg, verdict, expect, plain, enc) \
+    { name, cfg, verdict, expect, plain, enc, sizeof(plain) - 1, sizeof(enc) - 1 }
+
+/* What the engine keeps across the handshake, seen after a run. */
+typedef struct tls_stats {
+    uint32_t commands, errors, messages;
+    bool tls;
+} tls_stats_t;
+
+/* Feed `in` cut at the sorted split points, each piece guarded as tu_drive
+ * does it. */
+static void feed_cut(tu_driver_t *d, smtp_t *s, smtp_out_t *o, const char *in, size_t len, const size_t *sp,
+                     size_t nsp)
+{
+    size_t prev = 0;
+    for (size_t i = 0; i <= nsp && !d->closed; i++) {
+        size_t end = i < nsp ? sp[i] : len;
+        guard_buf_t g;
+        guard_copy(&g, in + prev, end - prev);
+        tu_feed_piece(d, s, o, g.data, end - prev);
+        guard_free(&g);
+        prev = end;
+    }
+}
+
+/*
+ * Run a tls_case as a TLS-terminating caller would: the plaintext cut at
+ * `sp`, then, if the engine waits for the handshake, smtp_tls_started() (a
+ * "TLS" line in the log), then the encrypted part cut at `se`. Verdicts as
+ * tu_drive gives them (STARTTLS accepted unless the callback says no).
+ * Returns the log (free it); `st` (may be NULL) gets the counters.
+ */
+static char *run_tls(const tls_case_t *c, const size_t *sp, size_t nsp, const size_t *se, size_t nse, size_t outcap,
+                     tls_stats_t *st)
+{
+    smtp_config_t cfg = make_cfg(c->cfg);
+    tu_driver_t d;
+    memset(&d, 0, sizeof d);
+    d.verdict = c->verdict;
+    char *ob = malloc(outcap);
+    assert_non_null(ob);
+    smtp_out_t o = { .buf = ob, .len = 0, .cap = outcap };
+    smtp_t s;
+    smtp_init(&s, &cfg, &o);
+    smtp_greet(&s);
+    tu_flush_out(&d, &o);
+    feed_cut(&d, &s, &o, c->plain, c->plen, sp, nsp);
+    if (!d.closed && smtp_tls_pending(&s)) {
+        assert_int_equal(o.len, 0); /* the 220 is out: the handshake may start */
+        assert_false(s.tls);
+        smtp_tls_started(&s);
+        assert_int_equal(o.len, 0); /* the client speaks first */
+        assert_true(s.tls);
+        tu_puts(&d.log, "TLS\n");
+        feed_cut(&d, &s, &o, c->enc, c->elen, se, nse);
+    }
+    if (!d.closed) {
+        tu_end_body(&d);
+        tu_puts(&d.log, "EOF\n");
+    }
+    if (st)
+        *st = (tls_stats_t){ s.commands, s.errors, s.messages, s.tls };
+    smtp_free(&s);
+    free(ob);
+    tu_free_log(&d.body);
+    return d.log.buf;
+}
+
+/* The log from the "TLS" line on ("" when there is none). */
+static const char *after_tls(const char *log)
+{
+    if (strncmp(log, "TLS\n", 4) == 0)
+        return log;
+    const char *p = strstr(log, "\nTLS\n");
+    return p ? p + 1 : "";
+}
+
+static const tls_case_t tls_cases[] = {
+    /* RFC 3207 4.2: after the handshake the client starts over with EHLO;
+     * the STARTTLS keyword is gone, a second STARTTLS is out of order, and
+     * MAIL before EHLO is refused as in any session */
+    TLS_CASE("starttls then a message", CFG_TLS, NULL,
+             "220|250|220 2.0.0|503 5.5.1|503 5.5.1|503 5.5.1|250|" TX_OK "|221 2.0.0|CLOSED",
+             "EHLO client.example\r\n"
+             "STARTTLS\r\n"
+             "NOOP\r\n"
+             "MAIL FROM:<a@b>\r\n",
+             "MAIL FROM:<a@example.org>\r\n"
+             "RCPT TO:<x@example.com>\r\n"
+             "STARTTLS\r\n"
+             "EHLO client.example\r\n"
+             "MAIL FROM:<a@example.org>\r\n"
+             "RCPT TO:<b@example.com>\r\n"
+             "DATA\r\n"
+             "hi\r\n"
+             ".\r\n"
+             "QUIT\r\n"),
+    TLS_CASE("starttls required", CFG_TLS_ENCRYPT, NULL,
+             "220|250|530 5.7.0|503 5.5.1|220 2.0.0|250|250 2.1.0|250 2.1.5|354|250 2.0.0|221 2.0.0|CLOSED",
+             "EHLO c\r\n"
+             "MAIL FROM:<a@example.org>\r\n"
+             "RCPT TO:<b@example.com>\r\n"
+             "STARTTLS\r\n"
+             "RCPT TO:<b@example.com>\r\n",
+             "EHLO c\r\n"
+             "MAIL FROM:<a@example.org>\r\n"
+             "RCPT TO:<b@example.com>\r\n"
+             "DATA\r\n"
+             "hi\r\n"
+             ".\r\n"
+             "QUIT\r\n"),
+    /* plaintext behind STARTTLS that would leave the engine mid-line (an
+     * over-long line without its LF): dropped, and nothing of it survives */
+    TLS_CASE("starttls then half a long line", CFG_TLS, NULL, "220|250|220 2.0.0|250|250 2.0.0|221 2.0.0|CLOSED",
+             "EHLO c\r\n"
+             "STARTTLS\r\n"
+             "NOOP aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+             "EHLO c\r\n"
+             "NOOP\r\n"
+             "QUIT\r\n"),
+    /* refused by the caller: the session goes on in plaintext, and what
+     * would have been the encrypted part never comes */
+    TLS_CASE("starttls refused", CFG_TLS, verdict_no_tls, "220|250|454 4.7.0|250 2.0.0|250 2.1.0|221 2.0.0|CLOSED",
+             "EHLO c\r\n"
+             "STARTTLS\r\n"
+             "NOOP\r\n"
+             "MAIL FROM:<a@example.org>\r\n"
+             "QUIT\r\n",
+             "EHLO c\r\n"),
+};
+
+#define NTLS_CASES (sizeof tls_cases / sizeof tls_cases[0])
+
+static const tls_case_t *find_tls_case(const char *name)
+{
+    for (size_t i = 0; i < NTLS_CASES; i++)
+        if (strcmp(tls_cases[i].name, name) == 0)
+            return &tls_cases[i];
+    fail_msg("no tls case \"%s\"", name);
+    return NULL;
+}
+
+static void test_starttls_ehlo(void **state)
+{
+    (void)state;
+    /* off: not offered (test_ehlo_keywords checks the whole list) */
+    smtp_config_t cfg = make_cfg(CFG_DEFAULT);
+    char *log = RUN(&cfg, "EHLO client.example\r\nQUIT\r\n");
+    assert_false(ehlo_kw(log, "STARTTLS", false));
+    free(log);
+
+    /* may and encrypt: offered, on a line of its own, after SIZE */
+    static const enum cfg_kind kinds[] = { CFG_TLS, CFG_TLS_ENCRYPT };
+    for (size_t i = 0; i < 2; i++) {
+        cfg = make_cfg(kinds[i]);
+        log = RUN(&cfg, "EHLO client.example\r\nQUIT\r\n");
+        assert_true(replies_are(log, "220|250|221 2.0.0|CLOSED"));
+        assert_true(has_line(log, "S: 250-STARTTLS\\r\\n"));
+        const char *size = strstr(log, "S: 250-SIZE"), *tls = strstr(log, "S: 250-STARTTLS");
+        const char *bit8 = strstr(log, "S: 250-8BITMIME");
+        assert_true(size && tls && bit8 && size < tls && tls < bit8);
+        assert_true(ehlo_kw(log, "PIPELINING", true));
+        assert_true(ehlo_kw(log, "SMTPUTF8", true));
+        assert_int_equal(count_prefix(log, "S: 250-"), 6);
+        assert_int_equal(count_prefix(log, "S: 250 "), 1);
+        free(log);
+        /* HELO has no keywords */
+        log = RUN(&cfg, "HELO client.example\r\nQUIT\r\n");
+        assert_int_equal(count_prefix(log, "S: 250-"), 0);
+        free(log);
+    }
+
+    /* the last keyword is STARTTLS's neighbour when SMTPUTF8 is off */
+    cfg = make_cfg(CFG_TLS);
+    cfg.smtputf8 = false;
+    log = RUN(&cfg, "EHLO client.example\r\n");
+    assert_true(has_line(log, "S: 250-STARTTLS\\r\\n"));
+    assert_true(has_line(log, "S: 250 ENHANCEDSTATUSCODES\\r\\n"));
+    free(log);
+
+    /* after the handshake: not offered again */
+    static const tls_case_t c = TLS_CASE("ehlo after tls", CFG_TLS, NULL, "220|250|220 2.0.0|250|EOF",
+                                         "EHLO client.example\r\nSTARTTLS\r\n", "EHLO client.example\r\n");
+    log = run_tls(&c, NULL, 0, NULL, 0, OUTCAP, NULL);
+    assert_true(replies_are(log, c.expect));
+    const char *tail = after_tls(log);
+    assert_true(*tail);
+    assert_null(strstr(tail, "STARTTLS"));
+    assert_true(strstr(tail, "S: 250-PIPELINING") != NULL);
+    assert_int_equal(count_prefix(tail, "S: 250-"), 5); /* the list without STARTTLS */
+    assert_int_equal(count_prefix(log, "S: 250-STARTTLS"), 1);
+    free(log);
+}
+
+/*
+ * The 220 and then nothing: commands pipelined behind STARTTLS, in the same
+ * buffer or in later ones, are consumed and dropped, with no event and no
+ * reply (CVE-2011-0411), until smtp_tls_started().
+ */
+static void test_starttls_drops_plaintext(void **state)
+{
+    (void)state;
+    hand_t *h = malloc(sizeof *h);
+    assert_non_null(h);
+    hand_init(h, CFG_TLS);
+    smtp_greet(&h->s);
+    hand_flush(h);
+    assert_int_equal(hand_run(h, "EHLO client.example\r\n", 21), SMTP_AGAIN);
+    smtp_tls_started(&h->s); /* no STARTTLS yet: nothing happens */
+    assert_false(h->s.tls);
+    assert_int_equal(h->s.state, SMTP_S_HELO);
+
+    static const char in[] = "STARTTLS\r\nNOOP\r\nMAIL FROM:<a@b>\r\n";
+    const char *p = in;
+    size_t n = sizeof in - 1;
+    smtp_event_t ev;
+    assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
+    assert_int_equal(ev.type, SMTP_EV_STARTTLS);
+    assert_true(smtp_ev_wants_verdict(ev.type));
+    assert_int_equal(smtp_open(&h->s), 1);
+    /* its verdict is open: nothing behind it is read, not even the start
+     * of a line into the carry buffer */
+    size_t left = n;
+    smtp_event_t ev2;
+    assert_int_equal(hand_feed(h, &p, &n, &ev2), SMTP_PAUSED);
+    assert_int_equal(n, left);
+    const char *part = "MAIL FROM:<a@b";
+    size_t plen = strlen(part);
+    assert_int_equal(hand_feed(h, &part, &plen, &ev2), SMTP_PAUSED);
+    assert_int_equal(plen, strlen(part));
+    assert_false(smtp_partial(&h->s));
+    assert_false(smtp_tls_pending(&h->s));
+    smtp_accept(&h->s, ev.slot);
+    hand_flush(h);
+    assert_true(has_line(h->d.log.buf, "S: 220 2.0.0 Ready to start TLS\\r\\n"));
+    assert_true(smtp_tls_pending(&h->s));
+    assert_int_equal(smtp_open(&h->s), 0);
+
+    size_t log_len = h->d.log.len;
+    uint32_t commands = h->s.commands, errors = h->s.errors;
+    /* the rest of this buffer: all taken, nothing said */
+    assert_int_equal(hand_feed(h, &p, &n, &ev2), SMTP_AGAIN);
+    assert_int_equal(n, 0);
+    /* and later buffers, whatever they hold */
+    static const char *const later[] = { "NOOP\r\nMAIL FROM:<a@b>\r\n", "", "QUIT\r\n", "\x16\x03\x01\x02\x00", "RSET" };
+    for (size_t i = 0; i < sizeof later / sizeof later[0]; i++) {
+        p = later[i];
+        n = strlen(p);
+        assert_int_equal(hand_feed(h, &p, &n, &ev2), SMTP_AGAIN);
+        assert_int_equal(n, 0);
+    }
+    assert_int_equal(h->d.log.len, log_len); /* no reply, no event */
+    assert_int_equal(h->s.commands, commands);
+    assert_int_equal(h->s.errors, errors);
+    assert_true(smtp_tls_pending(&h->s));
+    assert_false(smtp_partial(&h->s));
+    assert_int_equal(count_ev(h->d.log.buf, SMTP_EV_NOOP), 0);
+    assert_int_equal(count_ev(h->d.log.buf, SMTP_EV_MAIL), 0);
+    assert_int_equal(count_ev(h->d.log.buf, SMTP_EV_QUIT), 0);
+    assert_true(replies_are(h->d.log.buf, "220|250|220 2.0.0"));
+
+    /* the handshake: a fresh session, encrypted; counters kept */
+    smtp_tls_started(&h->s);
+    hand_flush(h);
+    assert_int_equal(h->d.log.len, log_len); /* nothing written */
+    assert_true(h->s.tls);
+    assert_false(h->s.esmtp);
+    assert_int_equal(h->s.state, SMTP_S_INIT);
+    assert_false(smtp_tls_pending(&h->s));
+    assert_int_equal(h->s.commands, commands);
+    smtp_tls_started(&h->s); /* once only: a second call changes nothing */
+    assert_int_equal(h->s.state, SMTP_S_INIT);
+
+    /* HELO forgotten: MAIL is out of order, as before any HELO */
+    assert_int_equal(hand_run(h, "MAIL FROM:<a@example.org>\r\n", 27), SMTP_AGAIN);
+    assert_int_equal(count_ev(h->d.log.buf, SMTP_EV_MAIL), 0);
+    assert_int_equal(h->s.errors, errors + 1);
+    static const char tx[] = "EHLO client.example\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
+                             "DATA\r\nhi\r\n.\r\nSTARTTLS\r\nQUIT\r\n";
+    assert_int_equal(hand_run(h, tx, sizeof tx - 1), SMTP_CLOSED);
+    assert_true(replies_are(h->d.log.buf, "220|250|220 2.0.0|503 5.5.1|250|" TX_OK "|503 5.5.1|221 2.0.0|CLOSED"));
+    assert_true(h->s.esmtp);
+    assert_int_equal(h->s.messages, 1);
+    assert_int_equal(count_prefix(h->d.log.buf, "S: 250-STARTTLS"), 1); /* only before TLS */
+    assert_int_equal(count_ev(h->d.log.buf, SMTP_EV_STARTTLS), 1);
+    BODY_IS(h->d.log.buf, 0, "hi\r\n");
+    hand_free(h);
+    free(h);
+}
+
+/* A MAIL refused for a peer's trouble makes the RCPTs behind it get its
+ * reply; after the handshake that memory is gone too. */
+static void test_starttls_forgets_refused_mail(void **state)
+{
+    (void)state;
+    hand_t *h = malloc(sizeof *h);
+    assert_non_null(h);
+    hand_init(h, CFG_TLS);
+    smtp_greet(&h->s);
+    assert_int_equal(hand_run(h, "EHLO c\r\n", 8), SMTP_AGAIN);
+    const char *p = "MAIL FROM:<a@example.org>\r\n";
+    size_t n = strlen(p);
+    smtp_event_t ev;
+    assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
+    assert_int_equal(ev.type, SMTP_EV_MAIL);
+    smtp_reply_t r = { 451, "4.4.1", SLICE_LIT("downstream unavailable"), SMTP_R_PEER };
+    smtp_verdict(&h->s, ev.slot, &r);
+    hand_flush(h);
+    assert_int_equal(hand_run(h, "RCPT TO:<b@example.com>\r\nSTARTTLS\r\n", 35), SMTP_AGAIN);
+    assert_true(smtp_tls_pending(&h->s));
+    smtp_tls_started(&h->s);
+    assert_int_equal(hand_run(h, "RCPT TO:<b@example.com>\r\n", 25), SMTP_AGAIN);
+    assert_true(replies_are(h->d.log.buf, "220|250|451 4.4.1|451 4.4.1|220 2.0.0|503 5.5.1"));
+    hand_free(h);
+    free(h);
+}
+
+/* What the engine itself refuses: 502 when off, 501 with an argument, 503
+ * inside a transaction or once encrypted; each counted as an error. */
+static void test_starttls_refusals(void **state)
+{
+    (void)state;
+    smtp_config_t cfg = make_cfg(CFG_TLS);
+    char *log = RUN(&cfg, "EHLO c\r\n"
+                          "STARTTLS now\r\n"
+                          "MAIL FROM:<a@example.org>\r\n"
+                          "STARTTLS\r\n"
+                          "RCPT TO:<b@example.com>\r\n"
+                          "STARTTLS\r\n"
+                          "RSET\r\n"
+                          "QUIT\r\n");
+    assert_true(replies_are(log, "220|250|501 5.5.4|250 2.1.0|503 5.5.1|250 2.1.5|503 5.5.1|250 2.0.0|221 2.0.0|"
+                                 "CLOSED"));
+    assert_true(ev_has(log, SMTP_EV_ERROR, 0, err_sub(SMTP_ERR_SYNTAX)));
+    assert_true(ev_has(log, SMTP_EV_ERROR, 1, err_sub(SMTP_ERR_SEQUENCE)));
+    assert_true(ev_has(log, SMTP_EV_ERROR, 2, err_sub(SMTP_ERR_SEQUENCE)));
+    assert_int_equal(count_ev(log, SMTP_EV_STARTTLS), 0);
+    free(log);
+
+    /* trailing blanks are no argument; the verb is case-insensitive */
+    log = RUN(&cfg, "StartTLS \r\nNOOP\r\n");
+    assert_true(replies_are(log, "220|220 2.0.0|EOF"));
+    assert_int_equal(count_ev(log, SMTP_EV_STARTTLS), 1);
+    free(log);
+
+    /* off: as before STARTTLS existed */
+    cfg = make_cfg(CFG_DEFAULT);
+    log = RUN(&cfg, "EHLO c\r\nSTARTTLS\r\nNOOP\r\n");
+    assert_true(replies_are(log, "220|250|502 5.5.1|250 2.0.0|EOF"));
+    assert_true(ev_has(log, SMTP_EV_ERROR, 0, err_sub(SMTP_ERR_NOT_IMPL)));
+    assert_int_equal(count_ev(log, SMTP_EV_STARTTLS), 0);
+    free(log);
+
+    /* they count toward the error limit */
+    cfg = make_cfg(CFG_TLS);
+    cfg.error_max = 3;
+    log = RUN(&cfg, "STARTTLS x\r\nSTARTTLS x\r\nSTARTTLS x\r\nNOOP\r\n");
+    assert_true(replies_are(log, "220|501 5.5.4|501 5.5.4|501 5.5.4|421 4.7.0|CLOSED"));
+    free(log);
+
+    /* once encrypted: 503 (run_tls does the handshake) */
+    static const tls_case_t c = TLS_CASE("second starttls", CFG_TLS, NULL, "220|220 2.0.0|503 5.5.1|250|503 5.5.1|EOF",
+                                         "STARTTLS\r\n", "STARTTLS\r\nEHLO c\r\nSTARTTLS\r\n");
+    tls_stats_t st;
+    log = run_tls(&c, NULL, 0, NULL, 0, OUTCAP, &st);
+    assert_true(replies_are(log, c.expect));
+    assert_int_equal(count_ev(log, SMTP_EV_STARTTLS), 1);
+    assert_true(ev_has(log, SMTP_EV_ERROR, 1, err_sub(SMTP_ERR_SEQUENCE)));
+    assert_int_equal(st.errors, 2);
+    assert_int_equal(st.commands, 4);
+    assert_true(st.tls);
+    free(log);
+}
+
+/* The caller cannot do TLS (454): the session goes on in plaintext, as it
+ * was; counted unless flagged as not the client's fault. */
+static void test_starttls_refused_by_caller(void **state)
+{
+    (void)state;
+    const tls_case_t *c = find_tls_case("starttls refused");
+    tls_stats_t st;
+    char *log = run_tls(c, NULL, 0, NULL, 0, OUTCAP, &st);
+    assert_true(replies_are(log, c->expect));
+    assert_true(has_line(log, "S: 454 4.7.0 TLS not available due to local problem\\r\\n"));
+    assert_int_equal(count_ev(log, SMTP_EV_STARTTLS), 1);
+    assert_int_equal(count_ev(log, SMTP_EV_NOOP), 1);
+    assert_int_equal(count_ev(log, SMTP_EV_MAIL), 1);
+    assert_null(strstr(log, "\nTLS\n"));
+    assert_false(st.tls);
+    assert_int_equal(st.errors, 1);
+    free(log);
+
+    /* it keeps the EHLO (still offered) and the transaction rules */
+    smtp_config_t cfg = make_cfg(CFG_TLS);
+    log = RUNV(&cfg, "EHLO c\r\nSTARTTLS\r\nEHLO c\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n"
+                     "DATA\r\nx\r\n.\r\nQUIT\r\n", verdict_no_tls);
+    assert_true(replies_are(log, "220|250|454 4.7.0|250|" TX_OK "|221 2.0.0|CLOSED"));
+    assert_int_equal(count_prefix(log, "S: 250-STARTTLS"), 2);
+    free(log);
+
+    /* flagged SMTP_R_PEER: not the client's error */
+    hand_t *h = malloc(sizeof *h);
+    assert_non_null(h);
+    hand_init(h, CFG_TLS);
+    smtp_greet(&h->s);
+    assert_int_equal(hand_run(h, "EHLO c\r\n", 8), SMTP_AGAIN);
+    const char *p = "STARTTLS\r\nMAIL FROM:<a@example.org>\r\n";
+    size_t n = strlen(p);
+    smtp_event_t ev;
+    assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
+    assert_int_equal(ev.type, SMTP_EV_STARTTLS);
+    smtp_reply_t r = { 454, "4.7.0", SLICE_LIT("TLS not available due to local problem"), SMTP_R_PEER };
+    smtp_verdict(&h->s, ev.slot, &r);
+    assert_false(smtp_tls_pending(&h->s));
+    assert_int_equal(h->s.errors, 0);
+    assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
+    assert_int_equal(ev.type, SMTP_EV_MAIL);
+    hand_free(h);
+    free(h);
+}
+
+/* tls = encrypt: MAIL before STARTTLS is 530 5.7.0 (no MAIL event, an
+ * error); HELO, EHLO, NOOP, RSET, QUIT and STARTTLS work; after the
+ * handshake MAIL is taken. */
+static void test_starttls_encrypt(void **state)
+{
+    (void)state;
+    smtp_config_t cfg = make_cfg(CFG_TLS_ENCRYPT);
+    char *log = RUN(&cfg, "MAIL FROM:<a@example.org>\r\n"
+                          "EHLO c\r\n"
+                          "NOOP\r\n"
+                          "RSET\r\n"
+                          "MAIL FROM:<a@example.org>\r\n"
+                          "RCPT TO:<b@example.com>\r\n"
+                          "DATA\r\n"
+                          "HELO c\r\n"
+                          "STARTTLS\r\n"
+                          "MAIL FROM:<a@example.org>\r\n");
+    assert_true(replies_are(log, "220|530 5.7.0|250|250 2.0.0|250 2.0.0|530 5.7.0|503 5.5.1|503 5.5.1|250|220 2.0.0|"
+                                 "EOF"));
+    assert_int_equal(count_ev(log, SMTP_EV_MAIL), 0);
+    assert_true(ev_has(log, SMTP_EV_ERROR, 0, err_sub(SMTP_ERR_TLS_REQUIRED)));
+    assert_true(ev_has(log, SMTP_EV_ERROR, 1, err_sub(SMTP_ERR_TLS_REQUIRED)));
+    assert_true(has_line(log, "S: 530 5.7.0 Must issue a STARTTLS command first\\r\\n"));
+    free(log);
+
+    log = RUN(&cfg, "EHLO c\r\nMAIL FROM:<a@example.org>\r\nQUIT\r\n");
+    assert_true(replies_are(log, "220|250|530 5.7.0|221 2.0.0|CLOSED"));
+    free(log);
+
+    const tls_case_t *c = find_tls_case("starttls required");
+    tls_stats_t st;
+    log = run_tls(c, NULL, 0, NULL, 0, OUTCAP, &st);
+    assert_true(replies_are(log, c->expect));
+    assert_int_equal(count_ev(log, SMTP_EV_MAIL), 1);
+    assert_true(ev_has(log, SMTP_EV_MAIL, 0, " <a@example.org>"));
+    assert_null(strstr(after_tls(log), "err="));
+    assert_int_equal(st.errors, 2); /* the 530 and the RCPT behind it */
+    assert_int_equal(st.messages, 1);
+    free(log);
+}
+
+/*
+ * STARTTLS ends a pipelined group: read only once the MAIL and RCPT verdicts
+ * before it are in, and nothing behind it is read until its own is. With
+ * the MAIL refused there is no transaction, STARTTLS is taken, and the NOOP
+ * behind it is never answered; with the MAIL accepted, it is 503 and the
+ * NOOP is answered.
+ */
+static void test_starttls_pipelined(void **state)
+{
+    (void)state;
+    static const char group[] = "MAIL FROM:<a@example.org>\r\n"
+                                "RCPT TO:<b@example.com>\r\n"
+                                "STARTTLS\r\n"
+                                "NOOP\r\n";
+    for (int accept_mail = 0; accept_mail < 2; accept_mail++) {
+        hand_t *h = malloc(sizeof *h);
+        assert_non_null(h);
+        hand_init(h, CFG_TLS);
+        smtp_greet(&h->s);
+        assert_int_equal(hand_run(h, "EHLO client.example\r\n", 21), SMTP_AGAIN);
+        const char *p = group;
+        size_t n = sizeof group - 1;
+        smtp_event_t ev;
+        assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
+        assert_int_equal(ev.type, SMTP_EV_MAIL);
+        uint32_t mail = ev.slot;
+        assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
+        assert_int_equal(ev.type, SMTP_EV_RCPT);
+        uint32_t rcpt = ev.slot;
+        /* STARTTLS waits for both */
+        for (int i = 0; i < 2; i++) {
+            size_t left = n;
+            assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_PAUSED);
+            assert_int_equal(n, left);
+        }
+        assert_string_equal(p, "STARTTLS\r\nNOOP\r\n");
+        smtp_accept(&h->s, rcpt); /* newest first */
+        assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_PAUSED);
+        if (accept_mail) {
+            smtp_accept(&h->s, mail);
+            hand_flush(h);
+            assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
+            assert_int_equal(ev.type, SMTP_EV_ERROR);
+            assert_int_equal(ev.err, SMTP_ERR_SEQUENCE);
+            assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
+            assert_int_equal(ev.type, SMTP_EV_NOOP);
+            assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_AGAIN);
+            assert_true(replies_are(h->d.log.buf, "220|250|250 2.1.0|250 2.1.5|503 5.5.1|250 2.0.0"));
+            assert_true(has_line(h->d.log.buf, "S: 503 5.5.1 Error: MAIL transaction in progress\\r\\n"));
+        } else {
+            smtp_reply_t r = rep(550, "5.7.1", "sender refused");
+            smtp_verdict(&h->s, mail, &r);
+            hand_flush(h);
+            assert_int_equal(hand_feed(h, &p, &n, &ev), SMTP_EVENT);
+            assert_int_equal(ev.type, SMTP_EV_STARTTLS);
+            /* its verdict open: the NOOP stays unread */
+            size_t left = n;
+            smtp_event_t ev2;
+            assert_int_equal(hand_feed(h, &p, &n, &ev2), SMTP_PAUSED);
+            assert_int_equal(n, left);
+            smtp_accept(&h->s, ev.slot);
+            hand_flush(h);
+            assert_int_equal(hand_feed(h, &p, &n, &ev2), SMTP_AGAIN);
+            assert_int_equal(n, 0);
+            assert_true(replies_are(h->d.log.buf, "220|250|550 5.7.1|503 5.5.1|220 2.0.0"));
+            assert_int_equal(count_ev(h->d.log.buf, SMTP_EV_NOOP), 0);
+            assert_true(smtp_tls_pending(&h->s));
+        }
+        hand_free(h);
+        free(h);
+    }
+}
+
+/* Does a tls_case give the whole-feed log when cut at these points? */
+static bool tls_matches_at(const tls_case_t *c, const char *want, const size_t *sp, size_t nsp, const size_t *se,
+                           size_t nse, size_t cap, const char *how)
+{
+    char *got = run_tls(c, sp, nsp, se, nse, cap, NULL);
+    bool ok = strcmp(want, got) == 0;
+    if (!ok)
+        logs_equal(want, got, c->name, how);
+    free(got);
+    return ok;
+}
+
+/* Every split point of `n` bytes, 1 .. n-1, for byte-by-byte feeding. */
+static size_t *every_byte(size_t n)
+{
+    size_t *sp = malloc((n ? n : 1) * sizeof *sp);
+    assert_non_null(sp);
+    for (size_t k = 1; k < n; k++)
+        sp[k - 1] = k;
+    return sp;
+}
+
+/*
+ * Sessions across the handshake give the same log however either side is
+ * cut: at every pair of positions (one in the plaintext, one in the
+ * encrypted part; short cases), at every single one, byte by byte, and
+ * with smaller output buffers.
+ */
+static void test_starttls_every_split(void **state)
+{
+    (void)state;
+    int bad = 0;
+    for (size_t i = 0; i < NTLS_CASES; i++) {
+        const tls_case_t *c = &tls_cases[i];
+        char *want = run_tls(c, NULL, 0, NULL, 0, OUTCAP, NULL);
+        bool ok = replies_are(want, c->expect) && !strstr(want, "S-PARTIAL") && delivered_bodies_safe(want);
+        /* short ones at every pair (0: that side whole), long ones at
+         * every single split */
+        bool pairs = c->plen <= PAIR_MAX_LEN && c->elen <= PAIR_MAX_LEN;
+        for (size_t a = 0; a < c->plen && ok; a++) {
+            for (size_t b = 0; b < c->elen && ok; b++) {
+                if (!pairs && a && b)
+                    break;
+                char how[80];
+                snprintf(how, sizeof how, "split at %zu in plaintext, %zu in TLS", a, b);
+                ok = tls_matches_at(c, want, &a, a != 0, &b, b != 0, OUTCAP, how);
+            }
+        }
+        size_t *sp = every_byte(c->plen), *se = every_byte(c->elen);
+        size_t np = c->plen ? c->plen - 1 : 0, ne = c->elen ? c->elen - 1 : 0;
+        static const size_t caps[] = { OUTCAP, MID_OUTCAP, SMALL_OUTCAP };
+        for (size_t k = 0; k < 3 && ok; k++) {
+            char how[80];
+            snprintf(how, sizeof how, "byte by byte, output buffer %zu", caps[k]);
+            ok = tls_matches_at(c, want, sp, np, se, ne, caps[k], how);
+            snprintf(how, sizeof how, "whole, output buffer %zu", caps[k]);
+            ok = ok && tls_matches_at(c, want, NULL, 0, NULL, 0, caps[k], how);
+        }
+        free(sp);
+        free(se);
+        if (!ok) {
+            tu_note("^^^ tls case \"%s\" failed\n\n", c->name);
+            bad++;
+        }
+        free(want);
+    }
+    if (bad)
+        fail_msg("%d of %zu tls cases failed", bad, NTLS_CASES);
+}
+
+/* ------------------------------------------------------------------ */
 /* 5. Sample sessions at every split                                   */
 /* ------------------------------------------------------------------ */
 
@@ -2828,6 +3528,14 @@ int main(void)
         cmocka_unit_test(test_peer_refusals),
         cmocka_unit_test(test_open_slots_bound),
         cmocka_unit_test(test_close),
+        cmocka_unit_test(test_starttls_ehlo),
+        cmocka_unit_test(test_starttls_drops_plaintext),
+        cmocka_unit_test(test_starttls_forgets_refused_mail),
+        cmocka_unit_test(test_starttls_refusals),
+        cmocka_unit_test(test_starttls_refused_by_caller),
+        cmocka_unit_test(test_starttls_encrypt),
+        cmocka_unit_test(test_starttls_pipelined),
+        cmocka_unit_test(test_starttls_every_split),
         cmocka_unit_test(test_samples_whole),
         cmocka_unit_test(test_samples_byte_by_byte),
         cmocka_unit_test(test_samples_single_splits),

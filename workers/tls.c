@@ -1,0 +1,359 @@
+/*
+ * tls.c - OpenSSL on memory for STARTTLS (tls.h).
+ *
+ * The BIO: OpenSSL's BIO pair would copy every received record into a
+ * buffer of its own and keep two buffers per connection for its life. Ours
+ * reads straight from the receive buffer the ring filled (OpenSSL reads a
+ * record header, then exactly the record, so it never takes more than it
+ * needs and the rest stays with the caller) and writes straight into the
+ * session's send chain. With SSL_MODE_RELEASE_BUFFERS OpenSSL frees its
+ * own record buffers whenever nothing is pending, so an idle TLS session
+ * holds only the SSL object.
+ *
+ * The context: TLS 1.2 and 1.3 only; no renegotiation (a TLS 1.2 client
+ * asking gets a no_renegotiation alert); no compression; the server's
+ * cipher preference. Several certificate and key pairs may be loaded, one
+ * per key type (ECDSA and RSA): OpenSSL picks the one the client's
+ * signature algorithms allow. Sessions resume with stateless tickets
+ * sealed by the context's ticket key, which every worker shares; the
+ * stateful session cache is off, so no lock is shared by the workers per
+ * handshake for it.
+ */
+#include "tls.h"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tls_ctx {
+    SSL_CTX *ssl;
+};
+
+struct tls_conn {
+    SSL *ssl;
+    const char *in;     /* ciphertext the current call may read */
+    size_t in_len;
+    outq_t *out;        /* where ciphertext goes during the current call */
+    outq_pool_t *pool;
+    bool shut;
+    char err[160];
+};
+
+static BIO_METHOD *bio_method;
+
+static int bio_write_ex(BIO *b, const char *p, size_t n, size_t *written)
+{
+    tls_conn_t *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (!t->out || !outq_append(t->out, t->pool, p, n))
+        return 0;
+    *written = n;
+    return 1;
+}
+
+static int bio_read_ex(BIO *b, char *p, size_t n, size_t *got)
+{
+    tls_conn_t *t = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (t->in_len == 0) {
+        BIO_set_retry_read(b);
+        *got = 0;
+        return 0;
+    }
+    size_t k = n < t->in_len ? n : t->in_len;
+    memcpy(p, t->in, k);
+    t->in += k;
+    t->in_len -= k;
+    *got = k;
+    return 1;
+}
+
+static long bio_ctrl(BIO *b, int cmd, long num, void *ptr)
+{
+    (void)b, (void)num, (void)ptr;
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static const char *ssl_reason(char *buf, size_t cap)
+{
+    unsigned long e = ERR_get_error();
+    if (!e) {
+        snprintf(buf, cap, "unknown error");
+        return buf;
+    }
+    ERR_error_string_n(e, buf, cap);
+    ERR_clear_error();
+    return buf;
+}
+
+/* "a, b" -> each trimmed item in turn; false at the end. */
+static bool next_path(const char **p, char *out, size_t cap)
+{
+    const char *s = *p;
+    while (*s == ' ' || *s == '\t' || *s == ',')
+        s++;
+    if (!*s)
+        return false;
+    const char *e = strchr(s, ',');
+    size_t n = e ? (size_t)(e - s) : strlen(s);
+    *p = s + n;
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        n--;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, s, n);
+    out[n] = '\0';
+    return true;
+}
+
+static int set_protocols(SSL_CTX *ctx, const char *list, char *err, size_t errlen)
+{
+    bool v12 = false, v13 = false;
+    char word[32];
+    for (const char *p = list; next_path(&p, word, sizeof word);) {
+        if (!strcmp(word, "tlsv1.2"))
+            v12 = true;
+        else if (!strcmp(word, "tlsv1.3"))
+            v13 = true;
+        else {
+            snprintf(err, errlen, "tls_protocols: %s: expected tlsv1.2 or tlsv1.3", word);
+            return -1;
+        }
+    }
+    if (!v12 && !v13) {
+        snprintf(err, errlen, "tls_protocols: expected tlsv1.2, tlsv1.3 or both");
+        return -1;
+    }
+    SSL_CTX_set_min_proto_version(ctx, v12 ? TLS1_2_VERSION : TLS1_3_VERSION);
+    SSL_CTX_set_max_proto_version(ctx, v13 ? TLS1_3_VERSION : TLS1_2_VERSION);
+    return 0;
+}
+
+tls_ctx_t *tls_ctx_new(const mx_config_t *cfg, char *err, size_t errlen)
+{
+    char why[256];
+    if (!bio_method) {
+        bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mxgate ring");
+        if (!bio_method || !BIO_meth_set_write_ex(bio_method, bio_write_ex) ||
+            !BIO_meth_set_read_ex(bio_method, bio_read_ex) || !BIO_meth_set_ctrl(bio_method, bio_ctrl) ||
+            !BIO_meth_set_create(bio_method, bio_create)) {
+            snprintf(err, errlen, "tls: cannot make the BIO: %s", ssl_reason(why, sizeof why));
+            return NULL;
+        }
+    }
+    if (!cfg->tls_cert_file[0] || !cfg->tls_key_file[0]) {
+        snprintf(err, errlen, "tls = %s needs tls_cert_file and tls_key_file",
+                 cfg->tls == CONFIG_TLS_ENCRYPT ? "encrypt" : "may");
+        return NULL;
+    }
+    tls_ctx_t *c = calloc(1, sizeof *c);
+    SSL_CTX *ctx = c ? SSL_CTX_new(TLS_server_method()) : NULL;
+    if (!ctx) {
+        snprintf(err, errlen, "tls: %s", c ? ssl_reason(why, sizeof why) : "out of memory");
+        free(c);
+        return NULL;
+    }
+    c->ssl = ctx;
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"mxgate", 6);
+    if (set_protocols(ctx, cfg->tls_protocols, err, errlen))
+        goto fail;
+    if (cfg->tls_ciphers[0] && !SSL_CTX_set_cipher_list(ctx, cfg->tls_ciphers)) {
+        snprintf(err, errlen, "tls_ciphers: %s: %s", cfg->tls_ciphers, ssl_reason(why, sizeof why));
+        goto fail;
+    }
+    if (cfg->tls_ciphersuites[0] && !SSL_CTX_set_ciphersuites(ctx, cfg->tls_ciphersuites)) {
+        snprintf(err, errlen, "tls_ciphersuites: %s: %s", cfg->tls_ciphersuites, ssl_reason(why, sizeof why));
+        goto fail;
+    }
+    const char *cp = cfg->tls_cert_file, *kp = cfg->tls_key_file;
+    char cert[CONFIG_PATH_MAX], key[CONFIG_PATH_MAX];
+    int pairs = 0;
+    for (;;) {
+        bool hc = next_path(&cp, cert, sizeof cert), hk = next_path(&kp, key, sizeof key);
+        if (!hc && !hk)
+            break;
+        if (hc != hk) {
+            snprintf(err, errlen, "tls_cert_file and tls_key_file: %s without its %s", hc ? cert : key,
+                     hc ? "key" : "certificate");
+            goto fail;
+        }
+        if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+            snprintf(err, errlen, "tls_cert_file: %s: %s", cert, ssl_reason(why, sizeof why));
+            goto fail;
+        }
+        if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
+            snprintf(err, errlen, "tls_key_file: %s: %s", key, ssl_reason(why, sizeof why));
+            goto fail;
+        }
+        if (SSL_CTX_check_private_key(ctx) != 1) {
+            snprintf(err, errlen, "tls_key_file: %s does not match %s", key, cert);
+            ERR_clear_error();
+            goto fail;
+        }
+        pairs++;
+    }
+    (void)pairs;
+    return c;
+fail:
+    tls_ctx_free(c);
+    return NULL;
+}
+
+void tls_ctx_free(tls_ctx_t *c)
+{
+    if (!c)
+        return;
+    SSL_CTX_free(c->ssl);
+    free(c);
+}
+
+tls_conn_t *tls_conn_new(tls_ctx_t *c)
+{
+    tls_conn_t *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    t->ssl = SSL_new(c->ssl);
+    BIO *b = t->ssl ? BIO_new(bio_method) : NULL;
+    if (!b) {
+        SSL_free(t->ssl);
+        free(t);
+        ERR_clear_error();
+        return NULL;
+    }
+    BIO_set_data(b, t);
+    SSL_set_bio(t->ssl, b, b); /* one BIO, both ways; the SSL owns it */
+    SSL_set_accept_state(t->ssl);
+    return t;
+}
+
+void tls_conn_free(tls_conn_t *t)
+{
+    if (!t)
+        return;
+    SSL_free(t->ssl);
+    free(t);
+}
+
+static void io_begin(tls_conn_t *t, const char *in, size_t len, outq_t *out, outq_pool_t *pool)
+{
+    t->in = in;
+    t->in_len = len;
+    t->out = out;
+    t->pool = pool;
+}
+
+static void io_end(tls_conn_t *t, const char **in, size_t *len)
+{
+    if (in) {
+        *in = t->in;
+        *len = t->in_len;
+    }
+    t->in = NULL;
+    t->in_len = 0;
+    t->out = NULL;
+    t->pool = NULL;
+}
+
+/* What SSL_get_error() says, as ours; the reason kept for tls_error(). */
+static enum tls_status failed(tls_conn_t *t, int rc)
+{
+    int e = SSL_get_error(t->ssl, rc);
+    if (e == SSL_ERROR_WANT_READ)
+        return TLS_AGAIN;
+    if (e == SSL_ERROR_ZERO_RETURN) {
+        snprintf(t->err, sizeof t->err, "close_notify from the client");
+        return TLS_CLOSED;
+    }
+    if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+        snprintf(t->err, sizeof t->err, "no memory for the send chain");
+    else
+        ssl_reason(t->err, sizeof t->err);
+    ERR_clear_error();
+    return TLS_ERROR;
+}
+
+enum tls_status tls_handshake(tls_conn_t *t, const char **in, size_t *len, outq_t *out, outq_pool_t *pool)
+{
+    io_begin(t, *in, *len, out, pool);
+    int rc = SSL_do_handshake(t->ssl);
+    enum tls_status st = rc == 1 ? TLS_DONE : failed(t, rc);
+    if (st == TLS_CLOSED)
+        st = TLS_ERROR;
+    io_end(t, in, len);
+    return st;
+}
+
+long tls_read(tls_conn_t *t, const char **in, size_t *len, char *buf, size_t cap, outq_t *out, outq_pool_t *pool)
+{
+    io_begin(t, *in, *len, out, pool);
+    size_t got = 0;
+    int rc = SSL_read_ex(t->ssl, buf, cap, &got);
+    long r = rc == 1 ? (long)got : -(long)failed(t, rc);
+    io_end(t, in, len);
+    return r;
+}
+
+int tls_write(tls_conn_t *t, const char *p, size_t n, outq_t *out, outq_pool_t *pool)
+{
+    io_begin(t, NULL, 0, out, pool);
+    int r = 0;
+    while (n) {
+        size_t done = 0;
+        int rc = SSL_write_ex(t->ssl, p, n, &done);
+        if (rc != 1) {
+            failed(t, rc);
+            r = -1;
+            break;
+        }
+        p += done, n -= done;
+    }
+    io_end(t, NULL, NULL);
+    return r;
+}
+
+void tls_shutdown(tls_conn_t *t, outq_t *out, outq_pool_t *pool)
+{
+    if (t->shut || !SSL_is_init_finished(t->ssl))
+        return;
+    t->shut = true;
+    io_begin(t, NULL, 0, out, pool);
+    SSL_shutdown(t->ssl); /* our close_notify; the client's is not waited for */
+    ERR_clear_error();
+    io_end(t, NULL, NULL);
+}
+
+const char *tls_error(const tls_conn_t *t)
+{
+    return t->err[0] ? t->err : "unknown";
+}
+
+const char *tls_version(const tls_conn_t *t)
+{
+    return SSL_get_version(t->ssl);
+}
+
+const char *tls_cipher(const tls_conn_t *t)
+{
+    return SSL_get_cipher_name(t->ssl);
+}
+
+int tls_bits(const tls_conn_t *t, int *alg_bits)
+{
+    return SSL_get_cipher_bits(t->ssl, alg_bits);
+}
+
+bool tls_resumed(const tls_conn_t *t)
+{
+    return SSL_session_reused(t->ssl) == 1;
+}
