@@ -25,6 +25,7 @@
 #include "spf.h"
 #include "spf_client.h"
 #include "spfd.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -418,6 +419,13 @@ int main(int argc, char **argv, char **envp)
     log_line(LOG_INFO, "event=start version=%s workers=%d listen=%s hostname=%s downstream=%s maildir=%s http=%s",
              MXGATE_VERSION, n, cfg->listen[0], cfg->hostname, cfg->downstream[0] ? cfg->downstream : "-",
              cfg->downstream[0] ? "-" : cfg->maildir, cfg->http_listen[0] ? cfg->http_listen : "-");
+    if (cfg->tls != CONFIG_TLS_OFF) {
+        /* Which TLS runs: user space, here; the probe says whether the
+         * kernel could take the records (mxgate_tls_ktls stays 0). */
+        char why[192];
+        bool k = tls_ktls_probe(why, sizeof why);
+        log_line(LOG_INFO, "event=tls_mode mode=user ktls=%s note=\"%s\"", k ? "possible" : "unavailable", why);
+    }
     for (;;) {
         /* A second at most between sweeps of retired generations. */
         struct timespec tick = { 1, 0 };

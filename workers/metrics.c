@@ -161,6 +161,8 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
     put(&o, "mxgate_config_reloads_total{result=\"ok\"} %llu\n", (unsigned long long)m_get(&proc->reloads_ok));
     put(&o, "mxgate_config_reloads_total{result=\"failed\"} %llu\n", (unsigned long long)m_get(&proc->reloads_failed));
     one(&o, "mxgate_draining", "gauge", "1 once a shutdown has begun.", m_get(&proc->draining));
+    one(&o, "mxgate_tls_ktls", "gauge", "1 when the kernel carries the TLS record layer (kTLS), 0 for user-space TLS.",
+        m_get(&proc->tls_ktls));
     histogram(&o, w, n, "mxgate_relay_latency_seconds", "From the end of data sent downstream to its reply.",
               offsetof(metrics_t, relay_latency), m_latency_bounds);
     histogram(&o, w, n, "mxgate_session_duration_seconds", "Client sessions, from accept to close.",

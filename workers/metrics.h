@@ -125,6 +125,7 @@ typedef struct proc_metrics {
     mcount_t reloads_ok, reloads_failed;
     mcount_t spf_helper_restarts;
     mcount_t draining; /* gauge: 1 from SIGTERM on (readiness off) */
+    mcount_t tls_ktls; /* gauge: 1 when the kernel carries TLS records; 0 user-space TLS (or no TLS) */
 } proc_metrics_t;
 
 /*

@@ -21,11 +21,17 @@
  */
 #include "tls.h"
 
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 struct tls_ctx {
     SSL_CTX *ssl;
@@ -331,6 +337,40 @@ void tls_shutdown(tls_conn_t *t, outq_t *out, outq_pool_t *pool)
     SSL_shutdown(t->ssl); /* our close_notify; the client's is not waited for */
     ERR_clear_error();
     io_end(t, NULL, NULL);
+}
+
+bool tls_ktls_probe(char *why, size_t cap)
+{
+#ifdef OPENSSL_NO_KTLS
+    snprintf(why, cap, "OpenSSL was built without kTLS");
+    return false;
+#else
+    /* A connected loopback pair: the ULP attaches only to an established
+     * TCP socket. ENOENT: the kernel has no tls module. */
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), c = -1, a = -1;
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t sl = sizeof sa;
+    bool ok = false;
+    if (l >= 0 && bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 1) == 0 &&
+        getsockname(l, (struct sockaddr *)&sa, &sl) == 0 && (c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) >= 0 &&
+        connect(c, (struct sockaddr *)&sa, sizeof sa) == 0 && (a = accept4(l, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+        if (setsockopt(a, IPPROTO_TCP, TCP_ULP, "tls", 3) == 0)
+            ok = true;
+        else
+            snprintf(why, cap, "the kernel has no tls ULP (setsockopt TCP_ULP tls: %s)", strerror(errno));
+    } else {
+        snprintf(why, cap, "loopback probe failed: %s", strerror(errno));
+    }
+    if (a >= 0)
+        close(a);
+    if (c >= 0)
+        close(c);
+    if (l >= 0)
+        close(l);
+    if (ok)
+        snprintf(why, cap, "the kernel and OpenSSL could; this build hands no keys to the kernel yet");
+    return ok;
+#endif
 }
 
 const char *tls_error(const tls_conn_t *t)

@@ -58,6 +58,15 @@ enum tls_status tls_handshake(tls_conn_t *t, const char **in, size_t *len, outq_
 long tls_read(tls_conn_t *t, const char **in, size_t *len, char *buf, size_t cap, outq_t *out, outq_pool_t *pool);
 int tls_write(tls_conn_t *t, const char *p, size_t n, outq_t *out, outq_pool_t *pool);
 
+/*
+ * Whether the kernel could carry the record layer after the handshake
+ * (kTLS): the tls ULP on a TCP socket here, and an OpenSSL built with it.
+ * Used at start-up to say which TLS runs; why holds the reason when not.
+ * This build always runs user-space TLS: handing the keys to the kernel
+ * from a memory BIO is not done yet.
+ */
+bool tls_ktls_probe(char *why, size_t cap);
+
 /* close_notify into out (the session is ending); once. */
 void tls_shutdown(tls_conn_t *t, outq_t *out, outq_pool_t *pool);
 

@@ -204,6 +204,9 @@ def test_garbage_instead_of_a_client_hello_closes_that_connection(gateway, certs
     body = urllib.request.urlopen("http://%s/metrics" % gw.opts["http_listen"], timeout=5).read().decode()
     assert re.search(r'^mxgate_tls_handshakes_total\{result="failed"\} 1$', body, re.M), body
     assert re.search(r'^mxgate_tls_handshakes_total\{result="ok"\} 1$', body, re.M), body
+    # which TLS runs, said at start-up and on /metrics: user space here
+    assert gw.wait_log(r"event=tls_mode mode=user ktls=(possible|unavailable) note=", 1), gw.log_tail()
+    assert re.search(r'^mxgate_tls_ktls 0$', body, re.M), body
 
 
 def test_a_stalled_handshake_times_out(gateway, certs):
