@@ -101,7 +101,7 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
     static const char *const bp[MB_COUNT] = { "client_slow", "downstream_slow", "held_buffers", "no_buffers" };
     static const char *const tmo[MT_COUNT] = { "command", "data", "data_rate", "proxy", "downstream", "spf",
                                                   "tls_handshake" };
-    static const char *const tls_hs[MTLS_COUNT] = { "ok", "failed", "timeout" };
+    static const char *const tls_hs[MTLS_COUNT] = { "ok", "failed", "timeout", "refused" };
     static const char *const proxy[MP_COUNT] = { "v1", "v2", "local" };
     static const char *const proxy_err[MPE_COUNT] = {
         NULL,          "not_proxy",      "bad_v1_syntax",  "bad_address",       "bad_port",

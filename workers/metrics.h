@@ -65,7 +65,7 @@ enum m_backpressure {
 enum m_timeout { MT_COMMAND = 0, MT_DATA, MT_DATA_RATE, MT_PROXY, MT_DOWNSTREAM, MT_SPF, MT_TLS, MT_COUNT };
 
 /* STARTTLS handshakes, by how they ended. */
-enum m_tls { MTLS_OK = 0, MTLS_FAILED, MTLS_TIMEOUT, MTLS_COUNT };
+enum m_tls { MTLS_OK = 0, MTLS_FAILED, MTLS_TIMEOUT, MTLS_REFUSED /* over the per-address limit */, MTLS_COUNT };
 
 /* PROXY headers accepted: with an address by version, or LOCAL (the
  * balancer's own check, or an address family without an IP). */

@@ -69,6 +69,7 @@ enum sflag {
     SF_STARTTLS = 1 << 16, /* STARTTLS accepted in this feed: TLS begins after it */
     SF_TLS = 1 << 17,      /* the socket carries TLS: input goes to OpenSSL, replies through pout */
     SF_TLS_HS = 1 << 18,   /* ... and the handshake is not done */
+    SF_TLS_IP = 1 << 19,   /* the handshake counts once more in limits->per_ip */
 };
 
 enum tkind { T_NONE = 0, T_PROXY, T_GREET, T_COMMAND, T_DATA, T_LINGER, T_TLS };
@@ -562,6 +563,22 @@ static void on_mail(worker_t *w, session_t *s, const smtp_event_t *ev)
     s->tx = tx_begin(&env, ev);
 }
 
+/* STARTTLS: one more against the address's connection limit while the
+ * handshake runs; false when that is within max_connections_per_ip. */
+static bool tls_over_limit(worker_t *w, session_t *s)
+{
+    uint32_t max = s->conf->cfg.max_connections_per_ip;
+    if (!max || !(s->flags & SF_PER_IP))
+        return false;
+    int n = atomic_fetch_add(&w->limits->per_ip[ip_slot(s)], 1) + 1;
+    if ((uint32_t)n > max) {
+        atomic_fetch_sub(&w->limits->per_ip[ip_slot(s)], 1);
+        return true;
+    }
+    s->flags |= SF_TLS_IP;
+    return false;
+}
+
 static void on_event(worker_t *w, session_t *s, const smtp_event_t *ev)
 {
     if (ev->type != SMTP_EV_BODY)
@@ -607,9 +624,19 @@ static void on_event(worker_t *w, session_t *s, const smtp_event_t *ev)
     case SMTP_EV_STARTTLS:
         /* The engine offers STARTTLS only where this generation has a TLS
          * context; TLS begins once this feed's bytes are used (process). */
-        if (s->conf->tls) {
+        if (s->conf->tls && !tls_over_limit(w, s)) {
             smtp_accept(&s->smtp, ev->slot);
             s->flags |= SF_STARTTLS;
+        } else if (s->conf->tls) {
+            /* A handshake costs far more CPU than a plaintext session: it
+             * counts twice against its address's limit while it runs, so
+             * one address cannot keep a worker busy with handshakes. */
+            static const smtp_reply_t busy = { 454, "4.7.0",
+                                               SLICE_INIT("Error: too many connections from your address, try "
+                                                          "STARTTLS later"),
+                                               0 };
+            m_inc(&w->m.tls_handshakes[MTLS_REFUSED]);
+            smtp_verdict(&s->smtp, ev->slot, &busy);
         } else {
             static const smtp_reply_t no = { 454, "4.7.0", SLICE_INIT("TLS not available due to local problem"),
                                              SMTP_R_PEER };
@@ -667,7 +694,9 @@ static void tls_failed(worker_t *w, session_t *s, const char *why)
 /* The handshake is done: RFC 3207 4.2, the session starts over. */
 static void tls_started(worker_t *w, session_t *s)
 {
-    s->flags &= (uint32_t)~SF_TLS_HS;
+    if (s->flags & SF_TLS_IP)
+        atomic_fetch_sub(&w->limits->per_ip[ip_slot(s)], 1);
+    s->flags &= (uint32_t)~(SF_TLS_HS | SF_TLS_IP);
     smtp_tls_started(&s->smtp);
     free(s->helo);
     s->helo = NULL;
@@ -964,6 +993,8 @@ static void close_session(worker_t *w, session_t *s, const char *why)
     }
     atomic_fetch_sub(&w->limits->total, 1);
     if (s->flags & SF_PER_IP)
+        atomic_fetch_sub(&w->limits->per_ip[ip_slot(s)], 1);
+    if (s->flags & SF_TLS_IP)
         atomic_fetch_sub(&w->limits->per_ip[ip_slot(s)], 1);
     m_observe(&w->m.session_duration, m_duration_bounds, (w->now - s->start_ms) * 1000);
     /* Freed by sessions_reap after this loop turn, once nothing is in

@@ -298,3 +298,27 @@ def test_bad_tls_configuration_stops_start_up(certs, opts, message):
         argv += ["--" + k.replace("_", "-"), v]
     p = subprocess.run(argv, capture_output=True, text=True, timeout=10)
     assert p.returncode == 2 and message in p.stderr, p.stderr
+
+
+def test_handshakes_count_twice_against_the_address_limit(gateway, certs):
+    """A handshake in progress counts once more against its address's
+    max_connections_per_ip: one address cannot fill a worker with them."""
+    gw = tls_gateway(gateway, certs, max_connections_per_ip=3, tls_handshake_timeout=30)
+    first = Client(gw.port)
+    first.greet()
+    first.cmd("EHLO one.test")
+    assert first.cmd("STARTTLS").code == 220         # 1 connection + 1 handshake
+    second = Client(gw.port)                          # 3: still within the limit
+    second.greet()
+    second.cmd("EHLO two.test")
+    r = second.cmd("STARTTLS")
+    assert r.code == 454 and r.esc == "4.7.0", r      # would be 4
+    assert second.cmd("NOOP").code == 250             # the session goes on in plaintext
+    first.sock = client_ctx().wrap_socket(first.sock, server_hostname="mx.test")
+    assert first.cmd("EHLO one.test").code == 250      # its handshake is done: counted once again
+    r = second.cmd("STARTTLS")
+    assert r.code == 220, r
+    second.sock = client_ctx().wrap_socket(second.sock, server_hostname="mx.test")
+    assert second.cmd("EHLO two.test").code == 250
+    first.close()
+    second.close()
