@@ -166,6 +166,8 @@ static const key_row_t rows[] = {
     ROW(tls_ciphersuites, "", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
         "TLS 1.3 cipher suites, OpenSSL syntax; empty: OpenSSL's default"),
     SECS(tls_handshake_timeout, "30", 1, 600, "seconds the TLS handshake after STARTTLS may take"),
+    SECS(tls_ticket_rotation, "1h", 1, 86400,
+         "seconds a session-ticket key seals new tickets; tickets resume for twice this long"),
     ROW(user, "", K_WORDS, char[CONFIG_WORDS_MAX], 0, 1, NULL,
         "user the workers run as after binding when started as root; empty: mxgate if it exists, else nobody"),
     ROW(group, "", K_WORDS, char[CONFIG_WORDS_MAX], 0, 1, NULL,

@@ -138,6 +138,7 @@ typedef struct mx_config {
     char tls_ciphers[CONFIG_PATH_MAX];    /* TLS 1.2 cipher list (OpenSSL syntax); "": OpenSSL's */
     char tls_ciphersuites[CONFIG_PATH_MAX]; /* TLS 1.3 suites; "": OpenSSL's */
     uint32_t tls_handshake_timeout;       /* seconds */
+    uint32_t tls_ticket_rotation;         /* seconds a ticket key seals new tickets */
     char user[CONFIG_WORDS_MAX];    /* "": mxgate if that user exists, else nobody */
     char group[CONFIG_WORDS_MAX];   /* "": the user's primary group */
 

@@ -432,6 +432,8 @@ int main(int argc, char **argv, char **envp)
         int sig = sigtimedwait(&set, NULL, &tick);
         conf = atomic_load(&current);
         retire_sweep(w, n, conf);
+        if (conf->tls)
+            tls_ticket_rotate(conf->cfg.tls_ticket_rotation);
         if (sig < 0)
             continue;
         if (sig == SIGCHLD) {

@@ -18,6 +18,15 @@
  * sealed by the context's ticket key, which every worker shares; the
  * stateful session cache is off, so no lock is shared by the workers per
  * handshake for it.
+ *
+ * Ticket keys: our own ring rather than OpenSSL's per-context key, so the
+ * key outlives a reload's new context (a ticket from before the reload
+ * still resumes) and rotates: every tls_ticket_rotation seconds the main
+ * thread makes a new key that seals new tickets; the one before still
+ * opens tickets (they are renewed with the new key), older ones do not.
+ * Three slots and an atomic index: the slot written is neither the
+ * current nor the previous one, which are all a handshake reads, so
+ * readers take no lock.
  */
 #include "tls.h"
 
@@ -25,8 +34,13 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +62,80 @@ struct tls_conn {
 };
 
 static BIO_METHOD *bio_method;
+
+typedef struct ticket_key {
+    unsigned char name[16], aes[32], hmac[32];
+    time_t born; /* CLOCK_MONOTONIC seconds */
+} ticket_key_t;
+
+static ticket_key_t tkeys[3];
+static atomic_uint tkey_cur; /* the slot sealing new tickets */
+static bool tkeys_ready;
+
+static time_t mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+static int tkey_make(ticket_key_t *k)
+{
+    if (RAND_bytes(k->name, sizeof k->name) != 1 || RAND_bytes(k->aes, sizeof k->aes) != 1 ||
+        RAND_bytes(k->hmac, sizeof k->hmac) != 1)
+        return -1;
+    k->born = mono_s();
+    return 0;
+}
+
+void tls_ticket_rotate(unsigned every_s)
+{
+    if (!tkeys_ready)
+        return;
+    unsigned cur = atomic_load_explicit(&tkey_cur, memory_order_acquire);
+    if (mono_s() - tkeys[cur].born < (time_t)every_s)
+        return;
+    unsigned next = (cur + 1) % 3;
+    if (tkey_make(&tkeys[next]) == 0)
+        atomic_store_explicit(&tkey_cur, next, memory_order_release);
+}
+
+static int hmac_key(EVP_MAC_CTX *h, unsigned char *key)
+{
+    OSSL_PARAM p[] = { OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, key, 32),
+                       OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+                       OSSL_PARAM_construct_end() };
+    return EVP_MAC_CTX_set_params(h, p);
+}
+
+/* OpenSSL's ticket callback: 1 sealed or opened with the current key, 2
+ * opened with the previous one (renew), 0 unknown (a full handshake). */
+static int ticket_cb(SSL *s, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH], EVP_CIPHER_CTX *c,
+                     EVP_MAC_CTX *h, int enc)
+{
+    (void)s;
+    unsigned cur = atomic_load_explicit(&tkey_cur, memory_order_acquire);
+    ticket_key_t *k = &tkeys[cur];
+    if (enc) {
+        if (RAND_bytes(iv, 16) != 1)
+            return -1;
+        memcpy(name, k->name, 16);
+        if (EVP_EncryptInit_ex(c, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1 || hmac_key(h, k->hmac) != 1)
+            return -1;
+        return 1;
+    }
+    ticket_key_t *prev = &tkeys[(cur + 2) % 3];
+    int rc = 1;
+    if (memcmp(name, k->name, 16) != 0) {
+        if (!prev->born || memcmp(name, prev->name, 16) != 0)
+            return 0;
+        k = prev;
+        rc = 2;
+    }
+    if (hmac_key(h, k->hmac) != 1 || EVP_DecryptInit_ex(c, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1)
+        return -1;
+    return rc;
+}
 
 static int bio_write_ex(BIO *b, const char *p, size_t n, size_t *written)
 {
@@ -172,6 +260,15 @@ tls_ctx_t *tls_ctx_new(const mx_config_t *cfg, char *err, size_t errlen)
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"mxgate", 6);
+    if (!tkeys_ready) {
+        if (tkey_make(&tkeys[0]) != 0) {
+            snprintf(err, errlen, "tls: no random bytes for the ticket key: %s", ssl_reason(why, sizeof why));
+            goto fail;
+        }
+        tkeys_ready = true;
+    }
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticket_cb);
+    SSL_CTX_set_timeout(ctx, (long)cfg->tls_ticket_rotation * 2); /* the lifetime hint: what the ring honours */
     if (set_protocols(ctx, cfg->tls_protocols, err, errlen))
         goto fail;
     if (cfg->tls_ciphers[0] && !SSL_CTX_set_cipher_list(ctx, cfg->tls_ciphers)) {

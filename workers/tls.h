@@ -67,6 +67,10 @@ int tls_write(tls_conn_t *t, const char *p, size_t n, outq_t *out, outq_pool_t *
  */
 bool tls_ktls_probe(char *why, size_t cap);
 
+/* Main thread, about once a second: a new ticket key when the current one
+ * has sealed tickets for every_s seconds (tls.c says how they rotate). */
+void tls_ticket_rotate(unsigned every_s);
+
 /* close_notify into out (the session is ending); once. */
 void tls_shutdown(tls_conn_t *t, outq_t *out, outq_pool_t *pool);
 

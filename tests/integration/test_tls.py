@@ -322,3 +322,33 @@ def test_handshakes_count_twice_against_the_address_limit(gateway, certs):
     assert second.cmd("EHLO two.test").code == 250
     first.close()
     second.close()
+
+
+def test_ticket_keys_rotate_and_survive_a_reload(gateway, certs, tmp_path):
+    """Tickets sealed by the current key resume, and keep resuming for one
+    rotation more (renewed); past two rotations they no longer do. A reload
+    keeps the keys: a ticket from before it resumes after it."""
+    conf = tmp_path / "tls.conf"
+    pem, key = certs["ec"]
+    text = "tls = may\ntls_cert_file = %s\ntls_key_file = %s\ntls_ticket_rotation = 2\n" % (pem, key)
+    conf.write_text(text)
+    gw = gateway(config=str(conf))
+    ctx = client_ctx(maximum_version=ssl.TLSVersion.TLSv1_2)   # one ticket per handshake, as sent
+
+    def connect(session=None):
+        c, _ = starttls(gw.port, ctx, session)
+        assert c.cmd("EHLO client.test").code == 250
+        reused, sess = c.sock.session_reused, c.sock.session
+        c.cmd("QUIT")
+        c.close()
+        return reused, sess
+
+    reused, first = connect()
+    assert not reused
+    assert connect(first)[0]                      # the current key
+    conf.write_text(text + "data_timeout = 60\n")
+    os.kill(gw.pid, signal.SIGHUP)
+    assert gw.wait_log(r"event=reload result=ok", 5)
+    assert connect(first)[0]                      # a new context, the same keys
+    time.sleep(7)                                 # three rotations: the key that sealed it is gone
+    assert not connect(first)[0]

@@ -143,7 +143,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 59);
+    assert_int_equal(nkeys, 60);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -212,6 +212,7 @@ static const kv_case_t kv_cases[] = {
     {"tls_ciphers", "ECDHE+AESGCM:!aNULL", "a\001b", "control character in path"},
     {"tls_ciphersuites", "TLS_AES_256_GCM_SHA384", "a\001b", "control character in path"},
     {"tls_handshake_timeout", "10", "601", "expected seconds from 1 to 600"},
+    {"tls_ticket_rotation", "12h", "0", "expected seconds from 1 to 86400"},
     {"user", "mxgate", "mx gate", "not a name: mx gate"},
     {"group", "mail", "a,b", "expected one name: a,b"},
 };
