@@ -116,6 +116,15 @@ $(B)/fuzz/fuzz_spfrecord: tests/fuzz/fuzz_spfrecord.c tests/unit/guard.h workers
 	$(CLANG) -std=c17 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
 	  -fno-sanitize-recover=all -Iworkers/spfd -Itests/unit $< workers/spfd/spf_record.c -lspf2 -lresolv -lpthread -o $@
 
+# STARTTLS's OpenSSL on memory (workers/tls.c) with the send chain it writes
+# into, against an OpenSSL client in the same process; core/ for the config.
+$(B)/fuzz/fuzz_tls: tests/fuzz/fuzz_tls.c tests/unit/guard.h workers/tls.c workers/tls.h workers/outq.c workers/outq.h \
+		workers/lend.h $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(@D)
+	$(CLANG) -std=c17 -O1 -g -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=all -Icore -Iworkers -Itests/unit $< workers/tls.c workers/outq.c $(CORE_SRC) \
+	  $(INIH) -lssl -lcrypto -o $@
+
 # make fuzz: every target for FUZZ_TIME seconds (default 10 minutes), then
 # the wire fuzzer (mutated SMTP over TCP against the ASan server) as long.
 fuzz: $(FUZZ_BIN) $(B)/asan/mxgate

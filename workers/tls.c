@@ -113,7 +113,6 @@ static int hmac_key(EVP_MAC_CTX *h, unsigned char *key)
 static int ticket_cb(SSL *s, unsigned char name[16], unsigned char iv[EVP_MAX_IV_LENGTH], EVP_CIPHER_CTX *c,
                      EVP_MAC_CTX *h, int enc)
 {
-    (void)s;
     unsigned cur = atomic_load_explicit(&tkey_cur, memory_order_acquire);
     ticket_key_t *k = &tkeys[cur];
     if (enc) {
@@ -132,6 +131,10 @@ static int ticket_cb(SSL *s, unsigned char name[16], unsigned char iv[EVP_MAX_IV
         k = prev;
         rc = 2;
     }
+    /* TLS 1.3 clients use a ticket once: renewing is what gives them the
+     * next one after a resumption. */
+    if (SSL_version(s) == TLS1_3_VERSION)
+        rc = 2;
     if (hmac_key(h, k->hmac) != 1 || EVP_DecryptInit_ex(c, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1)
         return -1;
     return rc;
@@ -178,7 +181,9 @@ static int bio_create(BIO *b)
 
 static const char *ssl_reason(char *buf, size_t cap)
 {
-    unsigned long e = ERR_get_error();
+    /* The last error is the one that says what failed; the first is often
+     * a provider's detail under it. */
+    unsigned long e = ERR_peek_last_error();
     if (!e) {
         snprintf(buf, cap, "unknown error");
         return buf;
@@ -306,7 +311,11 @@ tls_ctx_t *tls_ctx_new(const mx_config_t *cfg, char *err, size_t errlen)
         }
         pairs++;
     }
-    (void)pairs;
+    if (!pairs) {
+        snprintf(err, errlen, "tls_cert_file and tls_key_file: no certificate and key pair in \"%s\"",
+                 cfg->tls_cert_file);
+        goto fail;
+    }
     return c;
 fail:
     tls_ctx_free(c);
@@ -350,6 +359,9 @@ void tls_conn_free(tls_conn_t *t)
 
 static void io_begin(tls_conn_t *t, const char *in, size_t len, outq_t *out, outq_pool_t *pool)
 {
+    /* SSL_get_error() reads the thread's error queue first: an entry left
+     * there by anything else must not fail this connection. */
+    ERR_clear_error();
     t->in = in;
     t->in_len = len;
     t->out = out;

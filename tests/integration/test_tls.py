@@ -126,9 +126,16 @@ def test_openssl_s_client_both_versions_and_resumption(gateway, certs, tmp_path)
         first = subprocess.run(base + ["-sess_out", str(sess)], input="QUIT\r\n", capture_output=True, text=True,
                                timeout=30)
         assert "New, TLSv1." in first.stdout, first.stdout[-2000:]
-        again = subprocess.run(base + ["-sess_in", str(sess)], input="QUIT\r\n", capture_output=True, text=True,
-                               timeout=30)
+        sess2 = tmp_path / "sess2.pem"
+        again = subprocess.run(base + ["-sess_in", str(sess), "-sess_out", str(sess2)], input="QUIT\r\n",
+                               capture_output=True, text=True, timeout=30)
         assert "Reused, TLSv1." in again.stdout, (flag, again.stdout[-2000:])
+        # a resumed session gets a ticket for the next one (a TLS 1.3 client
+        # uses each ticket once)
+        # (TLS 1.2: the ticket stays good and none is sent; s_client then writes no file)
+        third = subprocess.run(base + ["-sess_in", str(sess2 if flag == "-tls1_3" else sess)], input="QUIT\r\n", capture_output=True, text=True,
+                               timeout=30)
+        assert "Reused, TLSv1." in third.stdout, (flag, third.stdout[-2000:])
         assert ("Protocol  : TLSv1.2" if flag == "-tls1_2" else "TLSv1.3") in again.stdout
 
 
@@ -288,6 +295,7 @@ def test_certificates_reloaded_on_sighup_for_new_sessions(gateway, certs, tmp_pa
     ({"tls": "may", "tls_cert_file": "/nonexistent.pem", "tls_key_file": "/nonexistent.key"},
      "tls_cert_file: /nonexistent.pem"),
     ({"tls": "may", "tls_protocols": "tlsv1.3", "tls_ciphersuites": "NOPE"}, "tls_ciphersuites: NOPE"),
+    ({"tls": "may", "tls_cert_file": " , ", "tls_key_file": " , "}, "no certificate and key pair"),
 ])
 def test_bad_tls_configuration_stops_start_up(certs, opts, message):
     o = dict(opts)
