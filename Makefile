@@ -159,6 +159,17 @@ bench-e2e: deps all
 bench-spf: deps all
 	@bash bench/spf.sh
 
+# The STARTTLS load client (smtp-source has no TLS); built for bench-tls.
+$(B)/bench/tls_load: bench/tls_load.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $< -lssl -lcrypto -lpthread -o $@
+
+# STARTTLS against plaintext sessions, handshakes, Postfix with TLS and the
+# memory of idle TLS sessions, in one run (bench/tls.sh).
+.PHONY: bench-tls
+bench-tls: deps all $(B)/bench/tls_load
+	@bash bench/tls.sh
+
 # The container image (deploy/Dockerfile) with podman, or with docker when
 # only a working docker is here. Where no registry answers, the base image is
 # made with debootstrap and cached under build/image/ (deploy/README.md).
