@@ -4,12 +4,15 @@
 # starts, by PID); cleanup stops them all and removes the directory, and is
 # installed on EXIT. Everything listens on 127.0.0.1.
 
-cleanup() {
+stop_pids() {
     for p in $pids; do kill "$p" 2>/dev/null || true; done
     for p in $pids; do
         for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$p" 2>/dev/null || true
     done
+}
+cleanup() {
+    stop_pids
     rm -rf "$work"
 }
 trap cleanup EXIT

@@ -111,11 +111,7 @@ stop_postfix() {
 # common.sh's cleanup, and the private Postfix first.
 cleanup() {
     stop_postfix
-    for p in $pids; do kill "$p" 2>/dev/null || true; done
-    for p in $pids; do
-        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-    done
+    stop_pids
     rm -rf "$work"
 }
 
