@@ -116,65 +116,7 @@ cleanup() {
 }
 
 # /proc walking (process trees, for Postfix's CPU) and smtp-sink's counter.
-cat > "$work/proc.py" <<'EOF'
-import os, re, signal, sys, time
-signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-def stat(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        s = f.read()
-    f = s[s.rindex(")") + 2:].split()
-    return int(f[1]), sum(int(x) for x in f[11:15])   # ppid, utime+stime+cutime+cstime
-
-def tree(roots):
-    kids, ticks = {}, {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                ppid, t = stat(int(d))
-            except (OSError, ValueError, IndexError):
-                continue
-            kids.setdefault(ppid, []).append(int(d))
-            ticks[int(d)] = t
-    out, todo = [], [r for r in roots if r in ticks]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out, ticks
-
-def count(path):
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 512))
-            m = re.findall(rb"mesg=(\d+)\r", f.read())
-            return int(m[-1]) if m else 0
-    except OSError:
-        return 0
-
-cmd, args = sys.argv[1], sys.argv[2:]
-if cmd == "ticks":          # ticks ROOT... : CPU ticks of the process trees
-    pids, ticks = tree([int(a) for a in args])
-    print(sum(ticks[p] for p in pids))
-elif cmd == "tree":         # tree ROOT... : the PIDs of the process trees
-    print(" ".join(str(p) for p in tree([int(a) for a in args])[0]))
-elif cmd == "count":        # count FILE : smtp-sink's message counter
-    print(count(args[0]))
-elif cmd == "wait":         # wait FILE TARGET LIMIT : the time the counter reached TARGET
-    path, target, limit = args[0], int(args[1]), float(args[2])
-    end = time.monotonic() + limit
-    while True:
-        n = count(path)
-        if n >= target:
-            print("%.6f %d" % (time.time(), n))
-            sys.exit(0)
-        if time.monotonic() > end:
-            print("timeout %d" % n)
-            sys.exit(1)
-        time.sleep(0.01)
-EOF
-py() { python3 "$work/proc.py" "$@"; }
+py() { python3 bench/proc.py "$@"; }
 
 stop_tree() { # ROOT: TERM to the tree, KILL what is left after 5 s
     local all p
@@ -455,7 +397,7 @@ EOF
     local warm=$((WARMUP < MESSAGES ? WARMUP : MESSAGES))
     if [ "$warm" -gt 0 ]; then
         if ! load "$pp" -s "$SESSIONS" -m "$warm" -l "$SIZE" ||
-           ! timeout $((DRAIN_LIMIT + 10)) python3 "$work/proc.py" wait "$work/sink-pf.out" "$warm" "$DRAIN_LIMIT" > /dev/null; then
+           ! timeout $((DRAIN_LIMIT + 10)) python3 bench/proc.py wait "$work/sink-pf.out" "$warm" "$DRAIN_LIMIT" > /dev/null; then
             skip postfix "warm-up failed (smtp-sink counted $(py count "$work/sink-pf.out") of $warm)"
             grep -E 'warning|fatal|error' "$d/maillog" | tail -5 >&2 || true
             stop_postfix; stop_pid "$sink_pid"; return 0
@@ -465,7 +407,7 @@ EOF
     base=$(py count "$work/sink-pf.out")
     target=$((base + MESSAGES))
     # The watcher polls smtp-sink's counter from before the start.
-    python3 "$work/proc.py" wait "$work/sink-pf.out" "$target" $((RUN_LIMIT + DRAIN_LIMIT)) > "$work/wait.out" &
+    python3 bench/proc.py wait "$work/sink-pf.out" "$target" $((RUN_LIMIT + DRAIN_LIMIT)) > "$work/wait.out" &
     wpid=$!
     pids="$pids $wpid"
     c0=$(py ticks "$pf_master"); t0=$(now)
