@@ -81,6 +81,7 @@ static const char *const spf_action_names[] = {"accept", "reject", "tempfail", N
 static const char *const spf_stage_names[] = {"rcpt", "data", NULL};
 static const char *const proxy_names[] = {"off", "v1", "v2", "any", NULL};
 static const char *const tls_names[] = {"off", "may", "encrypt", NULL};
+static const char *const ds_tls_names[] = {"off", "may", "encrypt", "verify", NULL};
 
 _Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
 _Static_assert(CONFIG_PROTO_SMTP == 0 && CONFIG_PROTO_LMTP == 1, "proto_names follows enum config_proto");
@@ -89,6 +90,7 @@ _Static_assert(CONFIG_SPF_ACCEPT == 0 && CONFIG_SPF_TEMPFAIL == 2, "spf_action_n
 _Static_assert(CONFIG_SPF_AT_RCPT == 0 && CONFIG_SPF_AT_DATA == 1, "spf_stage_names follows enum config_spf_stage");
 _Static_assert(CONFIG_PROXY_OFF == 0 && CONFIG_PROXY_ANY == 3, "proxy_names follows enum config_proxy");
 _Static_assert(CONFIG_TLS_OFF == 0 && CONFIG_TLS_ENCRYPT == 2, "tls_names follows enum config_tls");
+_Static_assert(CONFIG_DS_TLS_OFF == 0 && CONFIG_DS_TLS_VERIFY == 3, "ds_tls_names follows enum config_ds_tls");
 _Static_assert(CONFIG_RELAY_MAX < UINT16_MAX, "relay_index holds domain index + 1 in a uint16_t");
 
 static const key_row_t rows[] = {
@@ -124,6 +126,13 @@ static const key_row_t rows[] = {
     SECS(downstream_max_lifetime, "300", 1, 86400, "seconds a downstream connection is used before it is retired"),
     U32(downstream_queue_limit, "1000", 0, 1000000, "transactions per worker waiting for a downstream connection"),
     SECS(downstream_queue_timeout, "30", 1, 3600, "seconds a transaction may wait for a downstream connection"),
+    ENUM(downstream_tls, "off", ds_tls_names,
+         "STARTTLS to the downstream: off, may (when offered), encrypt (required) or verify (required, and the "
+         "certificate must verify)"),
+    ROW(downstream_tls_ca_file, "", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
+        "PEM file of the certificates that the downstream's must chain to; empty: the system's"),
+    ROW(downstream_tls_name, "", K_HOSTNAME, char[CONFIG_DOMAIN_MAX + 1], 0, 0, NULL,
+        "name the downstream's certificate must show; empty: the host of downstream"),
     ROW(maildir, "./mail", K_PATH, char[CONFIG_PATH_MAX], 1, 0, NULL,
         "Maildir to deliver to when no downstream is set"),
     ROW(filters, "limits, relay, recipients, size", K_WORDS, char[CONFIG_WORDS_MAX], 1, 32, NULL,
@@ -562,13 +571,14 @@ bool config_relay_domain(const mx_config_t *c, slice_t domain)
 
 /* ---- strings ---- */
 
-static int set_hostname(mx_config_t *c, slice_t v, char *why, size_t n)
+static int set_hostname(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
 {
     char sv[72];
+    char *out = (char *)c + k->off;
     if (v.len && !domain_valid(v.ptr, v.len))
         return fail(why, n, "not a domain name: %s", shown(v, sv));
-    memcpy(c->hostname, v.ptr, v.len);
-    c->hostname[v.len] = '\0';
+    memcpy(out, v.ptr, v.len);
+    out[v.len] = '\0';
     return 0;
 }
 
@@ -712,7 +722,7 @@ static int apply(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_
     case K_LISTEN:
         return set_listen(c, v, why, n);
     case K_HOSTNAME:
-        return set_hostname(c, v, why, n);
+        return set_hostname(c, k, v, why, n);
     case K_DOMAINS:
         return set_domains(c, v, why, n);
     case K_HOSTPORT:

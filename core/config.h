@@ -47,6 +47,9 @@ enum config_proto { CONFIG_PROTO_SMTP = 0, CONFIG_PROTO_LMTP = 1 };
 /* Which PROXY protocol header a listener reads before its greeting. */
 enum config_proxy { CONFIG_PROXY_OFF = 0, CONFIG_PROXY_V1, CONFIG_PROXY_V2, CONFIG_PROXY_ANY };
 enum config_tls { CONFIG_TLS_OFF = 0, CONFIG_TLS_MAY, CONFIG_TLS_ENCRYPT };
+/* STARTTLS towards the downstream: not used; used when offered; required;
+ * required with a certificate that verifies (chain and name). */
+enum config_ds_tls { CONFIG_DS_TLS_OFF = 0, CONFIG_DS_TLS_MAY, CONFIG_DS_TLS_ENCRYPT, CONFIG_DS_TLS_VERIFY };
 
 /* Networks, for proxy_trusted: an address family (AF_INET or AF_INET6, as
  * in <sys/socket.h>), the network's first bits and its prefix length. */
@@ -109,6 +112,9 @@ typedef struct mx_config {
     uint32_t downstream_max_lifetime;  /* seconds, then it is retired */
     uint32_t downstream_queue_limit;   /* waiting transactions per worker */
     uint32_t downstream_queue_timeout; /* seconds */
+    uint8_t downstream_tls;            /* enum config_ds_tls */
+    char downstream_tls_ca_file[CONFIG_PATH_MAX]; /* trust anchors (PEM); "": the system's */
+    char downstream_tls_name[CONFIG_DOMAIN_MAX + 1]; /* the certificate's name; "": downstream's host */
 
     char maildir[CONFIG_PATH_MAX];
 

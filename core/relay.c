@@ -31,6 +31,9 @@ static const char *const fail_names[RELAY_FAIL_COUNT] = {
     [RELAY_FAIL_RSET] = "rset_refused",
     [RELAY_FAIL_ORPHAN_DATA] = "orphan_data",
     [RELAY_FAIL_FULL] = "too_many_commands",
+    [RELAY_FAIL_NO_TLS] = "tls_not_offered",
+    [RELAY_FAIL_TLS_REFUSED] = "starttls_refused",
+    [RELAY_FAIL_TLS] = "tls_failed",
 };
 
 const char *relay_fail_name(enum relay_fail f)
@@ -178,6 +181,16 @@ static void hello(relay_t *r, bool helo)
         relay_fail(r, RELAY_FAIL_FULL);
 }
 
+void relay_tls_done(relay_t *r)
+{
+    if (r->state != RELAY_TLS)
+        return;
+    r->tls = true;
+    r->caps = 0;
+    r->size_max = 0;
+    hello(r, false);
+}
+
 /* ---- failure ---- */
 
 void relay_fail(relay_t *r, enum relay_fail why)
@@ -305,6 +318,33 @@ static bool on_reply(relay_t *r, const dsr_reply_t *dr, relay_event_t *ev, char 
         }
         r->caps = d.kind == RK_HELLO ? dr->caps : 0;
         r->size_max = d.kind == RK_HELLO ? dr->size_max : 0;
+        if (r->cfg->starttls != RELAY_TLS_OFF && !r->tls) {
+            if (r->caps & DSR_CAP_STARTTLS) {
+                r->state = RELAY_STARTTLS;
+                if (!command(r, RK_STARTTLS, 0, "STARTTLS\r\n", 10))
+                    relay_fail(r, RELAY_FAIL_FULL);
+                return false;
+            }
+            if (r->cfg->starttls == RELAY_TLS_REQUIRE) {
+                relay_fail(r, RELAY_FAIL_NO_TLS);
+                return false;
+            }
+        }
+        r->state = RELAY_READY;
+        *ev = (relay_event_t){ .type = RELAY_EV_READY };
+        return true;
+    case RK_STARTTLS:
+        if (dr->code == 220) {
+            r->state = RELAY_TLS;
+            *ev = (relay_event_t){ .type = RELAY_EV_STARTTLS };
+            return true;
+        }
+        if (r->cfg->starttls == RELAY_TLS_REQUIRE || dr->code < 400) {
+            relay_fail(r, RELAY_FAIL_TLS_REFUSED); /* required, or a reply that means nothing here */
+            return false;
+        }
+        /* Opportunistic: a server that cannot do TLS now is still a server,
+         * with the extensions it announced in plaintext. */
         r->state = RELAY_READY;
         *ev = (relay_event_t){ .type = RELAY_EV_READY };
         return true;
@@ -371,6 +411,10 @@ enum relay_status relay_feed(relay_t *r, const char *in, size_t len, size_t *con
         }
         if (len == 0)
             return RELAY_AGAIN;
+        if (r->state == RELAY_TLS) {
+            relay_fail(r, RELAY_FAIL_UNEXPECTED); /* plaintext after the 220: injected */
+            continue;
+        }
         size_t used = 0;
         dsr_reply_t dr;
         enum dsr_status st = dsr_feed(&r->parser, in, len, &used, &dr);

@@ -51,16 +51,24 @@
 #include "replyq.h"
 #include "slice.h"
 
+/* STARTTLS towards the server (RFC 3207): not asked for; asked for when
+ * the server offers it (plaintext when it does not, or refuses); required
+ * (a server that does not offer it, or refuses it, fails the connection). */
+enum relay_tls { RELAY_TLS_OFF = 0, RELAY_TLS_MAY, RELAY_TLS_REQUIRE };
+
 typedef struct relay_config {
     slice_t helo;          /* our name in EHLO/LHLO/HELO */
     bool lmtp;             /* LHLO; one reply per accepted recipient after the data */
     uint32_t max_due;      /* commands that may await their replies at once */
+    uint8_t starttls;      /* enum relay_tls */
 } relay_config_t;
 
 enum relay_state {
     RELAY_CONNECTING = 0, /* the TCP connect is in flight */
     RELAY_GREETING,       /* waiting for the 220 */
     RELAY_HELLO,          /* EHLO/LHLO (or the HELO fallback) sent */
+    RELAY_STARTTLS,       /* STARTTLS sent: waiting for its 220 */
+    RELAY_TLS,            /* 220 to STARTTLS: the caller runs the TLS handshake */
     RELAY_READY,          /* clean: may be leased, or is leased between transactions */
     RELAY_TX,             /* MAIL sent: a transaction is open */
     RELAY_BODY,           /* DATA got 354: the body goes out */
@@ -70,7 +78,7 @@ enum relay_state {
 };
 
 /* What a reply answers. */
-enum relay_kind { RK_NONE = 0, RK_GREETING, RK_HELLO, RK_HELO, RK_MAIL, RK_RCPT, RK_DATA, RK_EOD, RK_RSET };
+enum relay_kind { RK_NONE = 0, RK_GREETING, RK_HELLO, RK_HELO, RK_MAIL, RK_RCPT, RK_DATA, RK_EOD, RK_RSET, RK_STARTTLS };
 
 enum relay_fail {
     RELAY_FAIL_NONE = 0,
@@ -86,6 +94,9 @@ enum relay_fail {
     RELAY_FAIL_RSET,        /* RSET refused */
     RELAY_FAIL_ORPHAN_DATA, /* 354 for a DATA whose client is gone */
     RELAY_FAIL_FULL,        /* more commands than max_due, or no memory */
+    RELAY_FAIL_NO_TLS,      /* TLS required and the server does not offer STARTTLS */
+    RELAY_FAIL_TLS_REFUSED, /* TLS required and the server refused STARTTLS */
+    RELAY_FAIL_TLS,         /* the TLS handshake failed (the caller's), or TLS broke */
     RELAY_FAIL_COUNT
 };
 
@@ -107,6 +118,7 @@ typedef struct relay {
     bool tx_open;           /* the server has a transaction (MAIL accepted) */
     bool lost_due;          /* a LOST event is still to be given */
     bool close_due;         /* RELAY_CLOSE once the due events are given */
+    bool tls;               /* the TLS handshake is done: everything since is encrypted */
     uint32_t caps;          /* DSR_CAP_* from the EHLO reply */
     uint64_t size_max;      /* the server's SIZE, 0: none */
     uint32_t rcpt_ok;       /* RCPTs accepted in this transaction (LMTP's reply count) */
@@ -132,6 +144,7 @@ enum relay_ev_type {
     RELAY_EV_REPLY,     /* the reply to the owner's command `token` (kind says which) */
     RELAY_EV_LOST,      /* the owner's transaction here is gone (after its REPLYs) */
     RELAY_EV_IDLE,      /* released and clean again: back to the pool */
+    RELAY_EV_STARTTLS,  /* 220 to STARTTLS: run the TLS handshake, then relay_tls_done() */
 };
 
 typedef struct relay_event {
@@ -160,6 +173,18 @@ void relay_connected(relay_t *r);
  */
 enum relay_status relay_feed(relay_t *r, const char *in, size_t len, size_t *consumed, relay_event_t *ev)
     __attribute__((warn_unused_result));
+
+/*
+ * STARTTLS: with cfg->starttls set, the EHLO (LHLO) reply that offers
+ * STARTTLS is followed by STARTTLS, and its 220 gives RELAY_EV_STARTTLS:
+ * from then on the caller's bytes are TLS records. Nothing may follow the
+ * 220 in plaintext (a server, or a man in the middle, that pipelines
+ * replies past it fails the connection: RFC 3207's injection). Once the
+ * caller's handshake completes, relay_tls_done() forgets the server's
+ * extensions and says EHLO again (RFC 3207 4.2); READY comes after its
+ * reply. A handshake that fails is relay_fail(r, RELAY_FAIL_TLS).
+ */
+void relay_tls_done(relay_t *r);
 
 /* The connection failed (see the top): due events follow from relay_feed. */
 void relay_fail(relay_t *r, enum relay_fail why);

@@ -41,6 +41,11 @@ conf_t *conf_new(mx_config_t *cfg, uint64_t number, char *err, size_t errlen)
         conf_free(c);
         return NULL;
     }
+    if (k->downstream_tls != CONFIG_DS_TLS_OFF && k->downstream[0] &&
+        !(c->ds_tls = tls_client_ctx_new(k, err, errlen))) {
+        conf_free(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -51,6 +56,7 @@ void conf_free(conf_t *c)
     if (c->own_resolver)
         resolve_free(c->resolver);
     tls_ctx_free(c->tls);
+    tls_ctx_free(c->ds_tls);
     filter_chain_fini(&c->chain);
     config_free(&c->cfg);
     free(c);

@@ -39,6 +39,7 @@ typedef struct conf {
     filter_chain_t chain;
     smtp_config_t smtp;        /* the engine's limits, from cfg */
     struct tls_ctx *tls;       /* certificates and settings for STARTTLS; NULL when tls = off */
+    struct tls_ctx *ds_tls;    /* the client side towards the downstream; NULL when downstream_tls = off */
     struct resolve *resolver;  /* the downstream's address; NULL without one */
     bool own_resolver;         /* freed with this generation (else a later one took it over) */
     uint64_t number;           /* 1 at start-up, then one more per reload applied */

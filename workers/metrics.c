@@ -102,6 +102,7 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
     static const char *const tmo[MT_COUNT] = { "command", "data", "data_rate", "proxy", "downstream", "spf",
                                                   "tls_handshake" };
     static const char *const tls_hs[MTLS_COUNT] = { "ok", "failed", "timeout", "refused" };
+    static const char *const ds_tls[MDT_COUNT] = { "verified", "unverified", "plaintext", "failed" };
     static const char *const proxy[MP_COUNT] = { "v1", "v2", "local" };
     static const char *const proxy_err[MPE_COUNT] = {
         NULL,          "not_proxy",      "bad_v1_syntax",  "bad_address",       "bad_port",
@@ -157,6 +158,11 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
     labelled(&o, w, n, "mxgate_tls_handshakes_total", "STARTTLS handshakes, by how they ended.", "result", tls_hs,
              MTLS_COUNT, offsetof(metrics_t, tls_handshakes), false);
     one(&o, "mxgate_tls_resumed_total", "counter", "STARTTLS handshakes that resumed a session.", SUM(tls_resumed));
+    labelled(&o, w, n, "mxgate_downstream_tls_total",
+             "Downstream connections that wanted TLS, by the outcome (the certificate verified or not, plaintext, failed).",
+             "result", ds_tls, MDT_COUNT, offsetof(metrics_t, ds_tls), false);
+    one(&o, "mxgate_downstream_tls_resumed_total", "counter", "Downstream TLS handshakes that resumed a session.",
+        SUM(ds_tls_resumed));
     head(&o, "mxgate_config_reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
     put(&o, "mxgate_config_reloads_total{result=\"ok\"} %llu\n", (unsigned long long)m_get(&proc->reloads_ok));
     put(&o, "mxgate_config_reloads_total{result=\"failed\"} %llu\n", (unsigned long long)m_get(&proc->reloads_failed));

@@ -67,6 +67,11 @@ enum m_timeout { MT_COMMAND = 0, MT_DATA, MT_DATA_RATE, MT_PROXY, MT_DOWNSTREAM,
 /* STARTTLS handshakes, by how they ended. */
 enum m_tls { MTLS_OK = 0, MTLS_FAILED, MTLS_TIMEOUT, MTLS_REFUSED /* over the per-address limit */, MTLS_COUNT };
 
+/* Downstream connections that wanted TLS, by how they went on: encrypted
+ * with a certificate that verified, or did not; in plaintext (may: not
+ * offered, or refused); or failed (the handshake, or TLS required). */
+enum m_ds_tls { MDT_VERIFIED = 0, MDT_UNVERIFIED, MDT_PLAINTEXT, MDT_FAILED, MDT_COUNT };
+
 /* PROXY headers accepted: with an address by version, or LOCAL (the
  * balancer's own check, or an address family without an IP). */
 enum m_proxy { MP_V1 = 0, MP_V2, MP_LOCAL, MP_COUNT };
@@ -104,6 +109,8 @@ typedef struct metrics {
     mcount_t ds_connects, ds_connect_failures;
     mcount_t ds_replies[6];                /* from the downstream, by class */
     mcount_t ds_failures;                  /* connections that failed while in use */
+    mcount_t ds_tls[MDT_COUNT];
+    mcount_t ds_tls_resumed;               /* downstream handshakes that resumed a session */
     mcount_t spf_checks[7];                /* by enum spf_result */
     mcount_t spf_cache_hits;
     mcount_t backpressure[MB_COUNT];

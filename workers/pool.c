@@ -18,6 +18,7 @@
 
 #include "lend.h"
 #include "resolve.h"
+#include "tls.h"
 #include "worker.h"
 
 #include <errno.h>
@@ -37,6 +38,8 @@
 #define PROBE_MS 500u        /* how often a slow reader's progress is looked at */
 #define PROBE_AFTER_CLOSE_MS 200u /* a server that closed: try it again this soon */
 #define UNACKED_UNKNOWN (-1)
+#define TLS_PLAIN_MS (300u * 1000u) /* may: after a failed handshake, plaintext this long */
+#define DS_PLAIN_CAP 4096u          /* decrypted replies, per read */
 
 enum phase { PH_CONNECTING = 1, PH_OPEN, PH_CLOSING };
 
@@ -48,9 +51,14 @@ struct dsconn {
     uint16_t inflight;
     uint8_t phase;
     bool recv_armed, sending, posted, leased;
+    bool was_ready;          /* reached READY once: a later failure is not the server's set-up */
+    bool hs;                 /* the TLS handshake is under way */
+    tls_conn_t *tls;         /* after the server's 220 to STARTTLS: every byte is TLS */
     relay_t relay;
     relay_config_t rcfg;     /* the relay's, as the configuration was at its open */
     char helo[CONFIG_DOMAIN_MAX + 1];
+    char tls_name[CONFIG_ADDR_MAX]; /* what the server's certificate must show */
+    uint8_t tls_level;       /* enum config_ds_tls at its open */
     uint32_t conf_gen;       /* p->conf_gen at its open: older ones are retired */
     outq_t out;
     pool_owner_t owner;
@@ -88,10 +96,13 @@ struct pool {
     uint64_t backoff_until;
     uint32_t backoff_ms;
     dsconn_t *posted;        /* connections with bytes to send this turn */
+    tls_session_t *sess;     /* the newest TLS session the server gave: the next handshake resumes it */
+    uint64_t tls_plain_until; /* may: a handshake failed; connections until then skip STARTTLS */
 };
 
 static void conn_fail(worker_t *w, dsconn_t *c, enum relay_fail why);
 static void close_conn(worker_t *w, dsconn_t *c, const char *why);
+static void fail_waiters(worker_t *w, const smtp_reply_t *r, bool expired_only);
 static void on_probe(worker_t *w, timer_node_t *t);
 static void serve_queue(worker_t *w);
 static void to_pool(worker_t *w, dsconn_t *c);
@@ -132,6 +143,7 @@ static void conn_free(worker_t *w, dsconn_t *c)
     p->nconn--;
     timer_stop(&w->timers, &c->timer);
     close(c->fd);
+    tls_conn_free(c->tls);
     outq_clear(&c->out, &w->blocks);
     relay_free(&c->relay);
     free(c);
@@ -146,7 +158,10 @@ void pool_reconfigure(worker_t *w, const mx_config_t *before)
     if (cfg->recipient_limit + 8 > p->max_due)
         p->max_due = cfg->recipient_limit + 8; /* never lower: older sessions may still send more */
     if (!strcmp(before->downstream, cfg->downstream) && before->downstream_protocol == cfg->downstream_protocol &&
-        !strcmp(before->hostname, cfg->hostname) && before->recipient_limit <= cfg->recipient_limit)
+        !strcmp(before->hostname, cfg->hostname) && before->recipient_limit <= cfg->recipient_limit &&
+        before->downstream_tls == cfg->downstream_tls &&
+        !strcmp(before->downstream_tls_ca_file, cfg->downstream_tls_ca_file) &&
+        !strcmp(before->downstream_tls_name, cfg->downstream_tls_name))
         return;
     /* What a connection is has changed (server, protocol, the name it
      * greets with, how many replies it may owe): the idle ones close now,
@@ -157,6 +172,10 @@ void pool_reconfigure(worker_t *w, const mx_config_t *before)
         p->backoff_ms = 0;
         p->backoff_until = 0;
     }
+    /* A session of the old server, or of the old trust, resumes nothing. */
+    tls_session_free(p->sess);
+    p->sess = NULL;
+    p->tls_plain_until = 0;
     for (uint32_t i = 0; i < p->nslots; i++) {
         dsconn_t *c = p->conn[i];
         if (c && c->phase == PH_OPEN && !c->leased && relay_ready(&c->relay))
@@ -175,6 +194,7 @@ void pool_destroy(worker_t *w)
             conn_free(w, p->conn[i]);
     timer_stop(&w->timers, &p->probe);
     timer_stop(&w->timers, &p->wq_timer);
+    tls_session_free(p->sess);
     free(p->conn); /* then the pool itself */
     free(p->gen);
     free(p->wq);
@@ -230,7 +250,8 @@ static void take_output(worker_t *w, dsconn_t *c)
     slice_t o = relay_output(&c->relay);
     if (!o.len)
         return;
-    if (!outq_append(&c->out, &w->blocks, o.ptr, o.len)) {
+    if (c->tls ? tls_write(c->tls, o.ptr, o.len, &c->out, &w->blocks) != 0
+               : !outq_append(&c->out, &w->blocks, o.ptr, o.len)) {
         conn_fail(w, c, RELAY_FAIL_FULL);
         return;
     }
@@ -343,7 +364,7 @@ static void arm_timer(worker_t *w, dsconn_t *c)
 {
     if (c->phase == PH_CLOSING)
         return;
-    if (c->phase == PH_CONNECTING || relay_due(&c->relay) || c->out.bytes) {
+    if (c->phase == PH_CONNECTING || c->hs || relay_due(&c->relay) || c->out.bytes) {
         c->progress_at = w->now;
         arm_next(w, c);
     } else {
@@ -380,6 +401,10 @@ static void close_conn(worker_t *w, dsconn_t *c, const char *why)
         io_uring_sqe_set_data64(sqe, ud_make(OP_DS_CANCEL, c->idx, c->gen));
         c->inflight++;
     }
+    /* Retired, closed by the server, or failed above TLS: the TLS session
+     * itself is sound, so the next connection may resume it. */
+    if (c->tls && !c->hs && c->relay.fail != RELAY_FAIL_TLS)
+        tls_end_clean(c->tls);
     c->phase = PH_CLOSING;
     c->leased = false;
     c->why = why;
@@ -388,6 +413,8 @@ static void close_conn(worker_t *w, dsconn_t *c, const char *why)
     w->pool->nclosing++;
 }
 
+static void start_tls(worker_t *w, dsconn_t *c);
+
 /* Give the owner what the relay has for it; act on what is the pool's. */
 static void dispatch(worker_t *w, dsconn_t *c, const relay_event_t *ev)
 {
@@ -395,7 +422,17 @@ static void dispatch(worker_t *w, dsconn_t *c, const relay_event_t *ev)
     case RELAY_EV_READY:
         w->pool->backoff_ms = 0;
         m_set(&w->m.ds_reachable, 1);
+        c->was_ready = true;
+        if (c->relay.cfg->starttls != RELAY_TLS_OFF && !c->relay.tls) {
+            /* may: the server does not offer STARTTLS, or refused it */
+            m_inc(&w->m.ds_tls[MDT_PLAINTEXT]);
+            log_line(LOG_INFO, "event=downstream_tls worker=%d conn=%u result=plaintext reason=%s", w->id, c->idx,
+                     c->relay.caps & DSR_CAP_STARTTLS ? "starttls_refused" : "not_offered");
+        }
         to_pool(w, c);
+        break;
+    case RELAY_EV_STARTTLS:
+        start_tls(w, c);
         break;
     case RELAY_EV_REPLY:
         if (c->relay.state != RELAY_DEAD) /* the server's own, not a failure's 451 */
@@ -416,6 +453,35 @@ static void dispatch(worker_t *w, dsconn_t *c, const relay_event_t *ev)
     }
 }
 
+/*
+ * A connection that failed before it was ever ready (the connect, the
+ * greeting, EHLO, TLS): the server cannot be used now, so back off rather
+ * than open the next one at once, and unless another connection is on its
+ * way, the waiters hear it now and a probe finds out when it is back.
+ * Except after a failed handshake under downstream_tls = may: the next
+ * connection goes in plaintext, at once.
+ */
+static void setup_failed(worker_t *w, dsconn_t *c)
+{
+    pool_t *p = w->pool;
+    if (w->draining || (c->relay.fail == RELAY_FAIL_TLS && c->tls_level == CONFIG_DS_TLS_MAY))
+        return;
+    p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_FIRST_MS;
+    if (p->backoff_ms > BACKOFF_MAX_MS)
+        p->backoff_ms = BACKOFF_MAX_MS;
+    p->backoff_until = w->now + p->backoff_ms;
+    bool other = false;
+    for (uint32_t i = 0; i < p->nslots && !other; i++)
+        other = p->conn[i] && p->conn[i] != c && p->conn[i]->phase != PH_CLOSING;
+    if (other)
+        return;
+    m_set(&w->m.ds_reachable, 0);
+    timer_arm(&w->timers, &p->probe, p->backoff_until, on_probe);
+    static const smtp_reply_t down = { 451, "4.4.1", SLICE_INIT("Error: downstream server unavailable, try again later"),
+                                       SMTP_R_PEER };
+    fail_waiters(w, &down, false);
+}
+
 /* Feed the relay (bytes, or nothing after a failure) and route its events. */
 static void run_relay(worker_t *w, dsconn_t *c, const char *in, size_t len)
 {
@@ -428,14 +494,127 @@ static void run_relay(worker_t *w, dsconn_t *c, const char *in, size_t len)
             dispatch(w, c, &ev);
             continue;
         }
-        if (st == RELAY_CLOSE)
+        if (st == RELAY_CLOSE) {
+            bool setup = !c->was_ready && c->phase != PH_CLOSING;
             close_conn(w, c, relay_fail_name((enum relay_fail)c->relay.fail));
+            if (setup)
+                setup_failed(w, c);
+        }
         break;
     }
     if (c->phase == PH_OPEN) {
         take_output(w, c);
         arm_timer(w, c);
     }
+}
+
+/* ---- TLS ---- */
+
+/* The handshake failed (or TLS broke later): say why, once. */
+static void tls_failed(worker_t *w, dsconn_t *c, const char *why)
+{
+    pool_t *p = w->pool;
+    const char *cert = c->tls ? tls_peer_unverified(c->tls) : NULL;
+    bool fallback = c->hs && c->tls_level == CONFIG_DS_TLS_MAY;
+    if (c->hs)
+        m_inc(&w->m.ds_tls[MDT_FAILED]);
+    if (fallback)
+        p->tls_plain_until = w->now + TLS_PLAIN_MS;
+    log_line(LOG_WARN, "event=downstream_tls_failed worker=%d conn=%u downstream=%s error=\"%s\"%s%s%s%s", w->id,
+             c->idx, w->cfg->downstream, why, cert ? " certificate=\"" : "", cert ? cert : "", cert ? "\"" : "",
+             fallback ? " then=plaintext_300s" : "");
+    conn_fail(w, c, RELAY_FAIL_TLS);
+}
+
+/* The server said 220 to STARTTLS: our ClientHello goes out. */
+static void start_tls(worker_t *w, dsconn_t *c)
+{
+    tls_ctx_t *ctx = w->conf->ds_tls; /* the current generation's (a reload may have made a new one) */
+    c->tls = ctx ? tls_conn_client(ctx, c->tls_name, c->tls_level == CONFIG_DS_TLS_VERIFY, w->pool->sess) : NULL;
+    if (!c->tls) {
+        tls_failed(w, c, ctx ? "out of memory" : "downstream_tls is off now");
+        return;
+    }
+    c->hs = true;
+    const char *in = NULL;
+    size_t len = 0;
+    if (tls_handshake(c->tls, &in, &len, &c->out, &w->blocks) == TLS_ERROR) {
+        tls_failed(w, c, tls_error(c->tls));
+        return;
+    }
+    post(w, c);
+}
+
+static void tls_done(worker_t *w, dsconn_t *c)
+{
+    c->hs = false;
+    const char *cert = tls_peer_unverified(c->tls);
+    bool resumed = tls_resumed(c->tls);
+    m_inc(&w->m.ds_tls[cert ? MDT_UNVERIFIED : MDT_VERIFIED]);
+    if (resumed)
+        m_inc(&w->m.ds_tls_resumed);
+    int alg = 0, bits = tls_bits(c->tls, &alg);
+    log_line(LOG_INFO,
+             "event=downstream_tls worker=%d conn=%u result=%s version=%s cipher=%s bits=%d resumed=%s%s%s%s", w->id,
+             c->idx, cert ? "unverified" : "verified", tls_version(c->tls), tls_cipher(c->tls), bits,
+             resumed ? "yes" : "no", cert ? " certificate=\"" : "", cert ? cert : "", cert ? "\"" : "");
+    relay_tls_done(&c->relay); /* EHLO again, encrypted */
+}
+
+/* A session the server just gave (TLS 1.2: at the handshake's end; 1.3: a
+ * ticket after it): the next connection's handshake resumes it. */
+static void keep_session(worker_t *w, dsconn_t *c)
+{
+    tls_session_t *sess = tls_session_take(c->tls);
+    if (sess) {
+        tls_session_free(w->pool->sess);
+        w->pool->sess = sess;
+    }
+}
+
+/* Ciphertext from the server: the handshake, then replies for the relay. */
+static void tls_in(worker_t *w, dsconn_t *c, const char *in, size_t len)
+{
+    char plain[DS_PLAIN_CAP];
+    for (int guard = 0; guard < 100000 && c->phase == PH_OPEN; guard++) {
+        size_t before = len;
+        if (c->hs) {
+            enum tls_status st = tls_handshake(c->tls, &in, &len, &c->out, &w->blocks);
+            post(w, c);
+            if (st == TLS_ERROR) {
+                tls_failed(w, c, tls_error(c->tls));
+                return;
+            }
+            if (st == TLS_AGAIN) {
+                if (!len || len == before)
+                    break;
+                continue;
+            }
+            keep_session(w, c);
+            tls_done(w, c);
+            run_relay(w, c, NULL, 0); /* sends the EHLO */
+            continue;
+        }
+        long n = tls_read(c->tls, &in, &len, plain, sizeof plain, &c->out, &w->blocks);
+        keep_session(w, c);
+        if (n > 0) {
+            run_relay(w, c, plain, (size_t)n);
+            continue;
+        }
+        if (n == 0) {
+            if (!len || len == before)
+                break;
+            continue;
+        }
+        if (n == -TLS_CLOSED) {
+            conn_fail(w, c, RELAY_FAIL_CLOSED);
+            return;
+        }
+        tls_failed(w, c, tls_error(c->tls));
+        return;
+    }
+    if (c->phase == PH_OPEN && c->out.bytes)
+        post(w, c); /* a key update, an alert */
 }
 
 static void conn_fail(worker_t *w, dsconn_t *c, enum relay_fail why)
@@ -586,6 +765,22 @@ void pool_start(worker_t *w)
         open_conn(w); /* find out at once whether the server answers */
 }
 
+/* The name the server's certificate must show: downstream_tls_name, or the
+ * host of downstream (a name or an address literal). */
+static void tls_name(const mx_config_t *cfg, char *out, size_t cap)
+{
+    const char *d = cfg->downstream;
+    if (cfg->downstream_tls_name[0]) {
+        snprintf(out, cap, "%s", cfg->downstream_tls_name);
+        return;
+    }
+    const char *end = d[0] == '[' ? strchr(d, ']') : strrchr(d, ':');
+    if (d[0] == '[')
+        d++;
+    size_t n = end ? (size_t)(end - d) : strlen(d);
+    snprintf(out, cap, "%.*s", (int)n, d);
+}
+
 static void open_conn(worker_t *w)
 {
     pool_t *p = w->pool;
@@ -616,8 +811,14 @@ static void open_conn(worker_t *w)
     c->phase = PH_CONNECTING;
     const mx_config_t *cfg = w->cfg;
     snprintf(c->helo, sizeof c->helo, "%s", cfg->hostname);
+    c->tls_level = cfg->downstream_tls;
+    uint8_t starttls = cfg->downstream_tls == CONFIG_DS_TLS_OFF ? RELAY_TLS_OFF
+                       : cfg->downstream_tls != CONFIG_DS_TLS_MAY ? RELAY_TLS_REQUIRE
+                       : w->now < p->tls_plain_until           ? RELAY_TLS_OFF
+                                                                : RELAY_TLS_MAY;
+    tls_name(cfg, c->tls_name, sizeof c->tls_name);
     c->rcfg = (relay_config_t){ slice_make(c->helo, strlen(c->helo)), cfg->downstream_protocol == CONFIG_PROTO_LMTP,
-                                p->max_due };
+                                p->max_due, starttls };
     c->conf_gen = p->conf_gen;
     relay_init(&c->relay, &c->rcfg);
     p->conn[slot] = c;
@@ -741,7 +942,7 @@ bool pool_body(worker_t *w, pool_lease_t l, const char *p, size_t n)
     dsconn_t *c = leased(w, l);
     if (!c || !relay_in_body(&c->relay))
         return false;
-    if (!outq_append(&c->out, &w->blocks, p, n)) {
+    if (c->tls ? tls_write(c->tls, p, n, &c->out, &w->blocks) != 0 : !outq_append(&c->out, &w->blocks, p, n)) {
         conn_fail(w, c, RELAY_FAIL_FULL);
         return false;
     }
@@ -799,26 +1000,8 @@ void pool_cqe(worker_t *w, int op, uint32_t idx, uint32_t gen, struct io_uring_c
                      "event=downstream_connect_failed worker=%d downstream=%s error=\"%s\"", w->id,
                      w->cfg->downstream, c->unresolved ? "the name does not resolve" : strerror(-res));
             m_inc(&w->m.ds_connect_failures);
-            p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_FIRST_MS;
-            if (p->backoff_ms > BACKOFF_MAX_MS)
-                p->backoff_ms = BACKOFF_MAX_MS;
-            p->backoff_until = w->now + p->backoff_ms;
-            c->phase = PH_OPEN; /* so the failure takes the usual path */
+            c->phase = PH_OPEN; /* so the failure takes the usual path: setup_failed() */
             conn_fail(w, c, RELAY_FAIL_CONNECT);
-            /* Nobody else is on the way: the waiters hear it now. */
-            bool other = false;
-            for (uint32_t i = 0; i < p->nslots && !other; i++)
-                other = p->conn[i] && p->conn[i] != c && p->conn[i]->phase != PH_CLOSING;
-            if (!other) {
-                m_set(&w->m.ds_reachable, 0);
-                /* Nobody may need a connection now, but readiness must learn
-                 * when the server is back: try again after the backoff. */
-                timer_arm(&w->timers, &p->probe, p->backoff_until, on_probe);
-                static const smtp_reply_t down = { 451, "4.4.1",
-                                                   SLICE_INIT("Error: downstream server unavailable, try again later"),
-                                                   SMTP_R_PEER };
-                fail_waiters(w, &down, false);
-            }
             break;
         }
         c->phase = PH_OPEN;
@@ -835,7 +1018,10 @@ void pool_cqe(worker_t *w, int op, uint32_t idx, uint32_t gen, struct io_uring_c
             conn_fail(w, c, res == 0 ? RELAY_FAIL_CLOSED : RELAY_FAIL_RESET);
             break;
         }
-        run_relay(w, c, c->in, (size_t)res);
+        if (c->tls)
+            tls_in(w, c, c->in, (size_t)res);
+        else
+            run_relay(w, c, c->in, (size_t)res);
         arm_recv(w, c);
         break;
     case OP_DS_SEND: {

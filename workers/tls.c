@@ -39,6 +39,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <stdio.h>
@@ -58,6 +59,7 @@ struct tls_conn {
     outq_t *out;        /* where ciphertext goes during the current call */
     outq_pool_t *pool;
     bool shut;
+    SSL_SESSION *fresh; /* client role: the newest session from the server, untaken */
     char err[160];
 };
 
@@ -236,18 +238,27 @@ static int set_protocols(SSL_CTX *ctx, const char *list, char *err, size_t errle
     return 0;
 }
 
+/* Our BIO's method, made once (start-up and reloads run in main only). */
+static int bio_init(char *err, size_t errlen)
+{
+    char why[256];
+    if (bio_method)
+        return 0;
+    bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mxgate ring");
+    if (!bio_method || !BIO_meth_set_write_ex(bio_method, bio_write_ex) ||
+        !BIO_meth_set_read_ex(bio_method, bio_read_ex) || !BIO_meth_set_ctrl(bio_method, bio_ctrl) ||
+        !BIO_meth_set_create(bio_method, bio_create)) {
+        snprintf(err, errlen, "tls: cannot make the BIO: %s", ssl_reason(why, sizeof why));
+        return -1;
+    }
+    return 0;
+}
+
 tls_ctx_t *tls_ctx_new(const mx_config_t *cfg, char *err, size_t errlen)
 {
     char why[256];
-    if (!bio_method) {
-        bio_method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "mxgate ring");
-        if (!bio_method || !BIO_meth_set_write_ex(bio_method, bio_write_ex) ||
-            !BIO_meth_set_read_ex(bio_method, bio_read_ex) || !BIO_meth_set_ctrl(bio_method, bio_ctrl) ||
-            !BIO_meth_set_create(bio_method, bio_create)) {
-            snprintf(err, errlen, "tls: cannot make the BIO: %s", ssl_reason(why, sizeof why));
-            return NULL;
-        }
-    }
+    if (bio_init(err, errlen))
+        return NULL;
     if (!cfg->tls_cert_file[0] || !cfg->tls_key_file[0]) {
         snprintf(err, errlen, "tls = %s needs tls_cert_file and tls_key_file",
                  cfg->tls == CONFIG_TLS_ENCRYPT ? "encrypt" : "may");
@@ -330,7 +341,7 @@ void tls_ctx_free(tls_ctx_t *c)
     free(c);
 }
 
-tls_conn_t *tls_conn_new(tls_ctx_t *c)
+static tls_conn_t *conn_new(tls_ctx_t *c)
 {
     tls_conn_t *t = calloc(1, sizeof *t);
     if (!t)
@@ -345,14 +356,118 @@ tls_conn_t *tls_conn_new(tls_ctx_t *c)
     }
     BIO_set_data(b, t);
     SSL_set_bio(t->ssl, b, b); /* one BIO, both ways; the SSL owns it */
-    SSL_set_accept_state(t->ssl);
+    SSL_set_app_data(t->ssl, t);
     return t;
+}
+
+tls_conn_t *tls_conn_new(tls_ctx_t *c)
+{
+    tls_conn_t *t = conn_new(c);
+    if (t)
+        SSL_set_accept_state(t->ssl);
+    return t;
+}
+
+/* ---- the client role: towards the downstream ---- */
+
+/* A session the server sent (a TLS 1.3 ticket after the handshake, or the
+ * TLS 1.2 session at its end): kept for the pool to take. */
+static int new_session_cb(SSL *s, SSL_SESSION *sess)
+{
+    tls_conn_t *t = SSL_get_app_data(s);
+    if (!t)
+        return 0;
+    SSL_SESSION_free(t->fresh);
+    t->fresh = sess;
+    return 1; /* the reference is ours */
+}
+
+tls_ctx_t *tls_client_ctx_new(const mx_config_t *cfg, char *err, size_t errlen)
+{
+    char why[256];
+    if (bio_init(err, errlen))
+        return NULL;
+    tls_ctx_t *c = calloc(1, sizeof *c);
+    SSL_CTX *ctx = c ? SSL_CTX_new(TLS_client_method()) : NULL;
+    if (!ctx) {
+        snprintf(err, errlen, "downstream_tls: %s", c ? ssl_reason(why, sizeof why) : "out of memory");
+        free(c);
+        return NULL;
+    }
+    c->ssl = ctx;
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* Sessions live in the pool that opened them (one per worker, no lock),
+     * never in a cache the workers would share. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
+    const char *ca = cfg->downstream_tls_ca_file;
+    if (ca[0] ? SSL_CTX_load_verify_locations(ctx, ca, NULL) != 1 : SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        snprintf(err, errlen, "downstream_tls_ca_file: %s: %s", ca[0] ? ca : "(the system's)",
+                 ssl_reason(why, sizeof why));
+        tls_ctx_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+tls_conn_t *tls_conn_client(tls_ctx_t *c, const char *name, bool verify, tls_session_t *sess)
+{
+    tls_conn_t *t = conn_new(c);
+    if (!t)
+        return NULL;
+    SSL_set_connect_state(t->ssl);
+    SSL_set_verify(t->ssl, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    /* The name the certificate must show: checked during the chain's
+     * verification, so SSL_get_verify_result() covers both. An address
+     * literal is matched against the certificate's IP addresses, and sent
+     * no SNI (RFC 6066 3). */
+    bool ok = true;
+    if (name && name[0]) {
+        X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
+        if (X509_VERIFY_PARAM_set1_ip_asc(vp, name) != 1) {
+            ERR_clear_error();
+            ok = SSL_set1_host(t->ssl, name) == 1 && SSL_set_tlsext_host_name(t->ssl, name) == 1;
+        }
+    }
+    if (ok && sess)
+        ok = SSL_set_session(t->ssl, (SSL_SESSION *)sess) == 1;
+    if (!ok) {
+        ERR_clear_error();
+        tls_conn_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+const char *tls_peer_unverified(const tls_conn_t *t)
+{
+    /* After a handshake that failed on it, the certificate is gone but the
+     * verdict stays. */
+    long v = SSL_get_verify_result(t->ssl);
+    if (v != X509_V_OK)
+        return X509_verify_cert_error_string(v);
+    return SSL_get0_peer_certificate(t->ssl) ? NULL : "no certificate";
+}
+
+tls_session_t *tls_session_take(tls_conn_t *t)
+{
+    SSL_SESSION *s = t->fresh;
+    t->fresh = NULL;
+    return (tls_session_t *)s;
+}
+
+void tls_session_free(tls_session_t *s)
+{
+    SSL_SESSION_free((SSL_SESSION *)s);
 }
 
 void tls_conn_free(tls_conn_t *t)
 {
     if (!t)
         return;
+    SSL_SESSION_free(t->fresh);
     SSL_free(t->ssl);
     free(t);
 }
@@ -387,7 +502,7 @@ static enum tls_status failed(tls_conn_t *t, int rc)
     if (e == SSL_ERROR_WANT_READ)
         return TLS_AGAIN;
     if (e == SSL_ERROR_ZERO_RETURN) {
-        snprintf(t->err, sizeof t->err, "close_notify from the client");
+        snprintf(t->err, sizeof t->err, "close_notify from the peer");
         return TLS_CLOSED;
     }
     if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
@@ -435,6 +550,17 @@ int tls_write(tls_conn_t *t, const char *p, size_t n, outq_t *out, outq_pool_t *
     }
     io_end(t, NULL, NULL);
     return r;
+}
+
+void tls_end_clean(tls_conn_t *t)
+{
+    /* OpenSSL marks the session of a connection freed without a shutdown
+     * as not resumable; a quiet one says we are done with it on purpose. */
+    if (!t || !SSL_is_init_finished(t->ssl))
+        return;
+    SSL_set_quiet_shutdown(t->ssl, 1);
+    SSL_shutdown(t->ssl);
+    ERR_clear_error();
 }
 
 void tls_shutdown(tls_conn_t *t, outq_t *out, outq_pool_t *pool)

@@ -26,6 +26,7 @@
 
 typedef struct tls_ctx tls_ctx_t;
 typedef struct tls_conn tls_conn_t;
+typedef struct tls_session tls_session_t; /* a session to resume (OpenSSL's SSL_SESSION) */
 
 /* The server context for cfg (tls != off): every certificate and key pair
  * loaded and matched, protocols and ciphers set. NULL with err naming the
@@ -38,6 +39,33 @@ void tls_ctx_free(tls_ctx_t *c);
 tls_conn_t *tls_conn_new(tls_ctx_t *c);
 void tls_conn_free(tls_conn_t *t);
 
+/*
+ * The client side, towards the downstream: the client context for cfg
+ * (downstream_tls != off): TLS 1.2 and 1.3, the trust anchors of
+ * downstream_tls_ca_file or the system's. NULL with err.
+ */
+tls_ctx_t *tls_client_ctx_new(const mx_config_t *cfg, char *err, size_t errlen);
+
+/*
+ * A connection in the client role, before its handshake. name: what the
+ * server's certificate must show (a DNS name, also sent as SNI, or an
+ * address literal); verify: a certificate that does not verify, by its
+ * chain and that name, fails the handshake (otherwise the result is only
+ * reported by tls_peer_unverified). sess: a session to resume, or NULL
+ * (the caller keeps it). NULL when memory runs out.
+ */
+tls_conn_t *tls_conn_client(tls_ctx_t *c, const char *name, bool verify, tls_session_t *sess);
+
+/* After the handshake: NULL when the peer's certificate verified (chain
+ * and name), else why not. */
+const char *tls_peer_unverified(const tls_conn_t *t);
+
+/* Client role: the newest session the server gave since the last take,
+ * now the caller's (free it with tls_session_free), or NULL. Sessions
+ * arrive after the handshake in TLS 1.3, so look after reads too. */
+tls_session_t *tls_session_take(tls_conn_t *t);
+void tls_session_free(tls_session_t *s);
+
 enum tls_status { TLS_AGAIN = 0, TLS_DONE, TLS_ERROR, TLS_CLOSED };
 
 /*
@@ -49,7 +77,7 @@ enum tls_status { TLS_AGAIN = 0, TLS_DONE, TLS_ERROR, TLS_CLOSED };
  * TLS_ERROR (tls_error() says why; an alert may be in out).
  *
  * tls_read: plaintext into buf: > 0 octets, 0 (TLS_AGAIN: no whole record
- * yet), or -TLS_CLOSED (the client sent close_notify) / -TLS_ERROR.
+ * yet), or -TLS_CLOSED (the peer sent close_notify) / -TLS_ERROR.
  *
  * tls_write: all n octets of plaintext encrypted into out; 0, or -1 (no
  * memory for out, or a fatal error).
@@ -70,6 +98,10 @@ bool tls_ktls_probe(char *why, size_t cap);
 /* Main thread, about once a second: a new ticket key when the current one
  * has sealed tickets for every_s seconds (tls.c says how they rotate). */
 void tls_ticket_rotate(unsigned every_s);
+
+/* The connection ends in good order, without a close_notify on the wire
+ * (its SMTP session was clean): its TLS session stays resumable. */
+void tls_end_clean(tls_conn_t *t);
 
 /* close_notify into out (the session is ending); once. */
 void tls_shutdown(tls_conn_t *t, outq_t *out, outq_pool_t *pool);

@@ -1217,7 +1217,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     uint8_t h0 = data[0], h1 = data[1], h2 = data[2];
     static const slice_t helos[4] = {SLICE_INIT("gw.fuzz"), {"", 0}, {helo_long, 255}, {helo_long, 1016}};
-    f->cfg = (relay_config_t){helos[(h0 >> 5) & 3], (h0 & 1) != 0, max_due[h1 & 7]};
+    f->cfg = (relay_config_t){helos[(h0 >> 5) & 3], (h0 & 1) != 0, max_due[h1 & 7], RELAY_TLS_OFF};
     f->limit = f->cfg.max_due ? f->cfg.max_due : 256;
     f->lazy = (h0 & 0x10) != 0;
     f->budget = f->lazy ? 1 + ((h2 >> 2) & 3) : UINT32_MAX;

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -118,6 +119,7 @@ class SinkMessage:
         self.reply = reply                  # the reply the sink gave (or would have)
         self.message_id = message_id(self.data)
         self.time = time.monotonic()
+        self.tls = None                     # (version, cipher) when it came over TLS
 
     def __repr__(self):
         return "<SinkMessage %s from=%s rcpts=%s %d bytes reply=%r>" % (
@@ -184,6 +186,17 @@ class SmtpSink:
                      without the end marker; `stalled_at` records when
       read_delay     seconds to sleep before each recv (16 KiB each): a slow
                      reader
+      tls_context    an ssl.SSLContext (server side): EHLO offers STARTTLS
+                     and STARTTLS runs the handshake with it
+      starttls_reply a reply line for STARTTLS instead of "220" (a refusal)
+      starttls_inject bytes sent in plaintext right after the 220: a server
+                     (or a man in the middle) injecting replies
+      starttls_garbage  the answer to the ClientHello: bytes that are not a
+                     TLS handshake (then the sink closes)
+    tls_sessions records (conn_id, version, cipher, resumed) per handshake;
+    tls_failures the handshakes that failed; tls_pipelined the connections
+    whose client sent bytes after STARTTLS before the handshake (RFC 3207
+    forbids it).
     Every message whose end of data arrived is recorded in `all`; those that
     got a 250 are in `messages` (the ones the sink "accepted").
     """
@@ -213,6 +226,14 @@ class SmtpSink:
         self.failed_at = []          # (time.monotonic(), verb, mode) of each fault acted out;
                                      # drop_after_data_bytes adds (t, "BODY", "drop")
         self.read_delay = 0.0        # seconds to sleep before each recv: a slow reader
+        self.tls_context = None
+        self.starttls_reply = None
+        self.starttls_inject = b""
+        self.starttls_garbage = b""
+        self.tls_sessions = []
+        self.tls_failures = []
+        self.tls_pipelined = []
+        self.ehlos = []              # (conn_id, tls) of every EHLO/LHLO
         self.cond = threading.Condition()
         self.messages = []
         self.all = []
@@ -335,17 +356,21 @@ class SmtpSink:
             t.start()
 
     def _serve(self, c, cid, stop):
+        sess = None
         try:
             c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             c.settimeout(0.2)
-            _SinkSession(self, c, cid, stop).run()
+            sess = _SinkSession(self, c, cid, stop)
+            sess.run()
         except OSError:
             pass
         finally:
-            try:
-                c.close()
-            except OSError:
-                pass
+            for sock in (c, sess.sock if sess else None):  # after STARTTLS, the TLS socket
+                try:
+                    if sock is not None:
+                        sock.close()
+                except OSError:
+                    pass
             with self.cond:
                 self._conns.pop(cid, None)
                 self.cond.notify_all()
@@ -368,6 +393,7 @@ class _SinkSession:
         self.buf = bytearray()
         self.out = []
         self.helo = None
+        self.tls = None
         self._reset()
 
     def _reset(self):
@@ -485,6 +511,8 @@ class _SinkSession:
                 return True
             self.helo = arg.strip()
             self._reset()
+            with sink.cond:
+                sink.ehlos.append((self.cid, self.tls is not None))
             if verb == "HELO":
                 self.send("250 %s" % sink.hostname)
             else:
@@ -494,6 +522,8 @@ class _SinkSession:
                 self.send("250-SIZE %d" % sink.size)
                 if sink.smtputf8:
                     self.send("250-SMTPUTF8")
+                if sink.tls_context is not None and self.tls is None:
+                    self.send("250-STARTTLS")
                 self.send("250 ENHANCEDSTATUSCODES")
         elif verb == "MAIL":
             if self.mail_from is not None:
@@ -520,6 +550,8 @@ class _SinkSession:
             self.send("354 go ahead")
             self.flush()
             self.data()
+        elif verb == "STARTTLS":
+            self.starttls()
         elif verb == "RSET":
             self._reset()
             self.send("250 2.0.0 ok")
@@ -531,6 +563,47 @@ class _SinkSession:
         else:
             self.send("502 5.5.1 not implemented")
         return True
+
+    def starttls(self):
+        sink = self.sink
+        if sink.tls_context is None or self.tls is not None:
+            self.send("503 5.5.1 no STARTTLS here")
+            return
+        if sink.starttls_reply:
+            self.send(sink.starttls_reply)
+            return
+        if self.buf:
+            with sink.cond:
+                sink.tls_pipelined.append(self.cid)
+        self.send("220 2.0.0 ready to start TLS")
+        if sink.starttls_inject:   # in the same segment as the 220
+            self.out.append(sink.starttls_inject)
+        self.flush()
+        if sink.starttls_garbage:   # the answer to the client's ClientHello
+            self.buf.clear()
+            self.recv_more()
+            self.sock.sendall(sink.starttls_garbage)
+            raise _Drop()
+        self.buf.clear()
+        self.sock.settimeout(10)
+        try:
+            tls = sink.tls_context.wrap_socket(self.sock, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            with sink.cond:
+                sink.tls_failures.append((self.cid, str(e)))
+                sink.cond.notify_all()
+            raise _Drop()
+        tls.settimeout(0.2)
+        self.sock = tls
+        with sink.cond:
+            if self.cid in sink._conns:   # stop() shuts the TLS socket down now
+                sink._conns[self.cid] = (tls, sink._conns[self.cid][1])
+        self.tls = (tls.version(), tls.cipher()[0])
+        self.helo = None
+        self._reset()
+        with sink.cond:
+            sink.tls_sessions.append((self.cid, tls.version(), tls.cipher()[0], tls.session_reused))
+            sink.cond.notify_all()
 
     def data(self):
         sink = self.sink
@@ -555,6 +628,7 @@ class _SinkSession:
         del self.buf[:rest]
         msg = SinkMessage(self.cid, self.helo, self.mail_from, self.mail_params, self.rcpts,
                           wire, None)
+        msg.tls = self.tls
         with sink.cond:
             sink.eod_arrived += 1
             sink.cond.notify_all()

@@ -110,6 +110,9 @@ static void test_defaults(void **state)
     assert_int_equal(c.downstream_max_lifetime, 300);
     assert_int_equal(c.downstream_queue_limit, 1000);
     assert_int_equal(c.downstream_queue_timeout, 30);
+    assert_int_equal(c.downstream_tls, CONFIG_DS_TLS_OFF);
+    assert_string_equal(c.downstream_tls_ca_file, "");
+    assert_string_equal(c.downstream_tls_name, "");
     assert_string_equal(c.maildir, "./mail");
     assert_int_equal(c.drain_timeout, 30);
     assert_int_equal(c.drain_delay, 0);
@@ -143,7 +146,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 60);
+    assert_int_equal(nkeys, 63);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -182,6 +185,9 @@ static const kv_case_t kv_cases[] = {
     {"downstream_max_lifetime", "1h", "2d", "expected seconds from 1 to 86400"},
     {"downstream_queue_limit", "10", "1e3", "expected a number from 0 to 1000000: 1e3"},
     {"downstream_queue_timeout", "2m", "1.5", "expected seconds from 1 to 3600"},
+    {"downstream_tls", "verify", "require", "expected off, may, encrypt or verify: require"},
+    {"downstream_tls_ca_file", "/etc/ssl/mail-ca.pem", "a\001b", "control character in path"},
+    {"downstream_tls_name", "mail.internal.example", "mail..internal", "not a domain name: mail..internal"},
     {"maildir", "/var/mail/mxgate", "", "expected a path"},
     {"drain_timeout", "0", "3601", "expected seconds from 0 to 3600"},
     {"log_level", "WARN", "verbose", "expected debug, info, warn or error: verbose"},
@@ -675,6 +681,9 @@ static void test_dump_round_trip(void **state)
         {"downstream_max_lifetime", "69"},
         {"downstream_queue_limit", "70"},
         {"downstream_queue_timeout", "71"},
+        {"downstream_tls", "verify"},
+        {"downstream_tls_ca_file", "/etc/ssl/mail ca.pem"},
+        {"downstream_tls_name", "mail.internal.example"},
         {"maildir", "/var/spool/mx gate"},
         {"drain_timeout", "72"},
         {"log_level", "warn"},

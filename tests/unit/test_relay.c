@@ -47,9 +47,12 @@
 #define PAIR_MAX_LEN 200 /* transcripts up to this long are split at every pair */
 #define REC_MAX 1024
 
-static const relay_config_t CFG_SMTP = { SLICE_INIT("gw.test"), false, 64 };
-static const relay_config_t CFG_LMTP = { SLICE_INIT("gw.test"), true, 64 };
-static const relay_config_t CFG_MAX4 = { SLICE_INIT("gw.test"), false, 4 }; /* max_due 4 */
+static const relay_config_t CFG_SMTP = { SLICE_INIT("gw.test"), false, 64, RELAY_TLS_OFF };
+static const relay_config_t CFG_LMTP = { SLICE_INIT("gw.test"), true, 64, RELAY_TLS_OFF };
+static const relay_config_t CFG_MAX4 = { SLICE_INIT("gw.test"), false, 4, RELAY_TLS_OFF }; /* max_due 4 */
+static const relay_config_t CFG_TLS_MAY = { SLICE_INIT("gw.test"), false, 64, RELAY_TLS_MAY };
+static const relay_config_t CFG_TLS_REQ = { SLICE_INIT("gw.test"), false, 64, RELAY_TLS_REQUIRE };
+static const relay_config_t CFG_LMTP_TLS = { SLICE_INIT("gw.test"), true, 64, RELAY_TLS_REQUIRE };
 static const smtp_mail_params_t NO_PARAMS = { .size = 0 };
 
 /* Server texts. */
@@ -192,7 +195,8 @@ static enum relay_status feed_relay(relay_t *r, const char *p, size_t n,
 
 static const char *kind_name(unsigned k)
 {
-    static const char *const n[] = { "NONE", "GREETING", "HELLO", "HELO", "MAIL", "RCPT", "DATA", "EOD", "RSET" };
+    static const char *const n[] = { "NONE", "GREETING", "HELLO", "HELO", "MAIL", "RCPT", "DATA", "EOD", "RSET",
+                                     "STARTTLS" };
     return k < sizeof n / sizeof n[0] ? n[k] : "?";
 }
 
@@ -245,6 +249,9 @@ static void rh_record(rh_t *h, const relay_event_t *ev)
         break;
     case RELAY_EV_IDLE:
         tu_puts(&h->log, "IDLE\n");
+        break;
+    case RELAY_EV_STARTTLS:
+        tu_puts(&h->log, "STARTTLS\n");
         break;
     default:
         snprintf(b, sizeof b, "EVENT?%d\n", (int)ev->type);
@@ -680,6 +687,121 @@ static void test_connected_twice(void **state)
     rh_feeds(h, GREET EHLO_PIPE);
     LOG_IS(h, "READY caps=PIPELINING size=0\n");
     assert_string_equal(rh_out(h), "EHLO gw.test\r\n");
+    rh_del(h);
+}
+
+/* ---- STARTTLS (RFC 3207) ---- */
+
+#define EHLO_TLS "250-ds.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 STARTTLS\r\n"
+
+/* Greeting, EHLO offering STARTTLS, STARTTLS, its 220, the handshake (the
+ * caller's), EHLO again: READY only then, with the caps of the second
+ * reply; STARTTLS is not asked for twice. Whole and byte by byte. */
+static void test_starttls_handshake(void **state)
+{
+    (void)state;
+    for (int bytewise = 0; bytewise < 2; bytewise++) {
+        rh_t *h = rh_new(&CFG_TLS_MAY, NULL);
+        relay_connected(&h->r);
+        const char *before = GREET EHLO_TLS "220 2.0.0 Ready to start TLS\r\n";
+        if (bytewise)
+            for (const char *p = before; *p; p++)
+                rh_feed(h, p, 1);
+        else
+            rh_feeds(h, before);
+        LOG_IS(h, "STARTTLS\n");
+        assert_string_equal(rh_out(h), "EHLO gw.test\r\nSTARTTLS\r\n");
+        assert_int_equal(h->r.state, RELAY_TLS);
+        assert_false(relay_ready(&h->r));
+        assert_int_equal(relay_due(&h->r), 0);
+        assert_false(h->r.tls);
+        relay_tls_done(&h->r);
+        rh_take(h);
+        assert_string_equal(rh_out(h), "EHLO gw.test\r\nSTARTTLS\r\nEHLO gw.test\r\n");
+        assert_true(h->r.tls);
+        assert_int_equal(h->r.caps, 0); /* forgotten (RFC 3207 4.2) */
+        rh_feeds(h, "250-ds.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n");
+        LOG_IS(h, "STARTTLS\nREADY caps=PIPELINING size=0\n");
+        assert_true(relay_ready(&h->r));
+        assert_string_equal(rh_out(h), "EHLO gw.test\r\nSTARTTLS\r\nEHLO gw.test\r\n");
+        relay_tls_done(&h->r); /* out of place: nothing happens */
+        rh_take(h);
+        assert_string_equal(rh_out(h), "EHLO gw.test\r\nSTARTTLS\r\nEHLO gw.test\r\n");
+        assert_true(relay_ready(&h->r));
+        rh_del(h);
+    }
+}
+
+/* STARTTLS offered or not, refused or not, for each level. */
+static void test_starttls_levels(void **state)
+{
+    (void)state;
+    static const struct {
+        const relay_config_t *cfg;
+        const char *server;
+        const char *log;
+        const char *out;
+    } cases[] = {
+        /* off: never asked for */
+        { &CFG_SMTP, GREET EHLO_TLS, "READY caps=PIPELINING,SIZE size=1000\n", "EHLO gw.test\r\n" },
+        /* not offered */
+        { &CFG_TLS_MAY, GREET EHLO_PIPE, "READY caps=PIPELINING size=0\n", "EHLO gw.test\r\n" },
+        { &CFG_TLS_REQ, GREET EHLO_PIPE, "CLOSE tls_not_offered\n", "EHLO gw.test\r\n" },
+        /* an old server: HELO has no extensions */
+        { &CFG_TLS_MAY, GREET "502 5.5.2 what\r\n250 ds.test\r\n", "READY caps=- size=0\n",
+          "EHLO gw.test\r\nHELO gw.test\r\n" },
+        { &CFG_TLS_REQ, GREET "502 5.5.2 what\r\n250 ds.test\r\n", "CLOSE tls_not_offered\n",
+          "EHLO gw.test\r\nHELO gw.test\r\n" },
+        /* refused for now: may goes on in plaintext with what EHLO said */
+        { &CFG_TLS_MAY, GREET EHLO_TLS "454 4.7.0 TLS not available\r\n", "READY caps=PIPELINING,SIZE size=1000\n",
+          "EHLO gw.test\r\nSTARTTLS\r\n" },
+        { &CFG_TLS_REQ, GREET EHLO_TLS "454 4.7.0 TLS not available\r\n", "CLOSE starttls_refused\n",
+          "EHLO gw.test\r\nSTARTTLS\r\n" },
+        { &CFG_TLS_MAY, GREET EHLO_TLS "502 5.5.1 no\r\n", "READY caps=PIPELINING,SIZE size=1000\n",
+          "EHLO gw.test\r\nSTARTTLS\r\n" },
+        /* a reply that means nothing for STARTTLS: not a server to trust */
+        { &CFG_TLS_MAY, GREET EHLO_TLS "250 2.0.0 sure\r\n", "CLOSE starttls_refused\n",
+          "EHLO gw.test\r\nSTARTTLS\r\n" },
+        { &CFG_TLS_MAY, GREET EHLO_TLS "354 go\r\n", "CLOSE unexpected_reply\n", "EHLO gw.test\r\nSTARTTLS\r\n" },
+        /* replies after the 220, in plaintext: injected, whatever the level */
+        { &CFG_TLS_MAY, GREET EHLO_TLS "220 go\r\n250 injected\r\n", "STARTTLS\nCLOSE unexpected_reply\n",
+          "EHLO gw.test\r\nSTARTTLS\r\n" },
+        { &CFG_TLS_REQ, GREET EHLO_TLS "220 go\r\nx", "STARTTLS\nCLOSE unexpected_reply\n",
+          "EHLO gw.test\r\nSTARTTLS\r\n" },
+        /* LMTP: the same, after LHLO */
+        { &CFG_LMTP_TLS, "220 l\r\n250-l\r\n250 STARTTLS\r\n220 go\r\n", "STARTTLS\n", "LHLO gw.test\r\nSTARTTLS\r\n" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        rh_t *h = rh_greeted(cases[i].cfg, cases[i].server, NULL);
+        if (!log_is(h, cases[i].log, cases[i].server))
+            fail_msg("case %zu", i);
+        /* (a failure drops what was not taken yet: only the rest is checked) */
+        if (!strstr(cases[i].log, "CLOSE") && strcmp(rh_out(h), cases[i].out))
+            fail_msg("case %zu: sent \"%s\"", i, rh_out(h));
+        rh_del(h);
+    }
+}
+
+/* The caller's handshake fails, or the connection breaks while it runs:
+ * one CLOSE with the reason, no owner to answer. */
+static void test_starttls_handshake_failures(void **state)
+{
+    (void)state;
+    static const enum relay_fail whys[] = { RELAY_FAIL_TLS, RELAY_FAIL_CLOSED, RELAY_FAIL_TIMEOUT };
+    for (size_t i = 0; i < sizeof whys / sizeof whys[0]; i++) {
+        rh_t *h = rh_greeted(&CFG_TLS_REQ, GREET EHLO_TLS "220 go\r\n", NULL);
+        rh_clear(h);
+        rh_fail(h, whys[i]);
+        char want[64];
+        snprintf(want, sizeof want, "CLOSE %s\n", relay_fail_name(whys[i]));
+        LOG_IS(h, want);
+        rh_del(h);
+    }
+    /* after the handshake, the second EHLO refused */
+    rh_t *h = rh_greeted(&CFG_TLS_REQ, GREET EHLO_TLS "220 go\r\n", NULL);
+    relay_tls_done(&h->r);
+    rh_feeds(h, "421 4.3.2 going away\r\n");
+    LOG_IS(h, "STARTTLS\nCLOSE hello_refused\n");
     rh_del(h);
 }
 
@@ -2501,7 +2623,7 @@ static void test_too_many_commands(void **state)
 static void test_due_ring_wraps_and_grows(void **state)
 {
     (void)state;
-    static const relay_config_t cfg = { SLICE_INIT("gw.test"), false, 0 }; /* the default bound */
+    static const relay_config_t cfg = { SLICE_INIT("gw.test"), false, 0, RELAY_TLS_OFF }; /* the default bound */
     rh_t *h = rh_leased(&cfg, GREET EHLO_PIPE);
     assert_true(rh_mail(h, 1, "s@x.test"));
     uint32_t tok = 2;
@@ -2716,6 +2838,9 @@ int main(void)
         cmocka_unit_test(test_unexpected_reply_fails),
         cmocka_unit_test(test_handshake_failures),
         cmocka_unit_test(test_connected_twice),
+        cmocka_unit_test(test_starttls_handshake),
+        cmocka_unit_test(test_starttls_levels),
+        cmocka_unit_test(test_starttls_handshake_failures),
         /* 2. splits */
         cmocka_unit_test(test_samples_whole),
         cmocka_unit_test(test_samples_byte_by_byte),
