@@ -109,7 +109,9 @@ struct session {
     conf_t *conf;          /* the configuration it began with, to its end (conf.h) */
     tls_conn_t *tls;       /* after STARTTLS */
     outq_t pout;           /* TLS: the engine's replies before they are encrypted into out */
-    char *plain;           /* TLS: decrypted input the engine has not taken; NULL when none */
+    char *plain;           /* TLS: decrypted input the engine has not taken: in the worker's
+                            * w->tls_plain while the session runs, in a block of its own
+                            * (just the rest) when it stops with some left; NULL when none */
     uint32_t plain_off, plain_len;
     uint64_t tls_start;    /* when the handshake began */
     proxy_t *proxy;        /* while SF_PROXY */
@@ -731,11 +733,16 @@ static bool tls_begin(worker_t *w, session_t *s)
 }
 
 /* Decrypted input for the engine in s->plain, from the held ciphertext;
- * the handshake runs here first. false: nothing to feed now (or closed). */
+ * the handshake runs here first. false: nothing to feed now (or closed).
+ * Records are decrypted into the worker's buffer, which only the session
+ * being processed uses (process() moves what is left of it out). */
 static bool tls_input(worker_t *w, session_t *s)
 {
     if (s->plain_len)
         return true;
+    if (s->plain != w->tls_plain)
+        free(s->plain); /* its own rest, all taken now */
+    s->plain = NULL;
     for (int guard = 0; guard < 4096; guard++) {
         const char *p = NULL;
         size_t len = 0;
@@ -758,13 +765,14 @@ static bool tls_input(worker_t *w, session_t *s)
                 return false; /* needs bytes not here yet */
             continue;
         }
-        if (!s->plain && !(s->plain = malloc(TLS_PLAIN_CAP))) {
+        if (!w->tls_plain && !(w->tls_plain = malloc(TLS_PLAIN_CAP))) {
             close_session(w, s, "out_of_memory");
             return false;
         }
-        long got = tls_read(s->tls, &q, &left, s->plain, TLS_PLAIN_CAP, &s->out, &w->blocks);
+        long got = tls_read(s->tls, &q, &left, w->tls_plain, TLS_PLAIN_CAP, &s->out, &w->blocks);
         held_used(w, s, len - left);
         if (got > 0) {
+            s->plain = w->tls_plain;
             s->plain_off = 0;
             s->plain_len = (uint32_t)got;
             return true;
@@ -785,6 +793,32 @@ static bool tls_input(worker_t *w, session_t *s)
             return false;
     }
     return false;
+}
+
+/* The end of a pass: decrypted input the engine has not taken (it is
+ * waiting on a verdict, the downstream or the client's reading) moves out of
+ * the worker's buffer into one of the session's own, just its size; an idle
+ * TLS session holds no input buffer. */
+static void keep_plain(worker_t *w, session_t *s)
+{
+    if (!s->plain_len) {
+        if (s->plain != w->tls_plain)
+            free(s->plain);
+        s->plain = NULL;
+        return;
+    }
+    if (s->plain != w->tls_plain)
+        return; /* its own already */
+    char *own = malloc(s->plain_len);
+    if (!own) {
+        s->plain = NULL;
+        s->plain_len = 0;
+        close_session(w, s, "out_of_memory");
+        return;
+    }
+    memcpy(own, s->plain + s->plain_off, s->plain_len);
+    s->plain = own;
+    s->plain_off = 0;
 }
 
 /* ---- one pass over the held input ---- */
@@ -846,10 +880,10 @@ static void process(worker_t *w, session_t *s)
     }
     if (!(s->flags & SF_CLOSING)) {
         engine_end(w, s);
-        if (s->plain && !s->plain_len) {
-            free(s->plain); /* an idle TLS session holds no input buffer */
-            s->plain = NULL;
-        }
+        keep_plain(w, s);
+    } else if (s->plain == w->tls_plain) {
+        s->plain = NULL; /* the worker's, and this session reads no more */
+        s->plain_len = 0;
     }
     if (progressed)
         s->clock = w->now;
@@ -948,7 +982,8 @@ static void session_free(worker_t *w, session_t *s)
     smtp_free(&s->smtp);
     free(s->helo);
     free(s->proxy);
-    free(s->plain);
+    if (s->plain != w->tls_plain)
+        free(s->plain);
     outq_clear(&s->pout, &w->blocks);
     tls_conn_free(s->tls);
     if (s->held != s->held_inline)

@@ -530,6 +530,8 @@ void worker_destroy(worker_t *w)
         if (w->listen_fd[i] >= 0)
             close(w->listen_fd[i]);
     outq_pool_free(&w->blocks);
+    free(w->tls_plain);
+    w->tls_plain = NULL;
     while (w->nheld)
         held_release(w, &w->held[0]);
     free(w->held);

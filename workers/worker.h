@@ -100,6 +100,7 @@ struct worker {
     timer_node_t drain_timer;
     outq_pool_t blocks;           /* send blocks */
     smtp_out_t scratch;           /* the engine's replies before they join a send chain */
+    char *tls_plain;              /* TLS_PLAIN_CAP: a session's decrypted input while it runs (session.c) */
     uint64_t id_next;             /* session ids: random start, then counting */
     /* subsystems */
     sessions_t *sessions;

@@ -169,6 +169,36 @@ def test_python_resumes_with_a_ticket_on_any_worker(gateway, certs):
 # ---------------------------------------------------------------- sharp edges
 
 
+def test_decrypted_input_waits_out_a_verdict(sink, gateway, certs):
+    # The end of data and QUIT in one TLS record while the downstream takes
+    # its time: the engine stops at the end of data with QUIT decrypted and
+    # not yet read; it must keep it (in a buffer of its own, not the
+    # worker's, which the next session's records overwrite) and answer it
+    # after the 250. Other sessions run meanwhile.
+    sink.data_delay = 0.5
+    gw = tls_gateway(gateway, certs, downstream=sink.addr, workers=1)
+    c, _ = starttls(gw.port)
+    assert c.cmd("EHLO client.test").code == 250
+    assert c.cmd("MAIL FROM:<a@src.test>").code == 250
+    assert c.cmd("RCPT TO:<user@example.com>").code == 250
+    assert c.cmd("DATA").code == 354
+    mid = new_msgid("tls-wait")
+    c.send(make_message(mid) + b".\r\nQUIT\r\n")
+    others = []
+    for _ in range(3):   # busy the worker's buffer while the first waits
+        o, _ = starttls(gw.port)
+        assert o.cmd("EHLO other.test").code == 250
+        assert o.cmd("NOOP " + "x" * 400).code == 250
+        others.append(o)
+    r = c.reply(10)
+    assert r.code == 250, r
+    assert c.reply(10).code == 221
+    c.close()
+    for o in others:
+        o.close()
+    assert sink.wait_message(mid)
+
+
 def test_plaintext_pipelined_after_starttls_is_never_answered(gateway, certs):
     gw = tls_gateway(gateway, certs)
     c = Client(gw.port)
