@@ -36,7 +36,7 @@
 #
 # Servers as configured here: mxgate --workers MX_WORKERS --log-level warn,
 # relaying to smtp-sink over its downstream pool.  Postfix: a throwaway
-# instance (config, queue and data directories under TMPDIR, so its queue
+# instance made by bench/postfix.sh (config, queue and data directories under TMPDIR, so its queue
 # fsyncs go to that file system; master.cf from /etc/postfix with chroot off
 # and smtp on 127.0.0.1:PORT; relay_domains = example.com via
 # transport_maps to relay:[127.0.0.1]:SINKPORT; connection cache on demand;
@@ -126,6 +126,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+. bench/postfix.sh
 trap 'exit 130' INT TERM
 
 HZ=$(getconf CLK_TCK)
@@ -285,57 +286,9 @@ run_mxgate() {
 # ---- 3. a private Postfix instance (never /etc/postfix's)
 run_postfix() {
     local sp pp d=$work/pf master
-    for b in "$POSTFIX" "$POSTCONF" "$POSTQUEUE"; do
-        [ -x "$b" ] || { unavailable postfix "$b not installed"; return 0; }
-    done
-    if ! getent passwd postfix >/dev/null || ! getent group postdrop >/dev/null; then
-        unavailable postfix "no postfix user or postdrop group"; return 0
-    fi
+    [ -x "$POSTQUEUE" ] || { unavailable postfix "$POSTQUEUE not installed"; return 0; }
     sp=$(py port); pp=$(py port)
-    mkdir -p "$d/etc" "$d/queue" "$d/data"
-    chown postfix "$d/data"
-    # master.cf as installed; postfix-files and dynamicmaps.cf so that
-    # meta_directory can point here too (nothing is written to /etc/postfix).
-    cp /etc/postfix/master.cf "$d/etc/"
-    local f
-    for f in postfix-files postfix-files.d dynamicmaps.cf dynamicmaps.cf.d; do
-        [ -e "/etc/postfix/$f" ] && cp -r "/etc/postfix/$f" "$d/etc/"
-    done
-    cat > "$d/etc/main.cf" <<EOF
-compatibility_level = 3.6
-config_directory = $d/etc
-meta_directory = $d/etc
-queue_directory = $d/queue
-data_directory = $d/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = pf.bench
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relay_domains = example.com
-transport_maps = inline:{ example.com=relay:[127.0.0.1]:$sp }
-smtp_connection_cache_on_demand = yes
-default_process_limit = 120
-smtpd_relay_restrictions = permit_auth_destination, reject
-alias_maps =
-alias_database =
-local_recipient_maps =
-biff = no
-maillog_file = $d/maillog
-maillog_file_prefixes = $d
-EOF
-    # The public smtp service becomes 127.0.0.1:PORT; no chroot (the queue
-    # directory is not prepared as a chroot jail).
-    if ! { "$POSTCONF" -c "$d/etc" -MX smtp/inet &&
-           "$POSTCONF" -c "$d/etc" -M "127.0.0.1:$pp/inet = 127.0.0.1:$pp inet n - n - - smtpd" &&
-           "$POSTCONF" -c "$d/etc" -F '*/*/chroot = n'; } > "$work/postconf.out" 2>&1; then
-        unavailable postfix "postconf failed: $(tail -1 "$work/postconf.out")"; return 0
-    fi
-    if ! timeout 60 "$POSTFIX" -c "$d/etc" check > "$work/pfcheck.out" 2>&1; then
-        unavailable postfix "postfix check failed: $(tail -1 "$work/pfcheck.out")"; return 0
-    fi
+    postfix_setup "$d" "$sp" "$pp" || { unavailable postfix "$pf_why"; return 0; }
     start_sink "$sp" "$work/sink-postfix.out"
     pf_conf=$d/etc
     if ! timeout 60 "$POSTFIX" -c "$d/etc" start > "$work/pfstart.out" 2>&1 ||

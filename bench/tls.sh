@@ -26,13 +26,20 @@
 #        rest, and its side of an OpenSSL 3.0 handshake costs more than
 #        mxgate's (bench/tls_load.c), so the observed rate, shown as well,
 #        is bounded by the client.
-#   d.   Postfix with TLS: a private instance (as compare.sh sets it up:
+#   d.   Postfix with TLS: a private instance (bench/postfix.sh, as for compare.sh:
 #        config, queue and data directories under the scratch directory, its
 #        own port on 127.0.0.1, relaying to its own smtp-sink) with
 #        smtpd_tls_security_level = may and the same certificate; the same
 #        load as b (persistent STARTTLS sessions, no PIPELINING). Time runs
 #        until smtp-sink has counted every message (Postfix queues first);
 #        the ratio is mxgate's median TLS msgs/s from b over Postfix's.
+#   f.   TLS towards the downstream: two gateways relay to a third
+#        mxgate (STARTTLS offered with the same certificate) in front of
+#        smtp-sink, one with --downstream-tls encrypt and one without; the
+#        load is a's (plaintext persistent sessions, no PIPELINING), ROUNDS
+#        rounds alternating between them; CPU per message of the relaying
+#        gateway. Its pool's connections are set up once and carry up to
+#        1000 messages each, so this is the cost of the records.
 #   e.   memory: a fresh mxgate, a few handshakes (OpenSSL's first-use
 #        allocations), VmRSS, then IDLE_CONNS sessions set up (greeting,
 #        EHLO, STARTTLS, handshake, EHLO) and held; VmRSS while held. At
@@ -50,12 +57,13 @@
 #   resumed_handshakes_per_s_per_worker: N
 #   rss_per_idle_tls_conn_bytes: N
 #   rss_per_idle_plain_conn_bytes: N
+#   downstream_tls_cpu_ratio: R        relaying gateway CPU per message, downstream TLS / plaintext
 #
 # Usage: bash bench/tls.sh   (env: MXGATE=build/mxgate TLS_LOAD=build/bench/tls_load
 #        MESSAGES=20000 SESSIONS=50 SIZE=4096 WORKERS=<nproc> ROUNDS=3
 #        HANDSHAKES=5000 HS_SESSIONS=50 IDLE_CONNS=10000 IDLE_WINDOW=32
 #        CLIENT_THREADS=1 WARMUP=1000 LOG_LEVEL=info RUN_LIMIT=300
-#        DRAIN_LIMIT=180 PARTS="persistent handshakes postfix idle")
+#        DRAIN_LIMIT=180 PARTS="persistent handshakes postfix downstream idle")
 # Everything listens on 127.0.0.1, every step has a time limit, and every
 # process started here is stopped here (by its PID; the private Postfix
 # with "postfix -c DIR stop" and then by PID).
@@ -79,7 +87,7 @@ WARMUP=${WARMUP:-1000}
 LOG_LEVEL=${LOG_LEVEL:-info}
 RUN_LIMIT=${RUN_LIMIT:-300}      # seconds per tls_load run
 DRAIN_LIMIT=${DRAIN_LIMIT:-180}  # seconds Postfix's queue may lag behind the client
-PARTS=${PARTS:-persistent handshakes postfix idle}
+PARTS=${PARTS:-persistent handshakes postfix downstream idle}
 SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
 POSTFIX=${POSTFIX:-/usr/sbin/postfix}
 POSTCONF=${POSTCONF:-/usr/sbin/postconf}
@@ -97,6 +105,7 @@ pids=""
 pf_conf=""                   # a running private Postfix, if any
 pf_master=""
 . bench/common.sh
+. bench/postfix.sh
 
 stop_postfix() {
     [ -n "$pf_conf" ] || return 0
@@ -332,60 +341,13 @@ run_handshakes() { # port
 # ---- d. Postfix with STARTTLS
 run_postfix() {
     local sp pp d=$work/pf x
-    for x in "$POSTFIX" "$POSTCONF"; do
-        [ -x "$x" ] || { skip postfix "$x not installed"; return 0; }
-    done
-    if ! getent passwd postfix >/dev/null || ! getent group postdrop >/dev/null; then
-        skip postfix "no postfix user or postdrop group"; return 0
-    fi
-    echo
-    echo "== d. Postfix with STARTTLS: the same load ($MESSAGES messages of $SIZE octets, $SESSIONS persistent STARTTLS sessions)"
     sp=$(free_port); pp=$(free_port)
-    mkdir -p "$d/etc" "$d/queue" "$d/data"
-    chown postfix "$d/data"
-    # master.cf as installed (with tlsmgr); postfix-files and dynamicmaps.cf
-    # so that meta_directory can point here too (/etc/postfix is only read).
-    cp /etc/postfix/master.cf "$d/etc/"
-    for x in postfix-files postfix-files.d dynamicmaps.cf dynamicmaps.cf.d; do
-        [ -e "/etc/postfix/$x" ] && cp -r "/etc/postfix/$x" "$d/etc/"
-    done
-    cat > "$d/etc/main.cf" <<EOF
-compatibility_level = 3.6
-config_directory = $d/etc
-meta_directory = $d/etc
-queue_directory = $d/queue
-data_directory = $d/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = pf.bench
-mydestination =
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mynetworks = 127.0.0.0/8
-relay_domains = example.com
-transport_maps = inline:{ example.com=relay:[127.0.0.1]:$sp }
-smtp_connection_cache_on_demand = yes
-default_process_limit = 120
-smtpd_relay_restrictions = permit_auth_destination, reject
-alias_maps =
-alias_database =
-local_recipient_maps =
-biff = no
-maillog_file = $d/maillog
-maillog_file_prefixes = $d
-smtpd_tls_security_level = may
+    postfix_setup "$d" "$sp" "$pp" "smtpd_tls_security_level = may
 smtpd_tls_chain_files = $key, $cert
 smtpd_tls_loglevel = 0
-smtpd_tls_received_header = yes
-EOF
-    if ! { "$POSTCONF" -c "$d/etc" -MX smtp/inet &&
-           "$POSTCONF" -c "$d/etc" -M "127.0.0.1:$pp/inet = 127.0.0.1:$pp inet n - n - - smtpd" &&
-           "$POSTCONF" -c "$d/etc" -F '*/*/chroot = n'; } > "$work/postconf.out" 2>&1; then
-        skip postfix "postconf failed: $(tail -1 "$work/postconf.out")"; return 0
-    fi
-    if ! timeout 60 "$POSTFIX" -c "$d/etc" check > "$work/pfcheck.out" 2>&1; then
-        skip postfix "postfix check failed: $(tail -1 "$work/pfcheck.out")"; return 0
-    fi
+smtpd_tls_received_header = yes" || { skip postfix "$pf_why"; return 0; }
+    echo
+    echo "== d. Postfix with STARTTLS: the same load ($MESSAGES messages of $SIZE octets, $SESSIONS persistent STARTTLS sessions)"
     start_sink "$sp" "$work/sink-pf.out"
     pf_conf=$d/etc
     if ! timeout 60 "$POSTFIX" -c "$d/etc" start > "$work/pfstart.out" 2>&1 ||
@@ -443,6 +405,58 @@ EOF
     stop_pid "$sink_pid"
 }
 
+# ---- f. TLS towards the downstream
+run_downstream() {
+    local sp ip pa pb plain_pid tls_pid tls_http r kind port pid m0 m1 us sent=0
+    sp=$(free_port); ip=$(free_port); pa=$(free_port); pb=$(free_port)
+    start_sink "$sp" "$work/sink-ds.out"
+    start_mxgate "$ip" "$sp" "$work/mxgate-ds-inner.log"
+    local inner_pid=$mx_pid
+    start_mxgate "$pa" "$ip" "$work/mxgate-ds-plain.log"
+    plain_pid=$mx_pid
+    start_mxgate "$pb" "$ip" "$work/mxgate-ds-tls.log" --downstream-tls encrypt
+    tls_pid=$mx_pid tls_http=$mx_http
+    echo
+    echo "== f. TLS towards the downstream: $MESSAGES messages of $SIZE octets over $SESSIONS plaintext sessions," \
+        "$ROUNDS rounds, into a gateway relaying to an mxgate with STARTTLS, with and without --downstream-tls encrypt"
+    printf '%-6s %-9s %9s %8s %10s %12s\n' round downstream msgs/s wall_s mx_cpu_s mx_us_per_msg
+    declare -A DCPU DRATE
+    for r in $(seq "$ROUNDS"); do
+        for kind in plain tls; do
+            if [ "$kind" = plain ]; then port=$pa pid=$plain_pid; else port=$pb pid=$tls_pid; fi
+            m0=$(ticks "$pid")
+            if ! load "$port" -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" --plain; then
+                problem "f round $r downstream $kind: tls_load failed"
+                [ -n "$L" ] || continue
+            fi
+            m1=$(ticks "$pid")
+            sent=$((sent + $(f messages)))
+            us=$(calc "($m1 - $m0) / $HZ * 1000000 / $(f messages)" 1)
+            printf '%-6s %-9s %9s %8s %10s %12s\n' "$r" "$kind" "$(f msgs_per_s)" "$(f seconds)" \
+                "$(calc "($m1 - $m0) / $HZ" 2)" "$us"
+            DCPU[$kind]="${DCPU[$kind]:-} $us"
+            DRATE[$kind]="${DRATE[$kind]:-} $(f msgs_per_s)"
+        done
+    done
+    sleep 0.3
+    local got cp ct
+    got=$(py count "$work/sink-ds.out")
+    [ "$got" -eq "$sent" ] || problem "f: smtp-sink counted $got messages, tls_load had $sent accepted"
+    echo "smtp-sink counted $got messages; tls_load had $sent accepted"
+    echo "downstream TLS: $(curl -s --max-time 5 "http://127.0.0.1:$tls_http/metrics" 2>/dev/null |
+        grep -E '^mxgate_downstream_(tls_total|tls_resumed_total|connects_total)' | tr '\n' ' ')"
+    cp=$(echo "${DCPU[plain]:-}" | median); ct=$(echo "${DCPU[tls]:-}" | median)
+    echo "medians: plaintext downstream ${cp} us/msg $(echo "${DRATE[plain]:-}" | median) msgs/s," \
+        "TLS downstream ${ct} us/msg $(echo "${DRATE[tls]:-}" | median) msgs/s: cpu/msg tls/plain $(calc "$ct / $cp" 3)"
+    R[ds_cpu_ratio]=$(calc "$ct / $cp" 3)
+    for x in plain tls inner; do
+        case $x in plain) pid=$plain_pid ;; tls) pid=$tls_pid ;; inner) pid=$inner_pid ;; esac
+        stop_mxgate "$pid" "$work/mxgate-ds-$x.log"
+        mx_log_check "$work/mxgate-ds-$x.log" "f ($x)"
+    done
+    stop_pid "$sink_pid"
+}
+
 # ---- e. memory per idle session, on fresh gateways
 run_idle() {
     local n=$IDLE_CONNS hard sp mp kind args
@@ -479,6 +493,7 @@ run_idle() {
 
 case " $PARTS " in *" persistent "*) run_persistent ;; *) skip persistent "not in PARTS" ;; esac
 case " $PARTS " in *" postfix "*) run_postfix ;; *) skip postfix "not in PARTS" ;; esac
+case " $PARTS " in *" downstream "*) run_downstream ;; *) skip downstream "not in PARTS" ;; esac
 case " $PARTS " in *" idle "*) run_idle ;; *) skip idle "not in PARTS" ;; esac
 
 # ---- lines for scripts
@@ -498,3 +513,4 @@ echo "handshakes_per_s_per_worker: $(val hs.tls13_full)"
 echo "resumed_handshakes_per_s_per_worker: $(val hs.tls13_resume)"
 echo "rss_per_idle_tls_conn_bytes: $(val rss.tls)"
 echo "rss_per_idle_plain_conn_bytes: $(val rss.plain)"
+echo "downstream_tls_cpu_ratio: $(val ds_cpu_ratio)"
