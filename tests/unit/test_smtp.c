@@ -471,57 +471,27 @@ static int verdict_bad_domain(const smtp_event_t *ev, int *code, const char **es
     return 0;
 }
 
+/* A fixed verdict for every event of one type: the callback it names. */
+#define FIXED_VERDICT(fn, evtype, c, e, t)                                                                     \
+    static int fn(const smtp_event_t *ev, int *code, const char **esc, const char **text, void *arg)          \
+    {                                                                                                          \
+        (void)arg;                                                                                             \
+        if (ev->type != (evtype))                                                                              \
+            return 0;                                                                                          \
+        *code = (c);                                                                                           \
+        *esc = (e);                                                                                            \
+        *text = (t);                                                                                           \
+        return 1;                                                                                              \
+    }
+
 /* Accept a message with a queue id in the text. */
-static int verdict_queued(const smtp_event_t *ev, int *code, const char **esc, const char **text, void *arg)
-{
-    (void)arg;
-    if (ev->type == SMTP_EV_DATA_END) {
-        *code = 250;
-        *esc = "2.0.0";
-        *text = "queued as ABC123";
-        return 1;
-    }
-    return 0;
-}
-
+FIXED_VERDICT(verdict_queued, SMTP_EV_DATA_END, 250, "2.0.0", "queued as ABC123")
 /* Refuse every MAIL. */
-static int verdict_refuse_mail(const smtp_event_t *ev, int *code, const char **esc, const char **text, void *arg)
-{
-    (void)arg;
-    if (ev->type == SMTP_EV_MAIL) {
-        *code = 550;
-        *esc = "5.7.1";
-        *text = "sender refused";
-        return 1;
-    }
-    return 0;
-}
-
+FIXED_VERDICT(verdict_refuse_mail, SMTP_EV_MAIL, 550, "5.7.1", "sender refused")
 /* STARTTLS refused: no certificate, the TLS library failed... */
-static int verdict_no_tls(const smtp_event_t *ev, int *code, const char **esc, const char **text, void *arg)
-{
-    (void)arg;
-    if (ev->type == SMTP_EV_STARTTLS) {
-        *code = 454;
-        *esc = "4.7.0";
-        *text = "TLS not available due to local problem";
-        return 1;
-    }
-    return 0;
-}
-
+FIXED_VERDICT(verdict_no_tls, SMTP_EV_STARTTLS, 454, "4.7.0", "TLS not available due to local problem")
 /* Refuse every message at end of data. */
-static int verdict_spam(const smtp_event_t *ev, int *code, const char **esc, const char **text, void *arg)
-{
-    (void)arg;
-    if (ev->type == SMTP_EV_DATA_END) {
-        *code = 554;
-        *esc = "5.7.1";
-        *text = "looks like spam";
-        return 1;
-    }
-    return 0;
-}
+FIXED_VERDICT(verdict_spam, SMTP_EV_DATA_END, 554, "5.7.1", "looks like spam")
 
 /* ------------------------------------------------------------------ */
 /* Sample sessions                                                     */
