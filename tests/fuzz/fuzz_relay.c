@@ -4,8 +4,9 @@
  * a program of operations on one relay_t, checked against a model the
  * harness keeps of what the header promises.
  *
- * Input: a 3-byte header, then operations (at most MAX_OPS, input at most
- * MAX_INPUT bytes; an argument past the end reads as 0).
+ * Input: a 3-byte header (4 bytes when h[1] bit 7 is set), then operations
+ * (at most MAX_OPS, input at most MAX_INPUT bytes; an argument past the end
+ * reads as 0).
  *   h[0] bit 0: LMTP (LHLO) instead of SMTP (EHLO)
  *        bits 1-2: prelude: 0 none (the program connects and greets itself);
  *          1 connect, 220, EHLO reply with PIPELINING, SIZE 1000, 8BITMIME,
@@ -20,10 +21,20 @@
  *          at its longest), 1016 octets (an EHLO line of 1023)
  *        bit 7: send everything after each operation (relay_sent of all)
  *   h[1] bits 0-2: max_due 0 (the default, 256), 1, 2, 3, 4, 5, 8, 64
- *        bits 3-6: the failure that ends the run (1 + v % 12)
+ *        bits 3-6: the failure that ends the run (1 + v % 15: every reason;
+ *          v 12-14 are the TLS ones, 15 wraps to CLOSED)
+ *        bit 7: h[3] follows (STARTTLS); clear: cfg.starttls RELAY_TLS_OFF
  *   h[2] bits 0-1: first token 1, 0, 0x7ffffffe, 0xfffffff8
  *        bits 4-7: piece size for server bytes (0: whole)
- * Operations (op byte % 16), with their argument bytes:
+ *   h[3] bits 0-1: cfg.starttls: RELAY_TLS_OFF, MAY, REQUIRE, MAY
+ *        bit 2: the prelude's server offers STARTTLS (its EHLO/LHLO reply
+ *          with the keyword; prelude 3 SMTP: EHLO is answered with STARTTLS
+ *          this time, and the 502/HELO fallback happens after the TLS
+ *          handshake), says 220 to STARTTLS, the handshake completes
+ *          (relay_tls_done) and the prelude's reply answers the new EHLO
+ *        bit 3: with bit 2: the prelude stops at the STARTTLS event (the
+ *          program plays the handshake itself: TLSDONE or FAIL)
+ * Operations (op byte % 17), with their argument bytes:
  *    0 FEED a          server bytes: dictionary entry a
  *    1 FEED2 a b       two dictionary entries in one read
  *    2 RAW n bytes     n % 64 raw fuzzer bytes
@@ -41,10 +52,16 @@
  *                      a@y.test, else postmaster), DATA
  *   11 SENT a          relay_sent of a & 0x7f octets, or everything (+3)
  *                      when a & 0x80
- *   12 FAIL a          relay_fail(1 + a % 12): every reason
+ *   12 FAIL a          relay_fail(1 + a % 15): every reason (RELAY_FAIL_TLS:
+ *                      the caller's TLS handshake failed)
  *   13 RELEASE         relay_release, if leased
  *   14 PIECE a         piece size a % 32 for later feeds (0: whole)
  *   15 PUMP            only the drain that follows every operation
+ *   16 TLSDONE         the TLS handshake completed: relay_tls_done (in any
+ *                      state: outside RELAY_TLS it must do nothing). Server
+ *                      bytes still pending in RELAY_TLS came in plaintext
+ *                      before the handshake: they are fed first (as the
+ *                      caller's loop does), and fail the connection
  * The owner keeps the rules the SMTP engine keeps: it leases only a ready
  * connection, releases only its lease, and issues nothing after a DATA
  * until DATA's reply (DATA ends a pipelined group, RFC 2920). Commands in
@@ -52,13 +69,26 @@
  * rest is fed, the connection fails (h[1]) and is drained to RELAY_CLOSE.
  *
  * The model: every line the relay is to send (the greeting as a line of
- * nothing, EHLO/LHLO/HELO, the owner's commands, RSET, the end marker) is
- * an entry in one FIFO, sent or held; a second dsr_t is fed exactly the
- * bytes relay_feed() consumed and each reply is matched to the oldest entry
- * in flight. From that the harness predicts every event (READY, REPLY with
- * code, enhanced code, text and flags, the LMTP worst reply, IDLE), every
- * failure and its reason, every refusal of a command, every release's
- * verdict and every byte of output, and compares. Checks (__builtin_trap):
+ * nothing, EHLO/LHLO/HELO, STARTTLS, the owner's commands, RSET, the end
+ * marker) is an entry in one FIFO, sent or held; a second dsr_t is fed
+ * exactly the bytes relay_feed() consumed and each reply is matched to the
+ * oldest entry in flight. From that the harness predicts every event
+ * (READY, STARTTLS, REPLY with code, enhanced code, text and flags, the
+ * LMTP worst reply, IDLE), every failure and its reason, every refusal of
+ * a command, every release's verdict and every byte of output, and
+ * compares.
+ * STARTTLS (cfg.starttls MAY or REQUIRE, before the handshake): a 250 to
+ * EHLO/LHLO with the STARTTLS keyword is followed by "STARTTLS" on the
+ * output and no event; without the keyword (or after HELO: no extensions)
+ * REQUIRE fails with tls_not_offered and MAY gives READY. STARTTLS's 220
+ * gives the STARTTLS event and any byte fed after it fails the connection
+ * (unexpected_reply: plaintext injected after the 220); another reply fails
+ * it with starttls_refused under REQUIRE or when below 400 (a 3xx is
+ * unexpected_reply, as for any command but DATA), and under MAY a 4xx/5xx
+ * gives READY with the plaintext EHLO's extensions. relay_tls_done() forgets
+ * the extensions (caps and SIZE 0), puts EHLO/LHLO on the output again, and
+ * READY follows its 250 (or HELO's, after a 5xx; never a second STARTTLS).
+ * Checks (__builtin_trap):
  *  - every token the owner sent a command for gets exactly one REPLY, in
  *    command order, unless released first (then none ever does, not even
  *    the rest of a failure the owner was in the middle of); a REPLY
@@ -71,16 +101,17 @@
  *    MAIL's parameters in any order, only those the server offered);
  *    without PIPELINING nothing goes out beyond the one command in flight;
  *    the bytes not yet sent never change; nothing after a failure;
- *  - READY once per connection; IDLE only after a DRAINING release, with
+ *  - READY once per connection, STARTTLS at most once, before READY and
+ *    only with cfg.starttls set; IDLE only after a DRAINING release, with
  *    nothing due; relay_ready(), relay_in_body(), relay_due(), caps,
- *    size_max, messages and the failure reason agree with the model;
+ *    size_max, tls, messages and the failure reason agree with the model;
  *  - the feed contract: consumed <= len; AGAIN with all input used; an
  *    event's reply ends where the consumed bytes end; each piece is its own
  *    heap block, freed after its call (ASan sees any stale pointer);
  *  - every loop is bounded: a relay_feed() that keeps giving events traps.
- * The seeds in corpus/fuzz_relay/ are written by gen-corpus.py. With
- * FUZZ_RELAY_TRACE=1 in the environment a run prints its operations, the
- * bytes fed and sent and the events.
+ * The seeds in corpus/fuzz_relay/ are written by gen-corpus.py (not yet the
+ * tls-* ones: h[3] and TLSDONE). With FUZZ_RELAY_TRACE=1 in the environment
+ * a run prints its operations, the bytes fed and sent and the events.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -116,7 +147,19 @@ static bool trace;
             fprintf(stderr, __VA_ARGS__);                                                                              \
     } while (0)
 
-enum mstate { M_CONNECTING, M_GREETING, M_HELLO, M_READY, M_TX, M_BODY, M_EOD, M_DRAIN, M_DEAD };
+enum mstate {
+    M_CONNECTING,
+    M_GREETING,
+    M_HELLO,
+    M_STARTTLS, /* STARTTLS sent */
+    M_TLS,      /* its 220 in: the caller's handshake runs, no byte may come */
+    M_READY,
+    M_TX,
+    M_BODY,
+    M_EOD,
+    M_DRAIN,
+    M_DEAD
+};
 
 /* MAIL parameters expected on the line, in any order. */
 #define P_8BIT 1
@@ -162,6 +205,7 @@ typedef struct fz {
     bool closed;
     bool discarded; /* released with DISCARD: the pool closes it, nobody leases it */
     bool draining;  /* released with DRAINING, IDLE not yet */
+    bool tls;       /* relay_tls_done() took: STARTTLS is not asked for again */
     uint8_t fail;
     uint32_t caps;
     uint64_t size_max;
@@ -185,7 +229,7 @@ typedef struct fz {
     uint32_t own_tok[MAX_LINES];
     uint8_t own_kind[MAX_LINES];
     uint32_t own_head, own_n;
-    unsigned ready_events, lost_events;
+    unsigned ready_events, lost_events, starttls_events;
 
     /* the relay's unsent output as last seen */
     char *shadow;
@@ -251,8 +295,25 @@ static const char *const dict[] = {
     NULL, /* a reply line of DSR_LINE_MAX octets (the longest) */
     NULL, /* one octet longer */
     NULL, /* a 250 with a 1000-line EHLO list */
+    /* STARTTLS (after the specials: the indices before keep their meaning) */
+    "250-ds.fuzz\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-STARTTLS\r\n250 SMTPUTF8\r\n",
+    "250-ds.fuzz\r\n250-SIZE 2000\r\n250 STARTTLS\r\n",
+    "250-ds.fuzz\r\n250-starttls\r\n250 pipelining\r\n",
+    "250 STARTTLS\r\n", /* the first line is the server's name, not a keyword */
+    "250-lmtp.fuzz\r\n250-PIPELINING\r\n250-STARTTLS\r\n250 ENHANCEDSTATUSCODES\r\n",
+    "220 2.0.0 Ready to start TLS\r\n",
+    "220-ds.fuzz\r\n220 2.0.0 go ahead\r\n",
+    "220 2.0.0 Ready to start TLS\r\n250-ds.fuzz\r\n250 PIPELINING\r\n", /* RFC 3207 injection */
+    "220 go\r\n250 2.1.0 Sender ok\r\n",
+    "220 go\r\nx",
+    "454 4.7.0 TLS not available due to temporary reason\r\n",
+    "554 5.7.3 TLS not supported\r\n",
+    "501 5.5.4 Syntax error (no parameters allowed)\r\n",
+    "502 5.5.1 STARTTLS not recognized\r\n",
+    "230 2.0.0 odd\r\n",
 };
 #define NDICT (sizeof dict / sizeof dict[0])
+#define DICT_SPECIAL 49 /* the first of the four NULL entries */
 
 static char long_ok[DSR_LINE_MAX + 1], long_bad[DSR_LINE_MAX + 2];
 static char *ehlo_many;
@@ -264,7 +325,7 @@ static slice_t dict_entry(uint8_t a)
     size_t i = a % NDICT;
     if (dict[i])
         return slice_make(dict[i], strlen(dict[i]));
-    switch (i - (NDICT - 4)) {
+    switch (i - DICT_SPECIAL) {
     case 0:
         return slice_make("\0", 1);
     case 1:
@@ -282,6 +343,8 @@ static void init_once(void)
     if (done)
         return;
     done = true;
+    for (size_t i = 0; i < NDICT; i++)
+        CHECK((dict[i] == NULL) == (i >= DICT_SPECIAL && i < DICT_SPECIAL + 4));
     /* "250 xxx...\r\n": DSR_LINE_MAX octets with its CRLF, then one more */
     memset(long_ok, 'x', sizeof long_ok - 1);
     memcpy(long_ok, "250 ", 4);
@@ -509,7 +572,34 @@ static int model_reply(fz_t *f, const dsr_reply_t *dr, want_t *w)
         }
         f->caps = e->kind == RK_HELLO ? dr->caps : 0;
         f->size_max = e->kind == RK_HELLO ? dr->size_max : 0;
+        if (f->cfg.starttls != RELAY_TLS_OFF && !f->tls) {
+            if (f->caps & DSR_CAP_STARTTLS) {
+                f->st = M_STARTTLS; /* nothing else is due: it goes out */
+                push(f, RK_STARTTLS, false, 0, "STARTTLS\r\n", 10);
+                break;
+            }
+            if (f->cfg.starttls == RELAY_TLS_REQUIRE) {
+                die(f, RELAY_FAIL_NO_TLS);
+                return -1;
+            }
+        }
         f->st = M_READY;
+        *w = (want_t){.type = RELAY_EV_READY};
+        res = 1;
+        break;
+    case RK_STARTTLS:
+        f->qhead++;
+        if (code == 220) {
+            f->st = M_TLS;
+            *w = (want_t){.type = RELAY_EV_STARTTLS};
+            res = 1;
+            break;
+        }
+        if (f->cfg.starttls == RELAY_TLS_REQUIRE || code < 400) {
+            die(f, RELAY_FAIL_TLS_REFUSED);
+            return -1;
+        }
+        f->st = M_READY; /* MAY: plaintext, with the plaintext EHLO's extensions */
         *w = (want_t){.type = RELAY_EV_READY};
         res = 1;
         break;
@@ -691,18 +781,18 @@ static void after_call(fz_t *f)
         CHECKF(f->r.fail == f->fail, "failure reason %s, model %s", relay_fail_name((enum relay_fail)f->r.fail),
                relay_fail_name((enum relay_fail)f->fail));
     CHECK(f->r.messages == f->messages);
-    if (f->ready_events) {
-        CHECKF(f->r.caps == f->caps && f->r.size_max == f->size_max, "caps %#x/%llu, model %#x/%llu", f->r.caps,
-               (unsigned long long)f->r.size_max, f->caps, (unsigned long long)f->size_max);
-    }
+    CHECKF(f->r.tls == f->tls, "tls %d, model %d", f->r.tls, f->tls);
+    /* at every step: after relay_tls_done() none of the plaintext EHLO's */
+    CHECKF(f->r.caps == f->caps && f->r.size_max == f->size_max, "caps %#x/%llu, model %#x/%llu", f->r.caps,
+           (unsigned long long)f->r.size_max, f->caps, (unsigned long long)f->size_max);
 }
 
 /* ---- events ---- */
 
 static const char *ev_name(int t)
 {
-    static const char *const n[] = {"CLOSE", "READY", "REPLY", "LOST", "IDLE"};
-    return t >= 0 && t <= 4 ? n[t] : "?";
+    static const char *const n[] = {"CLOSE", "READY", "REPLY", "LOST", "IDLE", "STARTTLS"};
+    return t >= 0 && t <= 5 ? n[t] : "?";
 }
 
 /* What the relay gave against what the model says it must give. */
@@ -725,6 +815,12 @@ static void expect(fz_t *f, enum relay_status st, const relay_event_t *ev, const
     switch (got) {
     case RELAY_EV_READY:
         CHECKF(f->ready_events++ == 0, "READY twice");
+        break;
+    case RELAY_EV_STARTTLS:
+        CHECKF(f->cfg.starttls != RELAY_TLS_OFF && f->starttls_events++ == 0 && f->ready_events == 0 && !f->owned &&
+                   !f->lease_valid,
+               "STARTTLS: tls %d, %u before, %u READY, owned %d", f->cfg.starttls, f->starttls_events, f->ready_events,
+               f->owned);
         break;
     case RELAY_EV_REPLY:
         CHECKF(f->own_head < f->own_n && ev->token == f->own_tok[f->own_head] && ev->kind == f->own_kind[f->own_head],
@@ -808,9 +904,13 @@ static enum relay_status call_feed(fz_t *f, size_t n)
         next_fail(f, &w);
         expect(f, st, &ev, &w);
     } else {
+        /* after STARTTLS's 220 the bytes are the TLS layer's: a byte here
+         * came in plaintext (injected), and nothing of it is a reply */
+        if (f->st == M_TLS && n)
+            die(f, RELAY_FAIL_UNEXPECTED);
         /* the same bytes through the mirror, reply by reply */
         const char *p = in;
-        size_t left = used;
+        size_t left = f->st == M_DEAD ? 0 : used;
         int res = 0;
         for (int guard = 0; left && guard < FEED_GUARD; guard++) {
             dsr_reply_t dr;
@@ -1114,6 +1214,26 @@ static void op_fail(fz_t *f, enum relay_fail why)
     after_call(f);
 }
 
+/*
+ * The caller's TLS handshake completed. Server bytes still pending in
+ * RELAY_TLS arrived before it, in plaintext: a caller's feed loop gives
+ * them to the relay first (and they fail it). Outside RELAY_TLS the call
+ * must change nothing.
+ */
+static void op_tls_done(fz_t *f)
+{
+    if (f->st == M_TLS && f->pend_len)
+        (void)call_feed(f, f->pend_len);
+    relay_tls_done(&f->r);
+    if (f->st == M_TLS) {
+        f->tls = true;
+        f->caps = 0; /* RFC 3207 4.2: forget what the server said in plaintext */
+        f->size_max = 0;
+        hello_line(f, false);
+    }
+    after_call(f);
+}
+
 static void op_connect(fz_t *f)
 {
     relay_connected(&f->r);
@@ -1149,7 +1269,7 @@ static void op_auto(fz_t *f, uint8_t a, uint8_t v)
                          "220-ds.fuzz\r\n220 hi\r\n"},
         [RK_HELLO] = {"250-ds.fuzz\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
                       "421 4.3.2 bye\r\n", "502 5.5.2 no\r\n",
-                      "250-ds.fuzz\r\n250-8BITMIME\r\n250-SIZE 1000\r\n250 SMTPUTF8\r\n"},
+                      "250-ds.fuzz\r\n250-8BITMIME\r\n250-STARTTLS\r\n250-SIZE 1000\r\n250 SMTPUTF8\r\n"},
         [RK_HELO] = {"250 ds.fuzz\r\n", "451 4.3.0 no\r\n", "550 5.5.1 no\r\n", "250-ds.fuzz\r\n250 hi\r\n"},
         [RK_MAIL] = {"250 2.1.0 Sender ok\r\n", "451 4.3.0 try later\r\n", "550 5.7.1 refused\r\n",
                      "250-2.1.0 a\r\n250 2.1.0 b\r\n"},
@@ -1159,6 +1279,8 @@ static void op_auto(fz_t *f, uint8_t a, uint8_t v)
                      "354-go\r\n354 on\r\n"},
         [RK_EOD] = {"250 2.0.0 Ok: queued\r\n", "451 4.3.0 later\r\n", "554 5.7.1 spam\r\n", "250 ok\r\n"},
         [RK_RSET] = {"250 2.0.0 ok\r\n", "421 4.4.2 bye\r\n", "500 5.5.1 what\r\n", "250 ok\r\n"},
+        [RK_STARTTLS] = {"220 2.0.0 Ready to start TLS\r\n", "454 4.7.0 TLS not available\r\n",
+                         "554 5.7.3 TLS not supported\r\n", "220-ds.fuzz\r\n220 go ahead\r\n"},
     };
     if (f->st == M_DEAD || f->closed)
         return;
@@ -1210,51 +1332,76 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     f->worst_esc[0] = 0;
     dsr_init(&f->mirror);
     f->own_head = f->own_n = 0;
-    f->ready_events = f->lost_events = 0;
+    f->ready_events = f->lost_events = f->starttls_events = 0;
     f->arena = arena, f->shadow = shadow, f->pend = pend;
     f->shadow_cap = shadow_cap, f->pend_cap = pend_cap;
     f->shadow_len = f->pend_len = 0;
 
-    uint8_t h0 = data[0], h1 = data[1], h2 = data[2];
+    prog_t g = {data, size, 3};
+    uint8_t h0 = data[0], h1 = data[1], h2 = data[2], h3 = h1 & 0x80 ? arg(&g) : 0;
     static const slice_t helos[4] = {SLICE_INIT("gw.fuzz"), {"", 0}, {helo_long, 255}, {helo_long, 1016}};
-    f->cfg = (relay_config_t){helos[(h0 >> 5) & 3], (h0 & 1) != 0, max_due[h1 & 7], RELAY_TLS_OFF};
+    static const uint8_t tls_levels[4] = {RELAY_TLS_OFF, RELAY_TLS_MAY, RELAY_TLS_REQUIRE, RELAY_TLS_MAY};
+    f->cfg = (relay_config_t){helos[(h0 >> 5) & 3], (h0 & 1) != 0, max_due[h1 & 7], tls_levels[h3 & 3]};
     f->limit = f->cfg.max_due ? f->cfg.max_due : 256;
     f->lazy = (h0 & 0x10) != 0;
-    f->budget = f->lazy ? 1 + ((h2 >> 2) & 3) : UINT32_MAX;
+    f->budget = f->lazy ? 1u + ((h2 >> 2) & 3u) : UINT32_MAX;
     f->send_all = (h0 & 0x80) != 0;
     f->next_token = tok0[h2 & 3];
     f->piece = h2 >> 4;
-    enum relay_fail final = (enum relay_fail)(1 + ((h1 >> 3) & 15) % 12);
+    enum relay_fail final = (enum relay_fail)(1 + ((h1 >> 3) & 15) % (RELAY_FAIL_COUNT - 1));
     f->st = M_CONNECTING;
     relay_init(&f->r, &f->cfg);
 
-    static const char *const preludes[4][2] = {
+    /* the greeting, then the reply to EHLO/LHLO (with the HELO fallback) */
+    static const char *const greetings[2] = {"220 ds.fuzz ESMTP\r\n", "220 lmtp.fuzz LMTP\r\n"};
+    static const char *const hellos[4][2] = {
         {NULL, NULL},
-        {"220 ds.fuzz ESMTP\r\n250-ds.fuzz\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
-         "220 lmtp.fuzz LMTP\r\n250-lmtp.fuzz\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"},
-        {"220 ds.fuzz ESMTP\r\n250-ds.fuzz\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
-         "220 lmtp.fuzz LMTP\r\n250-lmtp.fuzz\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"},
-        {"220 ds.fuzz ESMTP\r\n502 5.5.2 Error: command not recognized\r\n250 ds.fuzz\r\n",
-         "220 lmtp.fuzz LMTP\r\n250 lmtp.fuzz\r\n"},
+        {"250-ds.fuzz\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
+         "250-lmtp.fuzz\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"},
+        {"250-ds.fuzz\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
+         "250-lmtp.fuzz\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"},
+        {"502 5.5.2 Error: command not recognized\r\n250 ds.fuzz\r\n", "250 lmtp.fuzz\r\n"},
     };
-    const char *pre = preludes[(h0 >> 1) & 3][f->cfg.lmtp];
+    /* h[3] bit 2: the same server offering STARTTLS before the handshake */
+    static const char *const hellos_tls[4][2] = {
+        {NULL, NULL},
+        {"250-ds.fuzz\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
+         "250-lmtp.fuzz\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-STARTTLS\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"},
+        {"250-ds.fuzz\r\n250-STARTTLS\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n",
+         "250-lmtp.fuzz\r\n250-STARTTLS\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"},
+        {"250-ds.fuzz\r\n250 STARTTLS\r\n", "250-lmtp.fuzz\r\n250 STARTTLS\r\n"},
+    };
+    unsigned pre = (h0 >> 1) & 3;
     if (pre) {
+        bool offer = (h3 & 4) != 0;
+        const char *hello = (offer ? hellos_tls : hellos)[pre][f->cfg.lmtp];
         op_connect(f);
-        pend_put(f, pre, strlen(pre));
+        pend_put(f, greetings[f->cfg.lmtp], strlen(greetings[f->cfg.lmtp]));
+        pend_put(f, hello, strlen(hello));
         drain(f, UINT32_MAX);
+        if (offer && f->st == M_STARTTLS) {
+            static const char ready[] = "220 2.0.0 Ready to start TLS\r\n";
+            pend_put(f, ready, sizeof ready - 1);
+            drain(f, UINT32_MAX);
+        }
+        if (offer && f->st == M_TLS && !(h3 & 8)) {
+            op_tls_done(f);
+            hello = hellos[pre][f->cfg.lmtp];
+            pend_put(f, hello, strlen(hello));
+            drain(f, UINT32_MAX);
+        }
         if (h0 & 8)
             op_lease(f);
     }
 
-    prog_t g = {data, size, 3};
     char raw[64];
     for (int ops = 0; g.pos < g.n && ops < MAX_OPS; ops++) {
         uint8_t op = arg(&g);
-        static const char *const op_names[16] = {"FEED", "FEED2",   "RAW",   "AUTO", "CONNECT", "LEASE",
+        static const char *const op_names[17] = {"FEED", "FEED2",   "RAW",   "AUTO", "CONNECT", "LEASE",
                                                  "MAIL", "RCPT",    "DATA",  "EOD",  "GROUP",   "SENT",
-                                                 "FAIL", "RELEASE", "PIECE", "PUMP"};
-        TRACE("%s (at %zu)\n", op_names[op % 16], g.pos - 1);
-        switch (op % 16) {
+                                                 "FAIL", "RELEASE", "PIECE", "PUMP", "TLSDONE"};
+        TRACE("%s (at %zu)\n", op_names[op % 17], g.pos - 1);
+        switch (op % 17) {
         case 0: {
             slice_t s = dict_entry(arg(&g));
             pend_put(f, s.ptr, s.len);
@@ -1318,13 +1465,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             op_sent(f, arg(&g));
             break;
         case 12:
-            op_fail(f, (enum relay_fail)(1 + arg(&g) % 12));
+            op_fail(f, (enum relay_fail)(1 + arg(&g) % (RELAY_FAIL_COUNT - 1)));
             break;
         case 13:
             op_release(f);
             break;
         case 14:
             f->piece = arg(&g) % 32;
+            break;
+        case 16:
+            op_tls_done(f);
             break;
         default:
             break;
@@ -1353,6 +1503,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(!relay_mail(&f->r, 7, SLICE_LIT("s@x.test"), &plain, &ref) && ref.code == 451);
     CHECK(!relay_eod(&f->r, 8, &ref) && ref.code == 451);
     CHECK(relay_release(&f->r) == RELAY_DISCARD);
+    relay_tls_done(&f->r); /* a handshake that ends after the failure */
+    CHECK(f->r.state == RELAY_DEAD && relay_output(&f->r).len == 0 && relay_due(&f->r) == 0);
     CHECK(call_feed(f, 0) == RELAY_CLOSE);
     relay_free(&f->r);
     return 0;
