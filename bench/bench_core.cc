@@ -13,6 +13,7 @@
 #include <vector>
 
 extern "C" {
+#include "crc32c.h"
 #include "reply.h"
 #include "scan.h"
 #include "slice.h"
@@ -332,6 +333,22 @@ void BM_Memcpy(benchmark::State &state)
     state.SetBytesProcessed((int64_t)state.iterations() * (int64_t)len);
 }
 BENCHMARK(BM_Memcpy);
+
+// The spool's record checksum over a message body, per layer: what a
+// spooled message pays for its check (core/crc32c.c).
+void BM_Crc32c(benchmark::State &state, bool portable)
+{
+    const std::string &b = body();
+    uint32_t c = 0;
+    for (auto _ : state) {
+        c = portable ? crc32c_portable(c, b.data(), b.size()) : crc32c(c, b.data(), b.size());
+        benchmark::DoNotOptimize(c);
+    }
+    state.SetBytesProcessed((int64_t)state.iterations() * (int64_t)b.size());
+    state.SetLabel(portable ? "portable" : crc32c_layer());
+}
+BENCHMARK_CAPTURE(BM_Crc32c, best, false);
+BENCHMARK_CAPTURE(BM_Crc32c, portable, true);
 
 } // namespace
 
