@@ -25,6 +25,7 @@
 #include "spf.h"
 #include "spf_client.h"
 #include "spfd.h"
+#include "queue.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -294,6 +295,8 @@ int main(int argc, char **argv, char **envp)
 {
     if (argc > 1 && strcmp(argv[1], "--spf-helper") == 0)
         return spfd_main(argc, argv);
+    if (argc > 1 && strcmp(argv[1], "queue") == 0)
+        return queue_main(argc - 1, argv + 1);
     mx_config_t loaded;
     memset(&loaded, 0, sizeof loaded);
     char err[512];

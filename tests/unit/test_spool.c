@@ -19,7 +19,10 @@
  *      is never taken for one, when the message around it is torn or
  *      damaged: the check is bound to the segment's nonce and the offset;
  *   6. limits: a client address over 255 octets, a string over 65535;
- *      a segment header that is missing, damaged or torn.
+ *      a segment header that is missing, damaged or torn;
+ *   7. the queue the records make (core/spoolq.h): pending, recipients
+ *      done one by one, attempts, done, duplicates and orphans, ten
+ *      thousand messages; message ids formatted and parsed back.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -33,6 +36,7 @@
 
 #include "crc32c.h"
 #include "spool.h"
+#include "spoolq.h"
 
 #define NONCE 0x0123456789abcdefull
 
@@ -487,6 +491,105 @@ static void test_segment_header(void **state)
     free(s.p);
 }
 
+/* ---- 7. the queue the records make ---- */
+
+static void feed(spoolq_t *q, uint32_t seg, const seg_t *s)
+{
+    spool_scanner_t sc;
+    assert_true(spool_scan_init(&sc, s->p, s->len));
+    spool_rec_t r;
+    uint64_t at, sk;
+    while (spool_scan_next(&sc, &r, &at, &sk) == SPOOL_OK)
+        assert_true(spoolq_add(q, seg, &r));
+}
+
+static void test_queue_from_records(void **state)
+{
+    (void)state;
+    uint64_t offs[NREC];
+    seg_t s = sample(offs); /* m1 (3 rcpts: #1 done 250, a TRY), m2 (DONE), m3 */
+    spoolq_t q;
+    spoolq_init(&q);
+    feed(&q, 4, &s);
+    assert_int_equal(q.n, 3);
+    assert_int_equal(q.pending, 2);
+    spoolq_msg_t *m1 = spoolq_find(&q, (spool_id_t){ 0xfeedfacecafebeefull, 1 });
+    assert_non_null(m1);
+    assert_int_equal(m1->seg, 4);
+    assert_int_equal(m1->offset, offs[0]);
+    assert_int_equal(m1->left, 2);
+    assert_int_equal(m1->codes[1], 250);
+    assert_int_equal(m1->attempts, 3);
+    assert_int_equal(m1->last_code, 451);
+    assert_string_equal(m1->last_text, "4.4.1 downstream unavailable");
+    assert_false(m1->done);
+    assert_true(spoolq_find(&q, (spool_id_t){ 42, 7 })->done);
+    assert_null(spoolq_find(&q, (spool_id_t){ 42, 8 }));
+    uint64_t octets = q.pending_octets;
+    /* the other recipients done, one twice: m1 is done, once */
+    spool_rec_t r = { .type = SPOOL_RCPT, .id = m1->id, .index = 0, .code = 250 };
+    assert_true(spoolq_add(&q, 4, &r));
+    assert_true(spoolq_add(&q, 4, &r));
+    assert_int_equal(m1->left, 1);
+    r.index = 2;
+    r.code = 550;
+    assert_true(spoolq_add(&q, 4, &r));
+    r.index = 9; /* no such recipient */
+    assert_true(spoolq_add(&q, 4, &r));
+    assert_true(m1->done);
+    assert_int_equal(q.pending, 1);
+    assert_int_equal(q.pending_octets, octets - m1->size);
+    r = (spool_rec_t){ .type = SPOOL_DONE, .id = m1->id };
+    assert_true(spoolq_add(&q, 4, &r)); /* done again: nothing changes */
+    assert_int_equal(q.pending, 1);
+    r.id = (spool_id_t){ 99, 1 };
+    assert_true(spoolq_add(&q, 4, &r));
+    assert_int_equal(q.orphans, 1);
+    /* the same segment again: duplicates, ignored */
+    feed(&q, 5, &s);
+    assert_int_equal(q.duplicates, 3);
+    assert_int_equal(q.n, 3);
+    spoolq_free(&q);
+    /* ten thousand: the table grows */
+    spoolq_init(&q);
+    for (uint32_t i = 0; i < 10000; i++) {
+        spool_rec_t m = { .type = SPOOL_MSG, .id = { i / 7, i % 7 }, .size = 64 };
+        m.msg.nrcpt = 1;
+        assert_true(spoolq_add(&q, 0, &m));
+    }
+    assert_int_equal(q.pending, 10000);
+    for (uint32_t i = 0; i < 10000; i += 2) {
+        spool_rec_t d = { .type = SPOOL_DONE, .id = { i / 7, i % 7 } };
+        assert_true(spoolq_add(&q, 0, &d));
+    }
+    assert_int_equal(q.pending, 5000);
+    assert_int_equal(q.pending_octets, 5000 * 64);
+    assert_false(spoolq_find(&q, (spool_id_t){ 1 / 7, 1 % 7 })->done);
+    spoolq_free(&q);
+    free(s.p);
+}
+
+static void test_id_format_and_parse(void **state)
+{
+    (void)state;
+    char b[28];
+    spool_id_format((spool_id_t){ 0x8f3a2b1c4d5e6f70ull, 1 }, b);
+    assert_string_equal(b, "8f3a2b1c4d5e6f70-1");
+    spool_id_format((spool_id_t){ UINT64_MAX, UINT32_MAX }, b);
+    assert_string_equal(b, "ffffffffffffffff-4294967295");
+    spool_id_t id;
+    assert_true(spool_id_parse("ffffffffffffffff-4294967295", &id));
+    assert_true(id.session == UINT64_MAX && id.number == UINT32_MAX);
+    assert_true(spool_id_parse("8F3A2B1C4D5E6F70-12", &id));
+    assert_true(id.session == 0x8f3a2b1c4d5e6f70ull && id.number == 12);
+    static const char *const bad[] = { "", "8f3a2b1c4d5e6f70", "8f3a2b1c4d5e6f70-", "8f3a2b1c4d5e6f7-1",
+                                       "8f3a2b1c4d5e6f70x1", "8f3a2b1c4d5e6f70-4294967296", "8f3a2b1c4d5e6f70-1x",
+                                       "g f3a2b1c4d5e6f70-1", "8f3a2b1c4d5e6f70--1", "8f3a2b1c4d5e6f70-99999999999" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (spool_id_parse(bad[i], &id))
+            fail_msg("\"%s\" parsed", bad[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -498,6 +601,8 @@ int main(void)
         cmocka_unit_test(test_record_in_a_body_is_never_taken),
         cmocka_unit_test(test_limits),
         cmocka_unit_test(test_segment_header),
+        cmocka_unit_test(test_queue_from_records),
+        cmocka_unit_test(test_id_format_and_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
