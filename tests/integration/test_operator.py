@@ -309,6 +309,50 @@ def test_downstream_name_resolved_at_connect_time(tmp_path, make_sink, gateway):
         dns.stop()
 
 
+@pytest.mark.skipif(not unbound_available(), reason="unbound is not installed (make deps)")
+def test_dns_server_gone_mid_run_keeps_the_last_address(tmp_path, make_sink, gateway):
+    # The name resolves (TTL 1 s), then the DNS server stops answering for
+    # several rounds: mail goes on to the last address found, readiness
+    # stays, and the log says so once; when the server is back, the name
+    # resolves again.
+    port = free_port()
+    sink = make_sink(port=port)
+    dns = FixedPortDns(tmp_path / "dns", {"mail.test": [("A", "127.0.0.1", 1)]}).start()
+    try:
+        http = free_port()
+        gw = gateway(downstream="mail.test:%d" % port, dns_server=dns.addr, dns_timeout=1, workers=1,
+                     downstream_max_messages=1, http_listen="%s:%d" % (HOST, http))
+        gw.http = "http://%s:%d" % (HOST, http)
+        assert wait_status(gw, "/readyz", 200, timeout=8) is True, gw.log_tail()
+        assert gw.wait_log(r"event=downstream_resolved .*address=127\.0\.0\.1 ", 2)
+        dns.stop()
+        # one message per connection, each connect reading the address
+        # again, across several failed rounds (TTL 1 s, timeout 1 s)
+        deadline = time.monotonic() + 6
+        sent = 0
+        while time.monotonic() < deadline:
+            mid = new_msgid("dns-gone")
+            r = send_mail(gw.port, msg=make_message(mid))
+            assert r.delivered, (r, gw.log_tail())
+            assert sink.wait_message(mid, 5)
+            assert get(gw, "/readyz")[0] == 200
+            sent += 1
+            time.sleep(0.3)
+        assert sent >= 5
+        fails = [l for l in gw.log().splitlines() if "event=downstream_resolve_failed" in l]
+        assert len(fails) == 1, fails
+        assert "address=127.0.0.1" in fails[0] and "keeping the last address" in fails[0], fails
+        dns.start()
+        deadline = time.monotonic() + 10
+        resolved = []
+        while time.monotonic() < deadline and len(resolved) < 2:
+            time.sleep(0.2)
+            resolved = [l for l in gw.log().splitlines() if "event=downstream_resolved" in l]
+        assert len(resolved) == 2 and "address=127.0.0.1" in resolved[1], gw.log_tail()
+    finally:
+        dns.stop()
+
+
 # ---------------------------------------------------------------- the command line
 
 
