@@ -124,6 +124,10 @@ typedef struct mx_config {
     char recipient_map[CONFIG_PATH_MAX];     /* "": no recipient check */
     uint32_t max_messages_per_connection;    /* 0: no limit */
     uint32_t max_recipients_per_connection;  /* 0: no limit */
+    uint32_t rate_connections;               /* per client address per minute, all workers; 0: no limit */
+    uint32_t rate_messages;                  /* MAIL commands, the same way */
+    uint32_t rate_recipients;                /* RCPT commands, the same way */
+    config_cidrs_t rate_allow;               /* networks the rates do not apply to */
 
     uint8_t spf_fail, spf_softfail, spf_neutral, spf_none, spf_temperror, spf_permerror; /* config_spf_action */
     uint8_t spf_stage;                       /* enum config_spf_stage */

@@ -50,6 +50,12 @@ enum spf_status { SPF_IDLE = 0, SPF_PENDING, SPF_DONE };
 
 typedef struct filter_facts filter_facts_t;
 
+/* The per-address rates (rate_connections, rate_messages, rate_recipients)
+ * the host found exceeded for this event. */
+#define FILTER_RATE_CONN 0x01u
+#define FILTER_RATE_MSG 0x02u
+#define FILTER_RATE_RCPT 0x04u
+
 /* What a filter may ask of the worker: hooks of the transaction the facts
  * describe (ctx). */
 typedef struct filter_host {
@@ -72,6 +78,7 @@ struct filter_facts {
     const smtp_path_t *rcpt;   /* RCPT */
     uint32_t messages;     /* transactions begun in this connection, this one included */
     uint32_t rcpts;        /* RCPT commands in this connection, this one included */
+    uint8_t rate_over;     /* FILTER_RATE_*: this address is over that rate (the host took the token once) */
     spf_state_t *spf;
     /* The running filter's own state (what its init made), set by
      * filter_run() for each filter it calls. */

@@ -1,7 +1,9 @@
 /*
  * limits.c - per-client limits: connections (all workers, and per client
- * address) at connect, messages and recipients per connection. Over a limit
- * the client hears a 4xx: it may come back, or use another connection.
+ * address) at connect, messages and recipients per connection, and per
+ * client address per minute (the host keeps the counts: workers/rate.h).
+ * Over a limit the client hears a 4xx: it may come back later, or use
+ * another connection.
  */
 #include "filter.h"
 
@@ -16,6 +18,11 @@ static enum filter_act limits_connect(const filter_facts_t *fx, filter_verdict_t
         return filter_refuse(v, FA_TEMPFAIL, 421, "4.7.0", "Error: too many connections from your address",
                              "max_connections_per_ip");
     }
+    if (fx->rate_over & FILTER_RATE_CONN) {
+        return filter_refuse(v, FA_TEMPFAIL, 421, "4.7.0",
+                             "Error: too many connections from your address per minute, try again later",
+                             "rate_connections");
+    }
     return FA_ACCEPT;
 }
 
@@ -26,6 +33,11 @@ static enum filter_act limits_mail(const filter_facts_t *fx, filter_verdict_t *v
         return filter_refuse(v, FA_TEMPFAIL, 421, "4.7.0", "Error: too many messages in one connection, reconnect",
                              "max_messages_per_connection");
     }
+    if (fx->rate_over & FILTER_RATE_MSG) {
+        return filter_refuse(v, FA_TEMPFAIL, 450, "4.7.1",
+                             "Error: too many messages from your address per minute, try again later",
+                             "rate_messages");
+    }
     return FA_ACCEPT;
 }
 
@@ -35,6 +47,11 @@ static enum filter_act limits_rcpt(const filter_facts_t *fx, filter_verdict_t *v
     if (max && fx->rcpts > max) {
         return filter_refuse(v, FA_TEMPFAIL, 452, "4.5.3", "Error: too many recipients in one connection",
                              "max_recipients_per_connection");
+    }
+    if (fx->rate_over & FILTER_RATE_RCPT) {
+        return filter_refuse(v, FA_TEMPFAIL, 450, "4.7.1",
+                             "Error: too many recipients from your address per minute, try again later",
+                             "rate_recipients");
     }
     return FA_ACCEPT;
 }

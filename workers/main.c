@@ -26,6 +26,7 @@
 #include "spf_client.h"
 #include "spfd.h"
 #include "queue.h"
+#include "rate.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -371,7 +372,9 @@ int main(int argc, char **argv, char **envp)
     conn_limits_t *limits = calloc(1, sizeof *limits);
     worker_t *w = calloc((size_t)n, sizeof *w);
     pthread_t *th = calloc((size_t)n, sizeof *th);
-    if (!limits || !w || !th) {
+    if (limits)
+        limits->rate = rate_new();
+    if (!limits || !limits->rate || !w || !th) {
         fprintf(stderr, "mxgate: out of memory\n");
         return 1;
     }
@@ -504,6 +507,7 @@ int main(int argc, char **argv, char **envp)
     conf_free(atomic_load(&current));
     free(w);
     free(th);
+    rate_free(limits->rate);
     free(limits);
     return 0;
 }

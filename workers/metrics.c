@@ -92,7 +92,7 @@ static void histogram(out_t *o, const metrics_t *const *w, int n, const char *na
 size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, const proc_metrics_t *proc)
 {
     static const char *const refused[MR_COUNT] = { "max_connections", "max_connections_per_ip", "filter", "proxy",
-                                                   "early_talker" };
+                                                   "early_talker", "rate_connections" };
     static const char *const tx_end[M_TX_END_COUNT] = { NULL,     "data",          "refused", "rejected",
                                                         "rset",   "helo",          "quit",    "client_closed",
                                                         "timeout", "drain",        "error" };

@@ -45,6 +45,7 @@ enum m_refused {
     MR_FILTER,
     MR_PROXY,        /* a bad, slow or missing PROXY header */
     MR_EARLY_TALKER,
+    MR_RATE_CONNECTIONS, /* over rate_connections */
     MR_COUNT
 };
 

@@ -27,6 +27,7 @@
 
 #include "lend.h"
 #include "proxy.h"
+#include "rate.h"
 #include "tls.h"
 #include "tx.h"
 #include "worker.h"
@@ -1125,11 +1126,14 @@ static void admit(worker_t *w, session_t *s, int total)
     facts_of(w, s, &fx);
     fx.conn_total = (uint32_t)total;
     fx.conn_per_ip = (uint32_t)per_ip;
+    if (rate_exceeded(w->limits->rate, &s->conf->cfg, RATE_CONN, s->family, s->addr, w->now))
+        fx.rate_over |= FILTER_RATE_CONN;
     if (filter_run(&s->conf->chain, FS_CONNECT, &fx, &v) >= FA_REJECT) {
         bool wait = v.act == FA_WAIT;
         const char *why = wait || !v.why ? "filter" : v.why;
         m_inc(&w->m.refused[!strcmp(why, "max_connections")          ? MR_MAX_CONNECTIONS
                             : !strcmp(why, "max_connections_per_ip") ? MR_MAX_CONNECTIONS_PER_IP
+                            : !strcmp(why, "rate_connections")       ? MR_RATE_CONNECTIONS
                                                                      : MR_FILTER]);
         logbuf_t b;
         lb_init(&b, "refused");

@@ -19,6 +19,7 @@
 #include "filter.h"
 #include "grow.h"
 #include "maildir.h"
+#include "rate.h"
 #include "spf.h"
 #include "spf_client.h"
 #include "tls.h"
@@ -52,6 +53,7 @@ typedef struct tx_rcpt {
     bool postmaster;
     uint8_t state;        /* enum rstate */
     uint32_t conn_no;     /* its number among the connection's RCPTs (limits) */
+    bool rate_over;       /* over rate_recipients (its token taken once, when it came) */
     uint32_t reply_off;   /* "code esc text" in the arena, for the log */
     uint16_t reply_len;
 } tx_rcpt_t;
@@ -63,6 +65,7 @@ struct tx {
     /* MAIL */
     uint8_t mstate;
     bool mail_failed;
+    bool mail_rate_over;       /* this MAIL was over rate_messages (its token taken once, at MAIL) */
     uint32_t mail_slot;
     smtp_mail_params_t params;
     uint32_t from_off;
@@ -248,6 +251,7 @@ static void facts(tx_t *t, filter_facts_t *fx, smtp_path_t *sender)
     fx->addr = t->env.addr;
     fx->helo = t->env.helo;
     fx->messages = t->env.number;
+    fx->rate_over = t->mail_rate_over ? FILTER_RATE_MSG : 0;
     fx->spf = &t->spf;
     path_of(kept(t, t->from_off, t->from_len), false, sender);
     fx->sender = sender;
@@ -281,6 +285,8 @@ static enum filter_act run_stage(tx_t *t, enum filter_stage st, const tx_rcpt_t 
         path_of(kept(t, rc->off, rc->len), rc->postmaster, &rcpt);
         fx.rcpt = &rcpt;
         fx.rcpts = rc->conn_no;
+        if (rc->rate_over)
+            fx.rate_over |= FILTER_RATE_RCPT;
     }
     enum filter_act a = filter_run(t->env.chain, st, &fx, &v);
     if (a == FA_REJECT || a == FA_TEMPFAIL)
@@ -524,6 +530,7 @@ tx_t *tx_begin(const tx_env_t *env, const smtp_event_t *mail)
     t->start_ms = env->w->now;
     t->mail_slot = mail->slot;
     t->params = mail->params;
+    t->mail_rate_over = rate_exceeded(env->w->limits->rate, env->cfg, RATE_MSG, env->family, env->addr, env->w->now);
     t->host.spf_start = hook_spf;
     t->host.ctx = t;
     t->mstate = M_LEASE;
@@ -593,6 +600,8 @@ void tx_rcpt(tx_t *t, const smtp_event_t *ev, uint32_t rcpts_conn)
     rc->slot = ev->slot;
     rc->postmaster = ev->path.postmaster;
     rc->conn_no = rcpts_conn;
+    rc->rate_over = rate_exceeded(t->env.w->limits->rate, t->env.cfg, RATE_RCPT, t->env.family, t->env.addr,
+                                  t->env.w->now);
     rc->off = keep(t, ev->path.mailbox.ptr, ev->path.mailbox.len);
     rc->len = (uint16_t)ev->path.mailbox.len;
     if (rc->off == UINT32_MAX) {

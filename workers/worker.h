@@ -65,9 +65,12 @@ static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
 #define UD_IDX(u) ((uint32_t)(u))
 #define GEN_MASK 0xffffffu
 
+struct rate;
+
 typedef struct conn_limits {
     atomic_int total;
     atomic_ushort per_ip[65536];
+    struct rate *rate; /* per address rates, all workers (rate.h) */
 } conn_limits_t;
 
 typedef struct worker worker_t;

@@ -2,11 +2,13 @@
 Every limit crossed over the wire, with the reply (code and enhanced code) the
 SMTP engine documents in core/smtp.h, and what happens to the session after.
 """
+import re
 import time
+import urllib.request
 
 import pytest
 
-from mxtest import Client, Closed, make_message, new_msgid, split_received, transact
+from mxtest import HOST, Client, Closed, free_port, make_message, new_msgid, split_received, transact
 
 
 def _session(gw):
@@ -253,3 +255,101 @@ def test_http_request_as_command_is_dropped(sink, gateway):
         rest = c.rest_replies(timeout=5)
         assert rest and rest[-1].code == 221 and rest[-1].esc == "2.7.0", rest
         assert c.wait_closed(3)
+
+
+# ---------------------------------------------------------------- rates per client address
+
+
+def _metrics(gw):
+    with urllib.request.urlopen("http://%s/metrics" % gw.opts["http_listen"], timeout=5) as r:
+        return r.read().decode()
+
+
+def test_rate_connections_holds_across_workers_and_spares_others(sink, gateway):
+    # A flood from 127.0.0.2: ten connections one after another, spread by
+    # SO_REUSEPORT over two workers; one count for the address, so six get
+    # the greeting and the rest 421 4.7.0 (a count per worker would let up
+    # to twelve in). 127.0.0.3 meanwhile is served as usual.
+    gw = gateway(downstream=sink.addr, workers=2, rate_connections=6, http_listen="%s:%d" % (HOST, free_port()))
+    codes = []
+    for i in range(10):
+        with Client(gw.port, source="127.0.0.2") as c:
+            r = c.greet()
+            codes.append((r.code, r.esc))
+            if r.code == 220:
+                c.cmd("QUIT")
+            else:
+                assert "per minute" in str(r), r
+                c.wait_closed(5)
+        if i == 5:
+            with Client(gw.port, source="127.0.0.3") as other:
+                assert other.greet().code == 220
+                mid = new_msgid("rate-other")
+                other.ehlo()
+                assert transact(other, "a@src.test", ["user@example.com"], make_message(mid)).delivered
+    assert [c for c, _ in codes[:6]] == [220] * 6 and codes[6:] == [(421, "4.7.0")] * 4, codes
+    assert gw.wait_record(lambda r: r.get("event") == "refused" and r.get("reason") == "rate_connections"
+                          and r.get("client") == "127.0.0.2")
+    assert re.search(r'^mxgate_connections_refused_total\{reason="rate_connections"\} 4$', _metrics(gw), re.M)
+    with Client(gw.port, source="127.0.0.3") as other:   # still served
+        assert other.greet().code == 220
+
+
+def test_rate_messages_and_recipients(sink, gateway):
+    gw = gateway(downstream=sink.addr, rate_messages=3, rate_recipients=5)
+    with Client(gw.port, source="127.0.0.2") as c:
+        c.ehlo()
+        for i in range(3):
+            assert c.cmd("MAIL FROM:<a@src.test>").code == 250
+            assert c.cmd("RSET").code == 250
+        r = c.cmd("MAIL FROM:<a@src.test>")
+        assert (r.code, r.esc) == (450, "4.7.1") and "per minute" in str(r), r
+        # the session goes on; recipients are counted the same way, from
+        # another address (its own buckets)
+    with Client(gw.port, source="127.0.0.3") as c:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<a@src.test>").code == 250
+        rs = [c.cmd("RCPT TO:<u%d@example.com>" % i) for i in range(7)]
+        assert [r.code for r in rs] == [250] * 5 + [450, 450], rs
+        assert rs[5].esc == "4.7.1"
+        assert c.cmd("DATA").code == 354
+        mid = new_msgid("rate-rcpts")
+        c.send(make_message(mid) + b".\r\n")
+        assert c.reply().code == 250
+    m = sink.wait_message(mid)
+    assert len(m.rcpts) == 5
+    rec = gw.wait_record(lambda r: r.get("event") == "tx" and r.get("rcpt.6.reply", "").startswith("450 4.7.1"))
+    assert rec, gw.log_tail()
+
+
+def test_rate_allow_exempts_a_network(sink, gateway):
+    gw = gateway(downstream=sink.addr, rate_connections=2, rate_allow="127.0.0.2/32")
+    for _ in range(5):
+        with Client(gw.port, source="127.0.0.2") as c:
+            assert c.greet().code == 220
+            c.cmd("QUIT")
+    codes = []
+    for _ in range(3):
+        with Client(gw.port, source="127.0.0.3") as c:
+            codes.append(c.greet().code)
+    assert codes == [220, 220, 421], codes
+
+
+def test_rate_refills_evenly(sink, gateway):
+    # 120 a minute: the bucket holds 120, and two tokens a second come back
+    gw = gateway(downstream=sink.addr, rate_connections=120)
+
+    def until_refused(limit):
+        t0, accepted = time.monotonic(), 0
+        for _ in range(limit):
+            with Client(gw.port, source="127.0.0.4") as c:
+                if c.greet().code != 220:
+                    return accepted, time.monotonic() - t0
+                accepted += 1
+        raise AssertionError("never refused after %d connections" % limit)
+
+    n, took = until_refused(300)
+    assert 120 <= n <= 120 + 2 * took + 1, (n, took)
+    time.sleep(1.5)                                   # three tokens back
+    n, took = until_refused(50)
+    assert 3 <= n <= 3 + 2 * took + 1, (n, took)

@@ -146,7 +146,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 63);
+    assert_int_equal(nkeys, 67);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -195,6 +195,10 @@ static const kv_case_t kv_cases[] = {
     {"recipient_map", "/etc/mxgate/recipients", "/etc/\x01", "control character in path"},
     {"max_messages_per_connection", "10", "-1", "expected a number from 0 to 1000000"},
     {"max_recipients_per_connection", "100", "x", "expected a number from 0 to 10000000"},
+    {"rate_connections", "60", "1000001", "expected a number from 0 to 1000000: 1000001"},
+    {"rate_messages", "600", "-5", "expected a number from 0 to 1000000"},
+    {"rate_recipients", "6000", "lots", "expected a number from 0 to 10000000"},
+    {"rate_allow", "192.0.2.0/24, 2001:db8::/32", "192.0.2.1/24", "host bits set past the prefix: 192.0.2.1/24"},
     {"spf_fail", "tempfail", "bounce", "expected accept, reject or tempfail: bounce"},
     {"spf_softfail", "reject", "tag", "expected accept, reject or tempfail: tag"},
     {"spf_neutral", "reject", "", "expected accept, reject or tempfail"},

@@ -1,0 +1,121 @@
+/*
+ * rate.c - per client address token buckets, shared by the workers (rate.h).
+ */
+#include "rate.h"
+
+#include "config.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define SHARDS 64u
+#define SLOTS 1024u /* per shard */
+#define PROBE 8u
+
+typedef struct entry {
+    uint8_t used, family;
+    uint8_t addr[16];
+    uint64_t touched_ms;
+    double tokens[RATE_KINDS];
+    uint64_t at_ms[RATE_KINDS]; /* when tokens[k] was last brought up to date; 0: never */
+} entry_t;
+
+typedef struct shard {
+    pthread_mutex_t mu;
+    entry_t e[SLOTS];
+} shard_t;
+
+struct rate {
+    shard_t *shard;
+};
+
+rate_t *rate_new(void)
+{
+    rate_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    /* about 4 MB of address space; pages are touched only as addresses come */
+    r->shard = calloc(SHARDS, sizeof *r->shard);
+    if (!r->shard) {
+        free(r);
+        return NULL;
+    }
+    for (uint32_t i = 0; i < SHARDS; i++)
+        pthread_mutex_init(&r->shard[i].mu, NULL);
+    return r;
+}
+
+void rate_free(rate_t *r)
+{
+    if (!r)
+        return;
+    for (uint32_t i = 0; i < SHARDS; i++)
+        pthread_mutex_destroy(&r->shard[i].mu);
+    free(r->shard);
+    free(r);
+}
+
+static uint64_t hash(int family, const uint8_t *a, size_t n)
+{
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)family;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ a[i]) * 1099511628211ull;
+    return h ^ h >> 29;
+}
+
+bool rate_take(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, uint32_t per_min, uint64_t now_ms)
+{
+    if (!per_min || !r)
+        return true;
+    size_t n = family == AF_INET6 ? 16 : 4;
+    uint64_t h = hash(family, addr, n);
+    shard_t *s = &r->shard[h % SHARDS];
+    uint32_t at = (uint32_t)(h / SHARDS) % SLOTS;
+    pthread_mutex_lock(&s->mu);
+    entry_t *e = NULL, *victim = NULL;
+    for (uint32_t i = 0; i < PROBE && !e; i++) {
+        entry_t *c = &s->e[(at + i) % SLOTS];
+        if (c->used && c->family == family && !memcmp(c->addr, addr, n))
+            e = c;
+        else if (!victim || (victim->used && (!c->used || c->touched_ms < victim->touched_ms)))
+            victim = c;
+    }
+    if (!e) {
+        e = victim;
+        memset(e, 0, sizeof *e);
+        e->used = 1;
+        e->family = (uint8_t)family;
+        memcpy(e->addr, addr, n);
+    }
+    e->touched_ms = now_ms;
+    double cap = per_min;
+    /* Each worker's clock is its loop turn's: another's may be a little
+     * behind the last update, which then counts as no time. */
+    double t = cap;
+    if (e->at_ms[k]) {
+        t = e->tokens[k];
+        if (now_ms > e->at_ms[k]) {
+            t += (double)(now_ms - e->at_ms[k]) * cap / 60000.0;
+            e->at_ms[k] = now_ms;
+        }
+    } else {
+        e->at_ms[k] = now_ms ? now_ms : 1;
+    }
+    if (t > cap)
+        t = cap; /* a lowered limit (a reload) applies at once */
+    bool ok = t >= 1.0;
+    e->tokens[k] = ok ? t - 1.0 : t;
+    pthread_mutex_unlock(&s->mu);
+    return ok;
+}
+
+bool rate_exceeded(rate_t *r, const mx_config_t *cfg, enum rate_kind k, int family, const uint8_t *addr,
+                   uint64_t now_ms)
+{
+    uint32_t per_min = k == RATE_CONN ? cfg->rate_connections : k == RATE_MSG ? cfg->rate_messages : cfg->rate_recipients;
+    if (!per_min || config_cidrs_match(&cfg->rate_allow, family, addr))
+        return false;
+    return !rate_take(r, k, family, addr, per_min, now_ms);
+}
