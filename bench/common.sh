@@ -18,32 +18,26 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+free_port() { python3 bench/proc.py port; }
 now() { date +%s.%N; }
 # utime + stime of a process (all threads), in clock ticks; fields after "(comm) ".
 ticks() { sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
 HZ=$(getconf CLK_TCK)
 calc() { awk "BEGIN { printf \"%.${2:-3}f\", ($1) }"; }
 
-wait_port() { # port seconds: until it greets with 220
-    python3 - "$1" "$2" <<'PY'
-import socket, sys, time
-port, limit = int(sys.argv[1]), float(sys.argv[2])
-end = time.monotonic() + limit
-while time.monotonic() < end:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.settimeout(2)
-            if s.recv(512).startswith(b"220"):
-                s.sendall(b"QUIT\r\n")
-                sys.exit(0)
-    except OSError:
-        pass
-    time.sleep(0.05)
-sys.exit("port %d not greeting within %.0f s" % (port, limit))
-PY
+wait_port() { python3 bench/proc.py greet "$1" "$2"; } # port seconds: until it greets with 220
+
+# smtp-sink counting on 127.0.0.1:PORT into LOGFILE (sets sink_pid; the
+# caller sets SINK, its path). It insists on dropping privileges when
+# started as root.
+start_sink() { # port logfile -> sets sink_pid
+    if [ "$(id -u)" -eq 0 ]; then set -- "$1" "$2" -u nobody; else set -- "$1" "$2"; fi
+    local port=$1 out=$2
+    shift 2
+    "$SINK" "$@" -c -m 1024 "127.0.0.1:$port" 1024 > "$out" 2>&1 &
+    sink_pid=$!
+    pids="$pids $sink_pid"
+    wait_port "$port" 10
 }
 
 stop_pid() {

@@ -44,16 +44,6 @@ pids=""
 . bench/common.sh
 
 
-start_sink() { # port logfile -> sets sink_pid
-    # smtp-sink insists on dropping privileges when started as root.
-    if [ "$(id -u)" -eq 0 ]; then set -- "$1" "$2" -u nobody; else set -- "$1" "$2"; fi
-    local port=$1 out=$2
-    shift 2
-    "$SINK" "$@" -c -m 1024 "127.0.0.1:$port" 1024 > "$out" 2>&1 &
-    sink_pid=$!
-    pids="$pids $sink_pid"
-    wait_port "$port" 10
-}
 sink_messages() { tr '\r' '\n' < "$1" | grep -Eo 'mesg=[0-9]+' | tail -1 | cut -d= -f2; }
 
 start_mxgate() { # port downstream_port logfile extra-flags... -> sets mx_pid

@@ -69,11 +69,7 @@ sleep 0.5
 
 # ---- the downstream
 sp=$(free_port)
-if [ "$(id -u)" -eq 0 ]; then sinkuser="-u nobody"; else sinkuser=""; fi
-# shellcheck disable=SC2086
-"$SINK" $sinkuser -c -m 1024 "127.0.0.1:$sp" 1024 > "$work/sink.out" 2>&1 &
-pids="$pids $!"
-wait_port "$sp" 10
+start_sink "$sp" "$work/sink.out"
 
 run() { # name filters -> "msgs/s cpu-ticks"
     local mp log

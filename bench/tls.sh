@@ -156,16 +156,6 @@ chmod 600 "$work/tls/key.pem"
 cert=$work/tls/cert.pem
 key=$work/tls/key.pem
 
-start_sink() { # port logfile -> sink_pid
-    # smtp-sink insists on dropping privileges when started as root.
-    if [ "$(id -u)" -eq 0 ]; then set -- "$1" "$2" -u nobody; else set -- "$1" "$2"; fi
-    local port=$1 out=$2
-    shift 2
-    "$SINK" "$@" -c -m 1024 "127.0.0.1:$port" 1024 > "$out" 2>&1 &
-    sink_pid=$!
-    pids="$pids $sink_pid"
-    wait_port "$port" 10
-}
 
 start_mxgate() { # port downstream_port logfile extra-flags... -> mx_pid, mx_http
     local port=$1 ds=$2 log=$3 maxc=$((2 * IDLE_CONNS + 1000))
