@@ -45,6 +45,24 @@ static bool is_seg(const char *n)
     return l > 4 && !strcmp(n + l - 4, ".seg") && n[0] != '.';
 }
 
+/* A segment file opened (flags: O_RDONLY or O_WRONLY) with its size;
+ * -1, said on stderr, when it cannot be. */
+static int open_seg(const spooldir_t *sd, const segfile_t *s, int flags, uint64_t *size)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", sd->dir, s->name);
+    int fd = open(path, flags | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        fprintf(stderr, "mxgate queue: %s: %s\n", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    *size = (uint64_t)st.st_size;
+    return fd;
+}
+
 /* Every segment mapped and every record fed to the queue. */
 static int load(spooldir_t *sd)
 {
@@ -76,22 +94,14 @@ static int load(spooldir_t *sd)
     spoolq_init(&sd->q);
     for (uint32_t i = 0; i < sd->nseg; i++) {
         segfile_t *s = &sd->seg[i];
-        char path[4096];
-        snprintf(path, sizeof path, "%s/%s", sd->dir, s->name);
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) != 0) {
-            fprintf(stderr, "mxgate queue: %s: %s\n", path, strerror(errno));
-            if (fd >= 0)
-                close(fd);
+        int fd = open_seg(sd, s, O_RDONLY, &s->len);
+        if (fd < 0)
             continue;
-        }
-        s->len = (uint64_t)st.st_size;
         if (s->len) {
             s->map = mmap(NULL, s->len, PROT_READ, MAP_PRIVATE, fd, 0);
             if (s->map == MAP_FAILED) {
                 s->map = NULL;
-                fprintf(stderr, "mxgate queue: %s: %s\n", path, strerror(errno));
+                fprintf(stderr, "mxgate queue: %s: %s\n", s->name, strerror(errno));
             }
         }
         close(fd);
@@ -266,24 +276,18 @@ static int lock_dir(const char *dir)
 static bool mark_done(const spooldir_t *sd, const spoolq_msg_t *m)
 {
     const segfile_t *s = &sd->seg[m->seg];
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", sd->dir, s->name);
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    struct stat st;
-    if (fd < 0 || fstat(fd, &st) != 0) {
-        fprintf(stderr, "mxgate queue: %s: %s\n", path, strerror(errno));
-        if (fd >= 0)
-            close(fd);
+    uint64_t size;
+    int fd = open_seg(sd, s, O_WRONLY, &size);
+    if (fd < 0)
         return false;
-    }
-    uint64_t at = ((uint64_t)st.st_size + SPOOL_ALIGN - 1) & ~(uint64_t)(SPOOL_ALIGN - 1);
+    uint64_t at = (size + SPOOL_ALIGN - 1) & ~(uint64_t)(SPOOL_ALIGN - 1);
     char rec[SPOOL_ALIGN + 64];
-    size_t pad = (size_t)(at - (uint64_t)st.st_size);
+    size_t pad = (size_t)(at - size);
     memset(rec, 0, pad);
     size_t n = spool_put_done(rec + pad, s->head.nonce, at, m->id);
-    bool ok = pwrite(fd, rec, pad + n, st.st_size) == (ssize_t)(pad + n) && fsync(fd) == 0;
+    bool ok = pwrite(fd, rec, pad + n, (off_t)size) == (ssize_t)(pad + n) && fsync(fd) == 0;
     if (!ok)
-        fprintf(stderr, "mxgate queue: %s: %s\n", path, strerror(errno));
+        fprintf(stderr, "mxgate queue: %s: %s\n", s->name, strerror(errno));
     close(fd);
     return ok;
 }

@@ -254,26 +254,39 @@ static int bio_init(char *err, size_t errlen)
     return 0;
 }
 
-tls_ctx_t *tls_ctx_new(const mx_config_t *cfg, char *err, size_t errlen)
+/* A context for either role, with what both share: our BIO's method, no
+ * renegotiation, no compression, record buffers released when idle. */
+static tls_ctx_t *ctx_alloc(const SSL_METHOD *method, const char *key, char *err, size_t errlen)
 {
     char why[256];
     if (bio_init(err, errlen))
         return NULL;
+    tls_ctx_t *c = calloc(1, sizeof *c);
+    SSL_CTX *ctx = c ? SSL_CTX_new(method) : NULL;
+    if (!ctx) {
+        snprintf(err, errlen, "%s: %s", key, c ? ssl_reason(why, sizeof why) : "out of memory");
+        free(c);
+        return NULL;
+    }
+    c->ssl = ctx;
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    return c;
+}
+
+tls_ctx_t *tls_ctx_new(const mx_config_t *cfg, char *err, size_t errlen)
+{
+    char why[256];
     if (!cfg->tls_cert_file[0] || !cfg->tls_key_file[0]) {
         snprintf(err, errlen, "tls = %s needs tls_cert_file and tls_key_file",
                  cfg->tls == CONFIG_TLS_ENCRYPT ? "encrypt" : "may");
         return NULL;
     }
-    tls_ctx_t *c = calloc(1, sizeof *c);
-    SSL_CTX *ctx = c ? SSL_CTX_new(TLS_server_method()) : NULL;
-    if (!ctx) {
-        snprintf(err, errlen, "tls: %s", c ? ssl_reason(why, sizeof why) : "out of memory");
-        free(c);
+    tls_ctx_t *c = ctx_alloc(TLS_server_method(), "tls", err, errlen);
+    if (!c)
         return NULL;
-    }
-    c->ssl = ctx;
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    SSL_CTX *ctx = c->ssl;
+    SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"mxgate", 6);
     if (!tkeys_ready) {
@@ -385,18 +398,10 @@ static int new_session_cb(SSL *s, SSL_SESSION *sess)
 tls_ctx_t *tls_client_ctx_new(const mx_config_t *cfg, char *err, size_t errlen)
 {
     char why[256];
-    if (bio_init(err, errlen))
+    tls_ctx_t *c = ctx_alloc(TLS_client_method(), "downstream_tls", err, errlen);
+    if (!c)
         return NULL;
-    tls_ctx_t *c = calloc(1, sizeof *c);
-    SSL_CTX *ctx = c ? SSL_CTX_new(TLS_client_method()) : NULL;
-    if (!ctx) {
-        snprintf(err, errlen, "downstream_tls: %s", c ? ssl_reason(why, sizeof why) : "out of memory");
-        free(c);
-        return NULL;
-    }
-    c->ssl = ctx;
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+    SSL_CTX *ctx = c->ssl;
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     /* Sessions live in the pool that opened them (one per worker, no lock),
      * never in a cache the workers would share. */
