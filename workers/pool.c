@@ -53,6 +53,7 @@ struct dsconn {
     bool recv_armed, sending, posted, leased;
     bool was_ready;          /* reached READY once: a later failure is not the server's set-up */
     bool hs;                 /* the TLS handshake is under way */
+    bool plain_next;         /* may: its handshake failed, the next connections go in plaintext */
     tls_conn_t *tls;         /* after the server's 220 to STARTTLS: every byte is TLS */
     relay_t relay;
     relay_config_t rcfg;     /* the relay's, as the configuration was at its open */
@@ -464,7 +465,7 @@ static void dispatch(worker_t *w, dsconn_t *c, const relay_event_t *ev)
 static void setup_failed(worker_t *w, dsconn_t *c)
 {
     pool_t *p = w->pool;
-    if (w->draining || (c->relay.fail == RELAY_FAIL_TLS && c->tls_level == CONFIG_DS_TLS_MAY))
+    if (w->draining || c->plain_next)
         return;
     p->backoff_ms = p->backoff_ms ? p->backoff_ms * 2 : BACKOFF_FIRST_MS;
     if (p->backoff_ms > BACKOFF_MAX_MS)
@@ -515,14 +516,14 @@ static void tls_failed(worker_t *w, dsconn_t *c, const char *why)
 {
     pool_t *p = w->pool;
     const char *cert = c->tls ? tls_peer_unverified(c->tls) : NULL;
-    bool fallback = c->hs && c->tls_level == CONFIG_DS_TLS_MAY;
+    c->plain_next = c->hs && c->tls_level == CONFIG_DS_TLS_MAY;
     if (c->hs)
         m_inc(&w->m.ds_tls[MDT_FAILED]);
-    if (fallback)
+    if (c->plain_next)
         p->tls_plain_until = w->now + TLS_PLAIN_MS;
     log_line(LOG_WARN, "event=downstream_tls_failed worker=%d conn=%u downstream=%s error=\"%s\"%s%s%s%s", w->id,
              c->idx, w->cfg->downstream, why, cert ? " certificate=\"" : "", cert ? cert : "", cert ? "\"" : "",
-             fallback ? " then=plaintext_300s" : "");
+             c->plain_next ? " then=plaintext_300s" : "");
     conn_fail(w, c, RELAY_FAIL_TLS);
 }
 

@@ -193,6 +193,7 @@ class SmtpSink:
                      (or a man in the middle) injecting replies
       starttls_garbage  the answer to the ClientHello: bytes that are not a
                      TLS handshake (then the sink closes)
+      starttls_stall after the 220, read the ClientHello and answer nothing
     tls_sessions records (conn_id, version, cipher, resumed) per handshake;
     tls_failures the handshakes that failed; tls_pipelined the connections
     whose client sent bytes after STARTTLS before the handshake (RFC 3207
@@ -230,6 +231,7 @@ class SmtpSink:
         self.starttls_reply = None
         self.starttls_inject = b""
         self.starttls_garbage = b""
+        self.starttls_stall = False
         self.tls_sessions = []
         self.tls_failures = []
         self.tls_pipelined = []
@@ -579,6 +581,10 @@ class _SinkSession:
         if sink.starttls_inject:   # in the same segment as the 220
             self.out.append(sink.starttls_inject)
         self.flush()
+        if sink.starttls_stall:     # the ClientHello read, and no answer ever
+            self.buf.clear()
+            self.recv_more()
+            self.stall()
         if sink.starttls_garbage:   # the answer to the client's ClientHello
             self.buf.clear()
             self.recv_more()

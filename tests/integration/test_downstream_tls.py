@@ -13,6 +13,7 @@ The PKI (a CA and the sink's certificate for sink.test and 127.0.0.1, plus
 a self-signed one) is made here with the openssl command.
 """
 import re
+import signal
 import ssl
 import subprocess
 import time
@@ -20,7 +21,8 @@ import urllib.request
 
 import pytest
 
-from mxtest import HOST, Client, free_port, make_message, new_msgid, send_mail, transact
+from conftest import DEFAULTS
+from mxtest import HOST, Client, Gateway, StartError, free_port, make_message, new_msgid, send_mail, transact
 
 pytestmark = pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode != 0,
                                 reason="openssl is not installed (make deps)")
@@ -264,6 +266,21 @@ def test_broken_tls_after_the_220(make_sink, gateway, pki):
     assert not sink.messages
 
 
+def test_a_handshake_that_stalls_times_out(make_sink, gateway, pki):
+    # The server reads the ClientHello and answers nothing: the handshake
+    # is held to downstream_timeout like any other wait on the server.
+    sink = tls_sink(make_sink, pki)
+    sink.starttls_stall = True
+    gw = ds_gateway(gateway, sink, "encrypt", downstream_timeout=1)
+    t0 = time.monotonic()
+    r = send_mail(gw.port, msg=make_message(new_msgid("dstls-stall")))
+    assert r.final.code == 451 and r.final.esc == "4.4.1", r
+    assert time.monotonic() - t0 < 5, "the handshake is under downstream_timeout"
+    assert gw.wait_record(lambda r: r.get("event") == "downstream_closed" and r.get("reason") == "timeout"), \
+        gw.log_tail()
+    assert not sink.messages
+
+
 # ---------------------------------------------------------------- opportunistic
 
 
@@ -347,7 +364,7 @@ def test_reload_turns_tls_on_for_new_connections(make_sink, gateway, pki, tmp_pa
     assert sink.wait_message(a).tls is None
     conf.write_text("downstream_tls = verify\ndownstream_tls_ca_file = %s\ndownstream_tls_name = sink.test\n"
                     % pki["ca.pem"])
-    gw.signal(__import__("signal").SIGHUP)
+    gw.signal(signal.SIGHUP)
     assert gw.wait_record(lambda r: r.get("event") == "reload" and r.get("result") == "ok"), gw.log_tail()
     b = new_msgid("dstls-after")
     assert send_mail(gw.port, msg=make_message(b)).delivered
@@ -357,8 +374,6 @@ def test_reload_turns_tls_on_for_new_connections(make_sink, gateway, pki, tmp_pa
 
 
 def test_a_bad_ca_file_stops_start_up(sink, gateway, tmp_path):
-    from mxtest import Gateway, StartError
-    from conftest import DEFAULTS
     o = dict(DEFAULTS, listen="%s:%d" % (HOST, free_port()), downstream=sink.addr, downstream_tls="verify",
              downstream_tls_ca_file=str(tmp_path / "missing.pem"), maildir=str(tmp_path / "mail"))
     g = Gateway(o, log_path=str(tmp_path / "bad.log"))
