@@ -13,11 +13,12 @@
 
 #include <stdbool.h>
 #include <string.h>
+#include <threads.h>
 
 #define POLY 0x82F63B78u /* 0x1EDC6F41 reflected */
 
 static uint32_t table[8][256];
-static bool table_ready;
+static once_flag table_once = ONCE_FLAG_INIT;
 
 static void table_init(void)
 {
@@ -30,7 +31,6 @@ static void table_init(void)
     for (uint32_t i = 0; i < 256; i++)
         for (int t = 1; t < 8; t++)
             table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xff];
-    table_ready = true;
 }
 
 static inline uint64_t load64(const unsigned char *p)
@@ -42,8 +42,7 @@ static inline uint64_t load64(const unsigned char *p)
 
 uint32_t crc32c_portable(uint32_t crc, const void *data, size_t n)
 {
-    if (!table_ready)
-        table_init(); /* idempotent: racing first callers write the same values */
+    call_once(&table_once, table_init); /* workers may be first together */
     const unsigned char *p = data;
     crc = ~crc;
     while (n && ((uintptr_t)p & 7)) {
@@ -70,7 +69,6 @@ uint32_t crc32c_portable(uint32_t crc, const void *data, size_t n)
 /* Shifting a CRC over LANE zero octets, as four 256-entry tables (one per
  * octet of the CRC): the linear map x -> x * x^(8 * LANE) mod P. */
 static uint32_t shift_tab[4][256];
-static bool shift_ready;
 
 /* The CRC register after feeding n zero octets to register value c (no
  * pre/post inversion): the table layer, one octet at a time. */
@@ -81,14 +79,16 @@ static uint32_t zeros(uint32_t c, size_t n)
     return c;
 }
 
-static void shift_init(void)
+static bool hw; /* set once, by layer_init */
+static once_flag layer_once = ONCE_FLAG_INIT;
+
+static void layer_init(void)
 {
-    if (!table_ready)
-        table_init();
-    for (int b = 0; b < 4; b++)
+    call_once(&table_once, table_init);
+    hw = __builtin_cpu_supports("sse4.2");
+    for (int b = 0; hw && b < 4; b++)
         for (uint32_t i = 0; i < 256; i++)
             shift_tab[b][i] = zeros(i << (8 * b), LANE);
-    shift_ready = true;
 }
 
 static inline uint32_t shift(uint32_t c)
@@ -127,16 +127,9 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uns
     return ~(uint32_t)c;
 }
 
-static int hw = -1; /* -1: not looked yet */
-
 static bool have_hw(void)
 {
-    if (hw < 0) {
-        bool ok = __builtin_cpu_supports("sse4.2");
-        if (ok && !shift_ready)
-            shift_init();
-        hw = ok;
-    }
+    call_once(&layer_once, layer_init);
     return hw;
 }
 
