@@ -48,4 +48,24 @@ static inline uint32_t grow_append(char **buf, uint32_t *cap, uint32_t *len, con
     return off;
 }
 
+/* Room for one more item after n in an array of `size`-octet items
+ * (capacity *cap items, doubling from `first`); false, nothing changed,
+ * when memory says no. Used as grow_item((void **)&arr, &cap, n, sizeof *arr, 32). */
+static inline bool grow_item(void **arr, uint32_t *cap, uint32_t n, size_t size, uint32_t first)
+    __attribute__((warn_unused_result));
+static inline bool grow_item(void **arr, uint32_t *cap, uint32_t n, size_t size, uint32_t first)
+{
+    if (n < *cap && *arr)
+        return true;
+    if (*cap > UINT32_MAX / 2)
+        return false;
+    uint32_t c = *cap ? *cap * 2 : first;
+    void *a = realloc(*arr, (size_t)c * size);
+    if (!a)
+        return false;
+    *arr = a;
+    *cap = c;
+    return true;
+}
+
 #endif

@@ -138,6 +138,13 @@ uint32_t spool_seal(char *head, size_t head_size, uint32_t crc, uint32_t body_le
     return (uint32_t)(spool_record_size(payload) - SPOOL_HEAD - payload);
 }
 
+void spool_reseal(char *rec, uint64_t nonce, uint64_t offset)
+{
+    uint32_t payload = get32(rec + 8);
+    uint32_t crc = crc32c(spool_check_start(nonce, offset), rec + SPOOL_HEAD, payload);
+    put32(rec + 12, crc32c(crc, rec + 4, 8));
+}
+
 static size_t finish(char *out, uint64_t nonce, uint64_t offset, uint8_t type, char *end)
 {
     uint32_t payload = (uint32_t)(end - out) - SPOOL_HEAD;
@@ -274,12 +281,12 @@ static bool decode(uint8_t type, const char *p, uint32_t len, spool_rec_t *rec)
     return !r.bad && r.p == r.end;
 }
 
-/* A whole, checked, well-formed record at pos? */
-static bool record_at(const spool_scanner_t *s, uint64_t pos, spool_rec_t *rec)
+/* A whole, checked, well-formed record at h, written at offset pos of a
+ * segment with this nonce, with avail octets readable from h? */
+static bool record_check(const char *h, uint64_t avail, uint64_t nonce, uint64_t pos, spool_rec_t *rec)
 {
-    if (s->len - pos < SPOOL_HEAD)
+    if (avail < SPOOL_HEAD)
         return false;
-    const char *h = s->p + pos;
     if (get32(h) != SPOOL_MAGIC || (uint8_t)h[4] != SPOOL_VERSION || get16(h + 6) != 0)
         return false;
     uint8_t type = (uint8_t)h[5];
@@ -287,9 +294,9 @@ static bool record_at(const spool_scanner_t *s, uint64_t pos, spool_rec_t *rec)
     if (type < SPOOL_MSG || type >= SPOOL_TYPE_END || len > SPOOL_PAYLOAD_MAX)
         return false;
     uint64_t size = spool_record_size(len);
-    if (s->len - pos < SPOOL_HEAD + (uint64_t)len)
+    if (avail < SPOOL_HEAD + (uint64_t)len)
         return false; /* cut short (the padding may be missing at the very end) */
-    uint32_t crc = crc32c(spool_check_start(s->seg.nonce, pos), h + SPOOL_HEAD, len);
+    uint32_t crc = crc32c(spool_check_start(nonce, pos), h + SPOOL_HEAD, len);
     if (crc32c(crc, h + 4, 8) != get32(h + 12))
         return false;
     memset(rec, 0, sizeof *rec);
@@ -299,6 +306,16 @@ static bool record_at(const spool_scanner_t *s, uint64_t pos, spool_rec_t *rec)
     rec->offset = pos;
     rec->size = (uint32_t)size;
     return true;
+}
+
+static bool record_at(const spool_scanner_t *s, uint64_t pos, spool_rec_t *rec)
+{
+    return record_check(s->p + pos, s->len - pos, s->seg.nonce, pos, rec);
+}
+
+bool spool_record_parse(const char *p, uint64_t len, uint64_t nonce, uint64_t offset, spool_rec_t *rec)
+{
+    return record_check(p, len, nonce, offset, rec) && rec->size <= len + SPOOL_ALIGN;
 }
 
 bool spool_scan_init(spool_scanner_t *s, const char *p, uint64_t len)

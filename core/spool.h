@@ -171,6 +171,12 @@ size_t spool_put_try(char *out, uint64_t nonce, uint64_t offset, spool_id_t id, 
                      uint16_t code, slice_t text);
 size_t spool_put_done(char *out, uint64_t nonce, uint64_t offset, spool_id_t id);
 
+/* Check a whole record (its type and length already in its header) for a
+ * place: offset in a segment with this nonce. A writer that learns where a
+ * record goes only when it writes it (spooler.c, one batch per loop turn)
+ * builds it anywhere and seals it here, one pass over the payload. */
+void spool_reseal(char *rec, uint64_t nonce, uint64_t offset);
+
 /* ---- reading ---- */
 
 enum spool_scan {
@@ -194,6 +200,12 @@ bool spool_scan_init(spool_scanner_t *s, const char *p, uint64_t len);
 /* The next record, or where the segment stops making sense. Slices in
  * *rec point into the segment. */
 enum spool_scan spool_scan_next(spool_scanner_t *s, spool_rec_t *rec, uint64_t *at, uint64_t *skipped);
+
+/* One record on its own (read back from its segment, or kept in memory
+ * since it was written): p holds it from its header on, len octets (the
+ * padding may be left out); offset and nonce say where it was written.
+ * false: not a whole record that checks out there. Slices point into p. */
+bool spool_record_parse(const char *p, uint64_t len, uint64_t nonce, uint64_t offset, spool_rec_t *rec);
 
 /* The recipients of a SPOOL_MSG as read, in order: true with *out while
  * there is one. *cur starts at 0. */

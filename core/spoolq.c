@@ -3,6 +3,8 @@
  */
 #include "spoolq.h"
 
+#include "grow.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,14 +71,8 @@ static bool add_msg(spoolq_t *q, uint32_t seg, const spool_rec_t *r)
     }
     if ((uint64_t)(q->n + 1) * 2 > q->nslot && !rehash(q, q->nslot ? q->nslot * 2 : 64))
         return false;
-    if (q->n == q->cap) {
-        uint32_t cap = q->cap ? q->cap * 2 : 32;
-        spoolq_msg_t *m = realloc(q->msg, cap * sizeof *m);
-        if (!m)
-            return false;
-        q->msg = m;
-        q->cap = cap;
-    }
+    if (!grow_item((void **)&q->msg, &q->cap, q->n, sizeof *q->msg, 32))
+        return false;
     spoolq_msg_t *m = &q->msg[q->n];
     memset(m, 0, sizeof *m);
     m->codes = calloc(r->msg.nrcpt ? r->msg.nrcpt : 1, sizeof *m->codes);

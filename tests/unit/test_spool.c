@@ -22,7 +22,9 @@
  *      a segment header that is missing, damaged or torn;
  *   7. the queue the records make (core/spoolq.h): pending, recipients
  *      done one by one, attempts, done, duplicates and orphans, ten
- *      thousand messages; message ids formatted and parsed back.
+ *      thousand messages; message ids formatted and parsed back;
+ *   8. a record sealed at its place after it was made (spool_reseal), and
+ *      read alone (spool_record_parse), as the gateway's batches do.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -561,6 +563,58 @@ static void test_queue_from_records(void **state)
     free(s.p);
 }
 
+/* 8. a record made anywhere and sealed at its place (spool_reseal, as the
+ * worker's batches do) reads back, alone (spool_record_parse) and in its
+ * segment; at any other offset or under another nonce it is no record. */
+static void test_reseal_and_parse_alone(void **state)
+{
+    (void)state;
+    uint64_t offs[NREC];
+    seg_t s = sample(offs);
+    /* the first message again, made at offset 0 of nothing, sealed at the end */
+    size_t size = offs[1] - offs[0];
+    char *rec = malloc(size);
+    assert_non_null(rec);
+    memcpy(rec, s.p + offs[0], size);
+    uint64_t at = s.len;
+    spool_reseal(rec, NONCE, at);
+    seg_reserve(&s, size);
+    memcpy(s.p + at, rec, size);
+    s.len += size;
+    spool_rec_t r;
+    assert_true(spool_record_parse(s.p + at, size, NONCE, at, &r));
+    assert_int_equal(r.type, SPOOL_MSG);
+    assert_int_equal(r.size, size);
+    assert_true(slice_eq(r.msg.sender, S("alice@example.org")));
+    assert_int_equal(r.msg.body.len, sizeof BODY1 - 1);
+    assert_memory_equal(r.msg.body.ptr, BODY1, sizeof BODY1 - 1);
+    /* where it was first written it checks out too; moved, it does not */
+    assert_true(spool_record_parse(s.p + offs[0], size, NONCE, offs[0], &r));
+    assert_false(spool_record_parse(s.p + at, size, NONCE, offs[0], &r));
+    assert_false(spool_record_parse(s.p + at, size, NONCE + 1, at, &r));
+    assert_false(spool_record_parse(s.p + at, size - 9, NONCE, at, &r)); /* cut into the payload */
+    /* the scanner reads the segment with the resealed record at its end */
+    spool_scanner_t sc;
+    assert_true(spool_scan_init(&sc, s.p, s.len));
+    uint64_t where, skipped;
+    int n = 0;
+    enum spool_scan st;
+    while ((st = spool_scan_next(&sc, &r, &where, &skipped)) == SPOOL_OK)
+        n++;
+    assert_int_equal(st, SPOOL_END);
+    assert_int_equal(n, NREC + 1);
+    assert_int_equal(r.offset, at);
+    /* a small record sealed elsewhere */
+    char small[SPOOL_SMALL_MAX];
+    size_t k = spool_put_done(small, 0, 0, (spool_id_t){ 9, 9 });
+    spool_reseal(small, NONCE, 4096);
+    assert_true(spool_record_parse(small, k, NONCE, 4096, &r));
+    assert_int_equal(r.type, SPOOL_DONE);
+    assert_int_equal(r.id.session, 9);
+    free(rec);
+    free(s.p);
+}
+
 static void test_id_format_and_parse(void **state)
 {
     (void)state;
@@ -595,6 +649,7 @@ int main(void)
         cmocka_unit_test(test_segment_header),
         cmocka_unit_test(test_queue_from_records),
         cmocka_unit_test(test_id_format_and_parse),
+        cmocka_unit_test(test_reseal_and_parse_alone),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
