@@ -3,6 +3,9 @@
 #
 #   1. direct   smtp-source -> smtp-sink                               (the ceiling)
 #   2. mxgate   smtp-source -> build/mxgate -> smtp-sink               (relay-through)
+#      mxspool  the same with delivery = spool: 250 after a group commit's fsync,
+#               delivered from the spool (PATHS must name it; fsyncs per message
+#               are read from its /metrics)
 #   3. postfix  smtp-source -> private Postfix instance -> smtp-sink   (store-and-forward)
 #   4. haraka   smtp-source -> Haraka (queue/smtp_forward) -> smtp-sink (relay-through)
 #
@@ -81,7 +84,7 @@ POSTQUEUE=${POSTQUEUE:-/usr/sbin/postqueue}
 for b in "$SOURCE" "$SINK"; do
     [ -x "$b" ] || { echo "compare: $b not found or not executable" >&2; exit 2; }
 done
-case " $PATHS " in *" mxgate "*)
+case " $PATHS " in *" mxgate "*|*" mxspool "*)
     [ -x "$MXGATE" ] || { echo "compare: $MXGATE not found (make build/mxgate)" >&2; exit 2; } ;;
 esac
 
@@ -240,7 +243,7 @@ unavailable() { # name reason
 }
 
 # Run a private copy, so that a rebuild of $MXGATE during the run does not matter.
-case " $PATHS " in *" mxgate "*)
+case " $PATHS " in *" mxgate "*|*" mxspool "*)
     cp "$MXGATE" "$work/mxgate"
     echo "compare: mxgate: $MXGATE ($(sha256sum "$MXGATE" | cut -c1-12), $(date -r "$MXGATE" '+%F %T'))" >&2 ;;
 esac
@@ -257,19 +260,24 @@ run_direct() {
     stop_sink
 }
 
-# ---- 2. mxgate
+# ---- 2. mxgate (name mxgate: relay-through; mxspool: delivery = spool)
 run_mxgate() {
-    local sp mp mx rc=0
-    sp=$(py port); mp=$(py port)
-    start_sink "$sp" "$work/sink-mxgate.out"
+    local name=${1:-mxgate} sp mp hp mx rc=0 extra=()
+    sp=$(py port); mp=$(py port); hp=$(py port)
+    start_sink "$sp" "$work/sink-$name.out"
+    [ "$name" = mxspool ] && extra=(--delivery spool --spool-dir "$work/spool" --http-listen "127.0.0.1:$hp")
     "$work/mxgate" --listen "127.0.0.1:$mp" --workers "$MX_WORKERS" --downstream "127.0.0.1:$sp" \
-        --relay-domains example.com --log-level warn 2> "$work/mxgate.log" &
+        --relay-domains example.com --log-level warn "${extra[@]}" 2> "$work/$name.log" &
     mx=$!
     roots="$roots $mx"
     if ! py greet "$mp" 10; then
-        unavailable mxgate "did not start: $(tail -1 "$work/mxgate.log")"
-    elif measure mxgate "$mp" "$work/sink-mxgate.out" "$mx"; then record mxgate
-    else unavailable mxgate "$r_err"; tail -5 "$work/mxgate.log" >&2; fi
+        unavailable "$name" "did not start: $(tail -1 "$work/$name.log")"
+    elif measure "$name" "$mp" "$work/sink-$name.out" "$mx"; then
+        record "$name"
+        if [ "$name" = mxspool ]; then
+            FSYNCS=$(curl -s "http://127.0.0.1:$hp/metrics" | awk '$1 == "mxgate_spool_fsyncs_total" { print $2 }')
+        fi
+    else unavailable "$name" "$r_err"; tail -5 "$work/$name.log" >&2; fi
     kill -TERM "$mx" 2>/dev/null || true
     for _ in $(seq 150); do [ -n "$(py alive "$mx")" ] || break; sleep 0.1; done
     if [ -n "$(py alive "$mx")" ]; then
@@ -360,7 +368,8 @@ run_haraka() { # nodes
 for p in $PATHS; do
     case $p in
     direct) run_direct ;;
-    mxgate) run_mxgate ;;
+    mxgate) run_mxgate mxgate ;;
+    mxspool) run_mxgate mxspool ;;
     postfix) run_postfix ;;
     haraka)
         if haraka_install; then
@@ -407,7 +416,8 @@ echo "(cpu_s: the server's process tree; for direct, smtp-sink's. sink_cpu: smtp
 [ -z "$best" ] || echo "haraka: best variant is $best (smtp.ini nodes=${best#haraka_nodes})"
 echo
 
-for p in direct mxgate postfix haraka; do
+for p in direct mxgate mxspool postfix haraka; do
+    case $p in mxspool) case " $PATHS " in *" mxspool "*) ;; *) continue ;; esac ;; esac
     if have "$p"; then
         ceil=n/a
         have direct && ceil=$(calc "${RATE[$p]} / ${RATE[direct]}" 3)
@@ -429,6 +439,11 @@ ratio_cpu() {
         echo n/a
     fi
 }
+if have mxspool; then
+    [ -z "${FSYNCS:-}" ] || echo "mxspool fsyncs=$FSYNCS fsyncs_per_msg=$(calc "$FSYNCS / ($MESSAGES + $WARMUP)" 4)"
+    have postfix && echo "mxspool_vs_postfix_throughput: $(calc "${RATE[mxspool]} / ${RATE[postfix]}" 3)"
+    have postfix && echo "mxspool_vs_postfix_cpu_per_msg: $(calc "${CPU[postfix]} / ${CPU[mxspool]}" 2)"
+fi
 echo "mxgate_vs_postfix_throughput: $(ratio_tp postfix)"
 echo "mxgate_vs_haraka_throughput: $(ratio_tp haraka)"
 echo "mxgate_vs_postfix_cpu_per_msg: $(ratio_cpu postfix)"

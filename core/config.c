@@ -36,7 +36,7 @@
 enum key_type {
     K_UINT,     /* uint32_t, plain decimal */
     K_SIZE,     /* uint64_t octets, suffix k/m/g (powers of 1024) */
-    K_SECS,     /* uint32_t seconds, suffix s/m/h */
+    K_SECS,     /* uint32_t seconds, suffix s/m/h/d */
     K_MSECS,    /* uint32_t milliseconds, suffix ms/s */
     K_BOOL,     /* bool */
     K_ENUM,     /* uint8_t index into names */
@@ -82,6 +82,7 @@ static const char *const spf_stage_names[] = {"rcpt", "data", NULL};
 static const char *const proxy_names[] = {"off", "v1", "v2", "any", NULL};
 static const char *const tls_names[] = {"off", "may", "encrypt", NULL};
 static const char *const ds_tls_names[] = {"off", "may", "encrypt", "verify", NULL};
+static const char *const delivery_names[] = {"relay", "spool", NULL};
 
 _Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
 _Static_assert(CONFIG_PROTO_SMTP == 0 && CONFIG_PROTO_LMTP == 1, "proto_names follows enum config_proto");
@@ -91,6 +92,7 @@ _Static_assert(CONFIG_SPF_AT_RCPT == 0 && CONFIG_SPF_AT_DATA == 1, "spf_stage_na
 _Static_assert(CONFIG_PROXY_OFF == 0 && CONFIG_PROXY_ANY == 3, "proxy_names follows enum config_proxy");
 _Static_assert(CONFIG_TLS_OFF == 0 && CONFIG_TLS_ENCRYPT == 2, "tls_names follows enum config_tls");
 _Static_assert(CONFIG_DS_TLS_OFF == 0 && CONFIG_DS_TLS_VERIFY == 3, "ds_tls_names follows enum config_ds_tls");
+_Static_assert(CONFIG_DELIVERY_RELAY == 0 && CONFIG_DELIVERY_SPOOL == 1, "delivery_names follows enum config_delivery");
 _Static_assert(CONFIG_RELAY_MAX < UINT16_MAX, "relay_index holds domain index + 1 in a uint16_t");
 
 static const key_row_t rows[] = {
@@ -135,6 +137,18 @@ static const key_row_t rows[] = {
         "name the downstream's certificate must show; empty: the host of downstream"),
     ROW(maildir, "./mail", K_PATH, char[CONFIG_PATH_MAX], 1, 0, NULL,
         "Maildir to deliver to when no downstream is set"),
+    ENUM(delivery, "relay", delivery_names,
+         "when a message gets its 250: relay (after the downstream's 250) or spool (once it is durable in "
+         "spool_dir; delivered from there)"),
+    ROW(spool_dir, "./spool", K_PATH, char[CONFIG_PATH_MAX], 1, 0, NULL,
+        "directory of the spool's segment files (delivery = spool)"),
+    ROW(spool_max_bytes, "1g", K_SIZE, uint64_t, 1, SIZE_MAX_OCTETS, NULL,
+        "octets the spool may hold, all workers together; past it new mail gets 452 4.3.1"),
+    ROW(spool_min_free, "64m", K_SIZE, uint64_t, 0, SIZE_MAX_OCTETS, NULL,
+        "octets the spool's file system must keep free; below it new mail gets 452 4.3.1"),
+    SECS(retry_max_interval, "30m", 1, 86400, "seconds between delivery attempts at most (they back off to it)"),
+    SECS(max_queue_age, "5d", 1, 30 * 86400,
+         "seconds a spooled message may wait for delivery before it is returned to its sender"),
     ROW(filters, "limits, relay, recipients, size", K_WORDS, char[CONFIG_WORDS_MAX], 1, 32, NULL,
         "the filter chain, in order: limits, relay, recipients, size, spf (relay is required)"),
     ROW(recipient_map, "", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
@@ -333,11 +347,13 @@ static int set_size(mx_config_t *c, const key_row_t *k, slice_t v, char *why, si
     }
     if (x > k->max)
         return fail(why, n, "too large (at most %llu octets): %s", (unsigned long long)k->max, shown(v, sv));
+    if (x < k->min)
+        return fail(why, n, "too small (at least %llu octets): %s", (unsigned long long)k->min, shown(v, sv));
     *(uint64_t *)((char *)c + k->off) = x;
     return 0;
 }
 
-/* Seconds (K_SECS: bare, s, m, h) or milliseconds (K_MSECS: bare, ms, s). */
+/* Seconds (K_SECS: bare, s, m, h, d) or milliseconds (K_MSECS: bare, ms, s). */
 static int set_time(mx_config_t *c, const key_row_t *k, slice_t v, char *why, size_t n)
 {
     uint64_t x;
@@ -348,7 +364,11 @@ static int set_time(mx_config_t *c, const key_row_t *k, slice_t v, char *why, si
     if (suf.len == 0)
         unit = 1;
     else if (k->type == K_SECS)
-        unit = slice_ieq(suf, "s") ? 1 : slice_ieq(suf, "m") ? 60 : slice_ieq(suf, "h") ? 3600 : 0;
+        unit = slice_ieq(suf, "s")   ? 1
+               : slice_ieq(suf, "m") ? 60
+               : slice_ieq(suf, "h") ? 3600
+               : slice_ieq(suf, "d") ? 86400
+                                     : 0;
     else
         unit = slice_ieq(suf, "ms") ? 1 : slice_ieq(suf, "s") ? 1000 : 0;
     x = mul_sat(x, unit ? unit : 1);
@@ -357,7 +377,7 @@ static int set_time(mx_config_t *c, const key_row_t *k, slice_t v, char *why, si
         if (k->type == K_MSECS)
             return fail(why, n, "expected milliseconds from %llu to %llu (suffix ms or s allowed): %s",
                         (unsigned long long)k->min, (unsigned long long)k->max, shown(v, sv));
-        return fail(why, n, "expected seconds from %llu to %llu (suffix s, m or h allowed): %s",
+        return fail(why, n, "expected seconds from %llu to %llu (suffix s, m, h or d allowed): %s",
                     (unsigned long long)k->min, (unsigned long long)k->max, shown(v, sv));
     }
     *u32_at(c, k) = (uint32_t)x;

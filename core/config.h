@@ -50,6 +50,9 @@ enum config_tls { CONFIG_TLS_OFF = 0, CONFIG_TLS_MAY, CONFIG_TLS_ENCRYPT };
 /* STARTTLS towards the downstream: not used; used when offered; required;
  * required with a certificate that verifies (chain and name). */
 enum config_ds_tls { CONFIG_DS_TLS_OFF = 0, CONFIG_DS_TLS_MAY, CONFIG_DS_TLS_ENCRYPT, CONFIG_DS_TLS_VERIFY };
+/* When the client hears 250 for a message: after the downstream's 250
+ * (relay), or once the message is durable in the spool (spool). */
+enum config_delivery { CONFIG_DELIVERY_RELAY = 0, CONFIG_DELIVERY_SPOOL };
 
 /* Networks, for proxy_trusted: an address family (AF_INET or AF_INET6, as
  * in <sys/socket.h>), the network's first bits and its prefix length. */
@@ -117,6 +120,13 @@ typedef struct mx_config {
     char downstream_tls_name[CONFIG_DOMAIN_MAX + 1]; /* the certificate's name; "": downstream's host */
 
     char maildir[CONFIG_PATH_MAX];
+
+    uint8_t delivery;                  /* enum config_delivery */
+    char spool_dir[CONFIG_PATH_MAX];   /* the spool's segments, one series per worker */
+    uint64_t spool_max_bytes;          /* octets of pending messages, all workers; past it 452 4.3.1 */
+    uint64_t spool_min_free;           /* octets the spool's file system keeps free; below it 452 4.3.1 */
+    uint32_t retry_max_interval;       /* seconds: the longest wait between two delivery attempts */
+    uint32_t max_queue_age;            /* seconds a message may wait before it is returned */
 
     /* The filter chain, in order: names from filters/filter.c's table,
      * lowercase, comma-separated ("limits,relay,recipients,size"). */

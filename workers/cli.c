@@ -273,6 +273,10 @@ static int cli_fill(mx_config_t *c, cli_src_t *src, char *err, size_t errlen)
             return -1;
         }
     }
+    if (c->delivery == CONFIG_DELIVERY_SPOOL && !c->downstream[0]) {
+        snprintf(err, errlen, "delivery: spool needs a downstream to deliver to (set downstream)");
+        return -1;
+    }
     if (c->relay_count == 0) {
         cli_note(src, "relay_domains", NULL, 0, 0);
         char list[CONFIG_DOMAIN_MAX + 16];

@@ -25,6 +25,7 @@
 #include "spf.h"
 #include "spf_client.h"
 #include "spfd.h"
+#include "spooler.h"
 #include "queue.h"
 #include "rate.h"
 #include "tls.h"
@@ -378,6 +379,15 @@ int main(int argc, char **argv, char **envp)
         fprintf(stderr, "mxgate: out of memory\n");
         return 1;
     }
+    static spool_shared_t spool;
+    if (cfg->delivery == CONFIG_DELIVERY_SPOOL) {
+        if (spool_shared_open(&spool, cfg->spool_dir, privs.drop ? privs.uid : (uid_t)-1,
+                              privs.drop ? privs.gid : (gid_t)-1, (uint32_t)n, err, sizeof err)) {
+            fprintf(stderr, "mxgate: %s\n", err);
+            return 1;
+        }
+        limits->spool = &spool;
+    }
     for (int i = 0; i < n; i++) {
         if (worker_init(&w[i], i, &current, limits, err, sizeof err)) {
             fprintf(stderr, "mxgate: %s\n", err);
@@ -509,5 +519,6 @@ int main(int argc, char **argv, char **envp)
     free(th);
     rate_free(limits->rate);
     free(limits);
+    spool_shared_close(&spool);
     return 0;
 }

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 const double m_latency_bounds[M_BUCKETS] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30 };
 const double m_duration_bounds[M_BUCKETS] = { 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 3600 };
@@ -163,6 +164,28 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
              "result", ds_tls, MDT_COUNT, offsetof(metrics_t, ds_tls), false);
     one(&o, "mxgate_downstream_tls_resumed_total", "counter", "Downstream TLS handshakes that resumed a session.",
         SUM(ds_tls_resumed));
+    static const char *const spool_res[MSR_COUNT] = { "delivered", "deferred", "bounced", "expired", "dsn" };
+    one(&o, "mxgate_spool_messages", "gauge", "Messages in the spool not yet delivered or returned.",
+        SUM(spool_messages));
+    one(&o, "mxgate_spool_bytes", "gauge", "Octets of those messages' records.", SUM(spool_bytes));
+    uint64_t oldest = 0;
+    for (int i = 0; i < n; i++) {
+        uint64_t t = m_get(&w[i]->spool_oldest_ms);
+        if (t && (!oldest || t < oldest))
+            oldest = t;
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    uint64_t now_ms = (uint64_t)now.tv_sec * 1000 + (uint64_t)now.tv_nsec / 1000000;
+    one(&o, "mxgate_spool_oldest_age_seconds", "gauge", "Age of the oldest message in the spool (0: empty).",
+        oldest && now_ms > oldest ? (now_ms - oldest) / 1000 : 0);
+    one(&o, "mxgate_spool_fsyncs_total", "counter", "Group commits to the spool, one fsync each.", SUM(spool_fsyncs));
+    one(&o, "mxgate_spool_written_bytes_total", "counter", "Octets written to spool segments.", SUM(spool_written));
+    one(&o, "mxgate_spool_write_failures_total", "counter", "Spool writes or fsyncs that failed.",
+        SUM(spool_write_failures));
+    labelled(&o, w, n, "mxgate_spool_deliveries_total",
+             "Delivery attempts from the spool, by result, and the DSNs made (result=\"dsn\").", "result", spool_res,
+             MSR_COUNT, offsetof(metrics_t, spool_results), false);
     head(&o, "mxgate_config_reloads_total", "counter", "Configuration reloads (SIGHUP), by result.");
     put(&o, "mxgate_config_reloads_total{result=\"ok\"} %llu\n", (unsigned long long)m_get(&proc->reloads_ok));
     put(&o, "mxgate_config_reloads_total{result=\"failed\"} %llu\n", (unsigned long long)m_get(&proc->reloads_failed));

@@ -86,6 +86,9 @@ enum m_proxy_err {
     MPE_COUNT
 };
 
+/* What became of a spooled message's delivery attempt (and DSNs made). */
+enum m_spool_result { MSR_DELIVERED = 0, MSR_DEFERRED, MSR_BOUNCED, MSR_EXPIRED, MSR_DSN, MSR_COUNT };
+
 /* A histogram in seconds with fixed bounds (Prometheus's cumulative form is
  * built when rendered). */
 #define M_BUCKETS 12
@@ -120,6 +123,12 @@ typedef struct metrics {
     mcount_t proxy_errors[MPE_COUNT];
     mcount_t tls_handshakes[MTLS_COUNT];
     mcount_t tls_resumed;                  /* handshakes that resumed a session (a ticket) */
+    mcount_t spool_messages, spool_bytes;  /* gauges: pending in the spool */
+    mcount_t spool_oldest_ms;              /* gauge: the oldest pending message's arrival, Unix ms (0: none) */
+    mcount_t spool_fsyncs;                 /* group commits (one fsync each) */
+    mcount_t spool_written;                /* octets written to segments */
+    mcount_t spool_write_failures;
+    mcount_t spool_results[MSR_COUNT];
     mcount_t heartbeat_ms;                 /* the loop's last turn, CLOCK_MONOTONIC ms */
     mhist_t relay_latency;                 /* end of data sent to the downstream's reply */
     mhist_t session_duration;

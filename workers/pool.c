@@ -18,6 +18,7 @@
 
 #include "lend.h"
 #include "resolve.h"
+#include "spooler.h"
 #include "tls.h"
 #include "worker.h"
 
@@ -657,6 +658,8 @@ static void to_pool(worker_t *w, dsconn_t *c)
     arm_recv(w, c);
     arm_timer(w, c);
     serve_queue(w);
+    if (!c->leased)
+        spooler_pool_ready(w); /* the spool's deliveries may use it (acted on at the end of the turn) */
 }
 
 /* ---- the wait queue ---- */

@@ -22,7 +22,8 @@
 
 #define RELOAD_RESTART_KEYS                                                                                         \
     "listen", "workers", "http_listen", "user", "group", "maildir", "downstream_connections",                      \
-        "downstream_queue_limit", "spf_user", "spf_threads", "spf_cache_size", "dns_server", "dns_timeout"
+        "downstream_queue_limit", "spf_user", "spf_threads", "spf_cache_size", "dns_server", "dns_timeout",    \
+        "delivery", "spool_dir"
 
 typedef struct reload_report {
     char changed[1024];    /* the keys applied with a new value, comma-separated ("" none) */

@@ -490,6 +490,7 @@ static tx_env_t env_of(worker_t *w, session_t *s)
                        &s->conf->chain,
                        &s->smtp,
                        &session_pool_ops,
+                       &session_spool_ops,
                        s->idx,
                        s->gen,
                        s->id,
@@ -1460,6 +1461,17 @@ static void pool_writable(worker_t *w, const pool_owner_t *o)
 }
 
 const pool_owner_ops_t session_pool_ops = { pool_ready, pool_failed, pool_event, pool_writable };
+
+static void spool_committed(worker_t *w, const spool_owner_t *o, bool ok)
+{
+    session_t *s = enter(w, o->idx, o->gen, o->seq);
+    if (s) {
+        tx_spool_committed(s->tx, ok);
+        leave(w, s);
+    }
+}
+
+const spool_owner_ops_t session_spool_ops = { spool_committed };
 
 void session_spf_done(worker_t *w, const spf_owner_t *o, unsigned result, slice_t received, slice_t comment)
 {

@@ -21,6 +21,7 @@
 
 #include "pool.h"
 #include "spf_client.h"
+#include "spooler.h"
 
 typedef struct worker worker_t;
 struct io_uring_cqe;
@@ -51,6 +52,7 @@ uint32_t sessions_count(const worker_t *w);
 
 /* The callbacks other subsystems call with a session's owner handle. */
 extern const pool_owner_ops_t session_pool_ops;
+extern const spool_owner_ops_t session_spool_ops;
 void session_spf_done(worker_t *w, const spf_owner_t *o, unsigned result, slice_t received, slice_t comment);
 
 #endif

@@ -94,11 +94,13 @@ struct tx {
     filter_host_t host;
     spf_state_t spf;
     uint64_t spf_req;
-    /* trace headers, and the body in Maildir mode */
+    /* trace headers, and the body in Maildir and spool modes */
     char *hdr;
     size_t hdr_len;
     char *mbuf;
     size_t mlen, mcap;
+    size_t mhead;              /* spool: room left at the start of mbuf for the record's head */
+    uint64_t arrival_ms;       /* spool: the wall clock at DATA */
     /* strings that outlive the receive buffer */
     char *arena;
     uint32_t arena_len, arena_cap;
@@ -113,10 +115,23 @@ static const smtp_reply_t down_reply = { 451, "4.4.1", SLICE_INIT("Error: downst
                                          SMTP_R_PEER };
 static const smtp_reply_t oom_reply = { 451, "4.3.0", SLICE_INIT("Error: out of resources, try again later"),
                                         SMTP_R_PEER };
+static const smtp_reply_t spool_full_reply = { 452, "4.3.1", SLICE_INIT("Error: insufficient system storage"),
+                                               SMTP_R_PEER };
+static const smtp_reply_t spool_failed_reply = { 451, "4.3.0", SLICE_INIT("Error: queue file write error"),
+                                                 SMTP_R_PEER };
 
+/* Relay-through: each command goes to a leased downstream connection. The
+ * other modes answer here and keep the message: the Maildir (no
+ * downstream), or the spool (delivery = spool), whose record the body is
+ * written into, its head left room for at DATA. */
 static bool relay_mode(const tx_t *t)
 {
-    return t->env.cfg->downstream[0] != 0;
+    return t->env.cfg->downstream[0] != 0 && t->env.cfg->delivery == CONFIG_DELIVERY_RELAY;
+}
+
+static bool spool_mode(const tx_t *t)
+{
+    return t->env.cfg->delivery == CONFIG_DELIVERY_SPOOL && t->env.w->spool;
 }
 
 /* ---- the arena: strings that must outlive a receive buffer ---- */
@@ -421,14 +436,61 @@ static void send_mail(tx_t *t)
         answer_mail(t, &refusal);
 }
 
-/* Start the body: Maildir mode keeps it here, headers first. */
+/* The spool record's envelope: the accepted recipients, as slices (valid
+ * until the next call in this thread). */
+static _Thread_local slice_t *env_rcpts; /* freed with the cache, at the thread's end */
+static _Thread_local uint32_t env_rcap;
+
+static bool spool_envelope(tx_t *t, spool_msg_t *m, const slice_t **rcpts)
+{
+    slice_t *r = env_rcpts;
+    uint32_t n = 0;
+    memset(m, 0, sizeof *m);
+    if (t->nrcpt > env_rcap) {
+        slice_t *g = realloc(r, t->nrcpt * sizeof *g);
+        if (!g)
+            return false;
+        r = env_rcpts = g;
+        env_rcap = t->nrcpt;
+    }
+    for (uint32_t i = 0; i < t->nrcpt; i++) {
+        tx_rcpt_t *rc = &t->rcpt[i];
+        if (rc->state == R_DONE && rc->reply_len && t->arena[rc->reply_off] == '2')
+            r[n++] = slice_make(t->arena + rc->off, rc->len);
+    }
+    m->id = (spool_id_t){ t->env.session_id, t->env.number };
+    m->arrival_ms = t->arrival_ms;
+    m->flags = (t->params.smtputf8 ? SPOOL_F_SMTPUTF8 : 0) | (t->params.body == BODY_8BITMIME ? SPOOL_F_8BITMIME : 0) |
+               (t->params.body == BODY_7BIT ? SPOOL_F_7BIT : 0);
+    m->sender = kept(t, t->from_off, t->from_len);
+    m->client = slice_make(t->env.ip, strlen(t->env.ip));
+    m->helo = t->env.helo;
+    m->nrcpt = (uint16_t)(n > SPOOL_RCPT_MAX ? SPOOL_RCPT_MAX : n);
+    *rcpts = r;
+    return true;
+}
+
+/* Start the body: Maildir and spool modes keep it here, headers first (in
+ * spool mode after room for the record's head). */
 static bool start_local_body(tx_t *t)
 {
     if (!build_headers(t))
         return false;
+    t->mhead = 0;
+    if (spool_mode(t)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        t->arrival_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        spool_msg_t m;
+        const slice_t *rcpts;
+        int64_t h = spool_envelope(t, &m, &rcpts) ? spool_msg_head_size(&m, rcpts) : -1;
+        if (h < 0)
+            return false;
+        t->mhead = (size_t)h;
+    }
     size_t cap = t->mcap >= MAILDIR_FIRST ? t->mcap : MAILDIR_FIRST;
-    if (cap < 2 * t->hdr_len)
-        cap = 2 * t->hdr_len;
+    if (cap < 2 * (t->hdr_len + t->mhead))
+        cap = 2 * (t->hdr_len + t->mhead);
     if (cap > t->mcap) {
         char *m = realloc(t->mbuf, cap);
         if (!m)
@@ -436,8 +498,8 @@ static bool start_local_body(tx_t *t)
         t->mbuf = m;
         t->mcap = cap;
     }
-    memcpy(t->mbuf, t->hdr, t->hdr_len);
-    t->mlen = t->hdr_len;
+    memcpy(t->mbuf + t->mhead, t->hdr, t->hdr_len);
+    t->mlen = t->mhead + t->hdr_len;
     return true;
 }
 
@@ -563,6 +625,10 @@ tx_t *tx_begin(const tx_env_t *env, const smtp_event_t *mail)
         answer_mail(t, &r);
         return t;
     }
+    if (spool_mode(t) && spooler_full(env->w, t->params.size)) {
+        answer_mail(t, &spool_full_reply);
+        return t;
+    }
     if (relay_mode(t)) {
         pool_owner_t o = { env->ops, env->owner_idx, env->owner_gen, env->number };
         smtp_reply_t refusal;
@@ -634,9 +700,9 @@ void tx_body(tx_t *t, slice_t b)
     if (t->dstate != D_BODY || t->error)
         return; /* drained: the failure is answered at the final dot */
     if (!relay_mode(t)) {
-        if (t->mlen + b.len > t->mcap) {
+        if (t->mlen + b.len + SPOOL_ALIGN > t->mcap) { /* the spool record's padding: room kept at its end */
             size_t cap = t->mcap ? t->mcap : MAILDIR_FIRST;
-            while (cap < t->mlen + b.len)
+            while (cap < t->mlen + b.len + SPOOL_ALIGN)
                 cap *= 2;
             char *m = realloc(t->mbuf, cap);
             if (!m) {
@@ -669,13 +735,55 @@ static void deliver_local(tx_t *t)
 {
     char name[512], text[600];
     if (t->error || !t->mbuf ||
-        maildir_deliver(t->env.cfg->maildir, t->env.cfg->hostname, t->id, NULL, 0, t->mbuf, t->mlen, name,
-                        sizeof name)) {
+        maildir_deliver(t->env.cfg->maildir, t->env.cfg->hostname, t->id, NULL, 0, t->mbuf + t->mhead,
+                        t->mlen - t->mhead, name, sizeof name)) {
         smtp_reply_t r = { 451, "4.3.0", SLICE_LIT("Error: local delivery failed"), SMTP_R_PEER };
         answer_eod(t, &r);
         return;
     }
     int n = snprintf(text, sizeof text, "Ok: delivered as %s", name);
+    smtp_reply_t r = { 250, "2.0.0", slice_make(text, n > 0 ? (size_t)n : 0), 0 };
+    answer_eod(t, &r);
+}
+
+/* Hand the record over to the spool; the reply comes with its commit. */
+static void deliver_spool(tx_t *t)
+{
+    if (t->error || !t->mbuf) {
+        answer_eod(t, t->error == ERR_MEMORY || !t->mbuf ? &oom_reply : &spool_failed_reply);
+        return;
+    }
+    if (spooler_full(t->env.w, t->mlen)) {
+        answer_eod(t, &spool_full_reply);
+        return;
+    }
+    spool_msg_t m;
+    const slice_t *rcpts;
+    if (!spool_envelope(t, &m, &rcpts)) {
+        answer_eod(t, &oom_reply);
+        return;
+    }
+    spool_owner_t o = { t->env.sops, t->env.owner_idx, t->env.owner_gen, t->env.number };
+    if (!spooler_submit(t->env.w, &o, t->mbuf, t->mhead, t->mlen - t->mhead, &m, rcpts)) {
+        answer_eod(t, &oom_reply);
+        return;
+    }
+    t->mbuf = NULL; /* the spool's now */
+    t->mcap = t->mlen = 0;
+    t->eod_sent_ms = t->env.w->now;
+}
+
+void tx_spool_committed(tx_t *t, bool ok)
+{
+    if (t->dstate != D_ENDED)
+        return;
+    if (!ok) {
+        answer_eod(t, &spool_failed_reply);
+        return;
+    }
+    m_observe(&t->env.w->m.relay_latency, m_latency_bounds, (t->env.w->now - t->eod_sent_ms) * 1000);
+    char text[64];
+    int n = snprintf(text, sizeof text, "Ok: queued as %s", t->id);
     smtp_reply_t r = { 250, "2.0.0", slice_make(text, n > 0 ? (size_t)n : 0), 0 };
     answer_eod(t, &r);
 }
@@ -700,6 +808,10 @@ void tx_data_end(tx_t *t, const smtp_event_t *ev)
     if (t->error) {
         release(t);
         answer_eod(t, t->error == ERR_MEMORY ? &oom_reply : &down_reply);
+        return;
+    }
+    if (spool_mode(t)) {
+        deliver_spool(t);
         return;
     }
     if (!relay_mode(t)) {
@@ -940,6 +1052,9 @@ void tx_end(tx_t *t, enum tx_end how)
 
 void tx_cache_free(void)
 {
+    free(env_rcpts);
+    env_rcpts = NULL;
+    env_rcap = 0;
     while (cache) {
         tx_t *t = cache;
         cache = t->next_free;

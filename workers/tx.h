@@ -31,6 +31,7 @@
 #include "filter.h"
 #include "pool.h"
 #include "smtp.h"
+#include "spooler.h"
 
 typedef struct worker worker_t;
 typedef struct tx tx_t;
@@ -42,6 +43,7 @@ typedef struct tx_env {
     const filter_chain_t *chain;  /* and its filters */
     smtp_t *smtp;                 /* the session's engine: where verdicts go */
     const pool_owner_ops_t *ops;  /* the session's callbacks for the pool */
+    const spool_owner_ops_t *sops; /* and for the spool (delivery = spool) */
     uint32_t owner_idx, owner_gen;
     uint64_t session_id;
     uint32_t number;              /* transactions begun in the session, this one included */
@@ -98,6 +100,9 @@ void tx_lease_ready(tx_t *t, pool_lease_t lease);
 void tx_lease_failed(tx_t *t, const smtp_reply_t *r);
 void tx_relay_event(tx_t *t, const relay_event_t *ev);
 void tx_spf_result(tx_t *t, unsigned result, slice_t received, slice_t comment);
+/* delivery = spool: the message handed over at its end of data is durable
+ * (ok: 250), or could not be written (451 4.3.0). */
+void tx_spool_committed(tx_t *t, bool ok);
 
 /* The worker thread's cache of free transactions, freed at its exit. */
 void tx_cache_free(void);

@@ -20,6 +20,7 @@
 #include "pool.h"
 #include "session.h"
 #include "spf_client.h"
+#include "spooler.h"
 #include "tx.h"
 
 #include <errno.h>
@@ -362,7 +363,7 @@ int worker_init(worker_t *w, int id, conf_t *_Atomic *pub, conn_limits_t *limits
     }
     sem_init(&w->ready, 0, 0);
     if (sessions_init(w, err, errlen) || spfc_init(w, session_spf_done, err, errlen) ||
-        listen_setup(w, err, errlen) || pool_init(w, err, errlen))
+        listen_setup(w, err, errlen) || pool_init(w, err, errlen) || spooler_init(w, limits->spool, err, errlen))
         return -1;
     return 0;
 }
@@ -439,6 +440,9 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
     case OP_SPF_RECV:
         spfc_cqe(w, cqe);
         break;
+    case OP_SPOOL_IO:
+        spooler_cqe(w, op, cqe);
+        break;
     case OP_RECV:
     case OP_SEND:
     case OP_CANCEL:
@@ -467,6 +471,7 @@ static void end_of_turn(worker_t *w)
     sessions_reap(w);
     pool_reap(w);
     sessions_run(w); /* a freed downstream slot may have served a waiter */
+    spooler_flush(w); /* deliveries due, then this turn's records: one write and one fsync */
     pool_flush(w);
 }
 
@@ -486,6 +491,7 @@ void *worker_main(void *arg)
     arm_tick(w);
     spfc_tick(w); /* arms the helper socket's receive */
     pool_start(w);
+    spooler_start(w);
     if (!w->pool)
         m_set(&w->m.ds_reachable, 1); /* Maildir mode: nothing to reach */
     for (;;) {
@@ -506,7 +512,7 @@ void *worker_main(void *arg)
         end_of_turn(w);
         conf_turn(w);
         m_set(&w->m.heartbeat_ms, w->now);
-        if (w->draining && sessions_count(w) == 0 && pool_drain(w))
+        if (w->draining && sessions_count(w) == 0 && spooler_drained(w) && pool_drain(w))
             break;
     }
     w->stopped = true;
@@ -519,6 +525,7 @@ void worker_destroy(worker_t *w)
 {
     sessions_destroy(w);
     pool_destroy(w);
+    spooler_destroy(w);
     spfc_destroy(w);
     if (w->br && w->br != MAP_FAILED) {
         io_uring_queue_exit(&w->ring);

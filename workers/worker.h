@@ -54,6 +54,7 @@ enum op {
     OP_DS_SEND,
     OP_DS_CANCEL,
     OP_SPF_RECV,
+    OP_SPOOL_IO,
 };
 
 static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
@@ -66,17 +67,20 @@ static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
 #define GEN_MASK 0xffffffu
 
 struct rate;
+struct spool_shared;
 
 typedef struct conn_limits {
     atomic_int total;
     atomic_ushort per_ip[65536];
     struct rate *rate; /* per address rates, all workers (rate.h) */
+    struct spool_shared *spool; /* delivery = spool: the directory and its octets (spooler.h) */
 } conn_limits_t;
 
 typedef struct worker worker_t;
 typedef struct sessions sessions_t;
 typedef struct pool pool_t;
 typedef struct spfc spfc_t;
+typedef struct spooler spooler_t;
 
 struct worker {
     int id;
@@ -109,6 +113,7 @@ struct worker {
     sessions_t *sessions;
     pool_t *pool;
     spfc_t *spf;
+    spooler_t *spool;             /* delivery = spool (spooler.h); NULL otherwise */
     struct resolve *resolver;     /* the downstream's address (resolve.h); set by main, read at connect */
     metrics_t m;                  /* written by this worker only; read when scraped */
     /* the loop's own */

@@ -137,6 +137,12 @@ static void test_defaults(void **state)
     assert_int_equal(c.spf_timeout, 20);
     assert_string_equal(c.spf_user, "nobody");
     assert_string_equal(c.dns_server, "");
+    assert_int_equal(c.delivery, CONFIG_DELIVERY_RELAY);
+    assert_string_equal(c.spool_dir, "./spool");
+    assert_int_equal(c.spool_max_bytes, 1ull << 30);
+    assert_int_equal(c.spool_min_free, 64ull << 20);
+    assert_int_equal(c.retry_max_interval, 1800);
+    assert_int_equal(c.max_queue_age, 5 * 86400);
     assert_false(relay(&c, "localhost"));
 
     /* Every key in the table takes its own default back. */
@@ -146,7 +152,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 67);
+    assert_int_equal(nkeys, 73);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -189,6 +195,12 @@ static const kv_case_t kv_cases[] = {
     {"downstream_tls_ca_file", "/etc/ssl/mail-ca.pem", "a\001b", "control character in path"},
     {"downstream_tls_name", "mail.internal.example", "mail..internal", "not a domain name: mail..internal"},
     {"maildir", "/var/mail/mxgate", "", "expected a path"},
+    {"delivery", "spool", "queue", "expected relay or spool: queue"},
+    {"spool_dir", "/var/spool/mxgate", "", "expected a path"},
+    {"spool_max_bytes", "10g", "0", "too small (at least 1 octets): 0"},
+    {"spool_min_free", "0", "1x", "not a number: 1x"},
+    {"retry_max_interval", "1h", "2d", "expected seconds from 1 to 86400 (suffix s, m, h or d allowed): 2d"},
+    {"max_queue_age", "4d", "31d", "expected seconds from 1 to 2592000"},
     {"drain_timeout", "0", "3601", "expected seconds from 0 to 3600"},
     {"log_level", "WARN", "verbose", "expected debug, info, warn or error: verbose"},
     {"filters", "Relay, spf,limits", "relay, sp f", "not a name: sp f"},
@@ -389,7 +401,7 @@ static void test_suffixes(void **state)
     assert_int_equal(c.command_timeout, 3600);
     set_ok(&c, "command_timeout", "42");
     assert_int_equal(c.command_timeout, 42);
-    set_bad(&c, "command_timeout", "61m", "expected seconds from 1 to 3600 (suffix s, m or h allowed): 61m");
+    set_bad(&c, "command_timeout", "61m", "expected seconds from 1 to 3600 (suffix s, m, h or d allowed): 61m");
     set_bad(&c, "command_timeout", "5ms", "expected seconds");
     set_bad(&c, "command_timeout", "m", "expected seconds");
     set_bad(&c, "command_timeout", "18446744073709551617", "expected seconds");
