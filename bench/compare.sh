@@ -6,6 +6,8 @@
 #      mxspool  the same with delivery = spool: 250 after a group commit's fsync,
 #               delivered from the spool (PATHS must name it; fsyncs per message
 #               are read from its /metrics)
+#      mxrts    the same with delivery = relay-then-spool (relayed through while the
+#               sink answers; each body is also copied into its spool record)
 #   3. postfix  smtp-source -> private Postfix instance -> smtp-sink   (store-and-forward)
 #   4. haraka   smtp-source -> Haraka (queue/smtp_forward) -> smtp-sink (relay-through)
 #
@@ -84,7 +86,7 @@ POSTQUEUE=${POSTQUEUE:-/usr/sbin/postqueue}
 for b in "$SOURCE" "$SINK"; do
     [ -x "$b" ] || { echo "compare: $b not found or not executable" >&2; exit 2; }
 done
-case " $PATHS " in *" mxgate "*|*" mxspool "*)
+case " $PATHS " in *" mxgate "*|*" mxspool "*|*" mxrts "*)
     [ -x "$MXGATE" ] || { echo "compare: $MXGATE not found (make build/mxgate)" >&2; exit 2; } ;;
 esac
 
@@ -243,7 +245,7 @@ unavailable() { # name reason
 }
 
 # Run a private copy, so that a rebuild of $MXGATE during the run does not matter.
-case " $PATHS " in *" mxgate "*|*" mxspool "*)
+case " $PATHS " in *" mxgate "*|*" mxspool "*|*" mxrts "*)
     cp "$MXGATE" "$work/mxgate"
     echo "compare: mxgate: $MXGATE ($(sha256sum "$MXGATE" | cut -c1-12), $(date -r "$MXGATE" '+%F %T'))" >&2 ;;
 esac
@@ -266,6 +268,7 @@ run_mxgate() {
     sp=$(py port); mp=$(py port); hp=$(py port)
     start_sink "$sp" "$work/sink-$name.out"
     [ "$name" = mxspool ] && extra=(--delivery spool --spool-dir "$work/spool" --http-listen "127.0.0.1:$hp")
+    [ "$name" = mxrts ] && extra=(--delivery relay-then-spool --spool-dir "$work/spool-rts")
     "$work/mxgate" --listen "127.0.0.1:$mp" --workers "$MX_WORKERS" --downstream "127.0.0.1:$sp" \
         --relay-domains example.com --log-level warn "${extra[@]}" 2> "$work/$name.log" &
     mx=$!
@@ -370,6 +373,7 @@ for p in $PATHS; do
     direct) run_direct ;;
     mxgate) run_mxgate mxgate ;;
     mxspool) run_mxgate mxspool ;;
+    mxrts) run_mxgate mxrts ;;
     postfix) run_postfix ;;
     haraka)
         if haraka_install; then
@@ -416,8 +420,8 @@ echo "(cpu_s: the server's process tree; for direct, smtp-sink's. sink_cpu: smtp
 [ -z "$best" ] || echo "haraka: best variant is $best (smtp.ini nodes=${best#haraka_nodes})"
 echo
 
-for p in direct mxgate mxspool postfix haraka; do
-    case $p in mxspool) case " $PATHS " in *" mxspool "*) ;; *) continue ;; esac ;; esac
+for p in direct mxgate mxspool mxrts postfix haraka; do
+    case $p in mxspool|mxrts) case " $PATHS " in *" $p "*) ;; *) continue ;; esac ;; esac
     if have "$p"; then
         ceil=n/a
         have direct && ceil=$(calc "${RATE[$p]} / ${RATE[direct]}" 3)

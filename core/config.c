@@ -82,7 +82,7 @@ static const char *const spf_stage_names[] = {"rcpt", "data", NULL};
 static const char *const proxy_names[] = {"off", "v1", "v2", "any", NULL};
 static const char *const tls_names[] = {"off", "may", "encrypt", NULL};
 static const char *const ds_tls_names[] = {"off", "may", "encrypt", "verify", NULL};
-static const char *const delivery_names[] = {"relay", "spool", NULL};
+static const char *const delivery_names[] = {"relay", "spool", "relay-then-spool", NULL};
 
 _Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
 _Static_assert(CONFIG_PROTO_SMTP == 0 && CONFIG_PROTO_LMTP == 1, "proto_names follows enum config_proto");
@@ -92,7 +92,8 @@ _Static_assert(CONFIG_SPF_AT_RCPT == 0 && CONFIG_SPF_AT_DATA == 1, "spf_stage_na
 _Static_assert(CONFIG_PROXY_OFF == 0 && CONFIG_PROXY_ANY == 3, "proxy_names follows enum config_proxy");
 _Static_assert(CONFIG_TLS_OFF == 0 && CONFIG_TLS_ENCRYPT == 2, "tls_names follows enum config_tls");
 _Static_assert(CONFIG_DS_TLS_OFF == 0 && CONFIG_DS_TLS_VERIFY == 3, "ds_tls_names follows enum config_ds_tls");
-_Static_assert(CONFIG_DELIVERY_RELAY == 0 && CONFIG_DELIVERY_SPOOL == 1, "delivery_names follows enum config_delivery");
+_Static_assert(CONFIG_DELIVERY_RELAY == 0 && CONFIG_DELIVERY_RELAY_THEN_SPOOL == 2,
+               "delivery_names follows enum config_delivery");
 _Static_assert(CONFIG_RELAY_MAX < UINT16_MAX, "relay_index holds domain index + 1 in a uint16_t");
 
 static const key_row_t rows[] = {
@@ -138,8 +139,9 @@ static const key_row_t rows[] = {
     ROW(maildir, "./mail", K_PATH, char[CONFIG_PATH_MAX], 1, 0, NULL,
         "Maildir to deliver to when no downstream is set"),
     ENUM(delivery, "relay", delivery_names,
-         "when a message gets its 250: relay (after the downstream's 250) or spool (once it is durable in "
-         "spool_dir; delivered from there)"),
+         "when a message gets its 250: relay (after the downstream's 250), spool (once it is durable in "
+         "spool_dir; delivered from there) or relay-then-spool (the downstream's 250 while it answers, the "
+         "spool's when it is down, slow or answers 4xx of its own)"),
     ROW(spool_dir, "./spool", K_PATH, char[CONFIG_PATH_MAX], 1, 0, NULL,
         "directory of the spool's segment files (delivery = spool)"),
     ROW(spool_max_bytes, "1g", K_SIZE, uint64_t, 1, SIZE_MAX_OCTETS, NULL,

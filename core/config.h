@@ -51,8 +51,10 @@ enum config_tls { CONFIG_TLS_OFF = 0, CONFIG_TLS_MAY, CONFIG_TLS_ENCRYPT };
  * required with a certificate that verifies (chain and name). */
 enum config_ds_tls { CONFIG_DS_TLS_OFF = 0, CONFIG_DS_TLS_MAY, CONFIG_DS_TLS_ENCRYPT, CONFIG_DS_TLS_VERIFY };
 /* When the client hears 250 for a message: after the downstream's 250
- * (relay), or once the message is durable in the spool (spool). */
-enum config_delivery { CONFIG_DELIVERY_RELAY = 0, CONFIG_DELIVERY_SPOOL };
+ * (relay), once the message is durable in the spool (spool), or the
+ * downstream's 250 while it answers and the spool's when it does not
+ * (relay-then-spool). */
+enum config_delivery { CONFIG_DELIVERY_RELAY = 0, CONFIG_DELIVERY_SPOOL, CONFIG_DELIVERY_RELAY_THEN_SPOOL };
 
 /* Networks, for proxy_trusted: an address family (AF_INET or AF_INET6, as
  * in <sys/socket.h>), the network's first bits and its prefix length. */
@@ -167,6 +169,12 @@ typedef struct mx_config {
     char http_listen[CONFIG_ADDR_MAX]; /* "": no operations endpoint */
     uint8_t log_level;      /* enum config_log_level */
 } mx_config_t;
+
+/* Does this configuration keep a spool (spool_dir, the delivery loop)? */
+static inline bool config_spooling(const mx_config_t *c)
+{
+    return c->delivery == CONFIG_DELIVERY_SPOOL || c->delivery == CONFIG_DELIVERY_RELAY_THEN_SPOOL;
+}
 
 /* Whether the address (4 octets for AF_INET, 16 for AF_INET6; an IPv4
  * address mapped into IPv6 counts as IPv4) lies in one of the networks. */

@@ -214,7 +214,7 @@ static enum relay_status failed_events(relay_t *r, relay_event_t *ev)
         due_pop(r);
         if (!d.routed || d.kind < RK_MAIL)
             continue;
-        *ev = (relay_event_t){ RELAY_EV_REPLY, d.kind, d.token, lost_reply };
+        *ev = (relay_event_t){ RELAY_EV_REPLY, d.kind, d.token, lost_reply, true };
         return RELAY_EVENT;
     }
     if (r->lost_due) {
@@ -275,7 +275,7 @@ static bool lmtp_eod(relay_t *r, const relay_due_t *d, const smtp_reply_t *one, 
                        r->eod_worst >= 400 && r->eod_worst < 500 ? SMTP_R_PEER : 0 };
     (void)esc;
     r->eod_worst = 0;
-    *ev = (relay_event_t){ RELAY_EV_REPLY, RK_EOD, d->token, w };
+    *ev = (relay_event_t){ RELAY_EV_REPLY, RK_EOD, d->token, w, false };
     return true;
 }
 
@@ -377,7 +377,7 @@ static bool on_reply(relay_t *r, const dsr_reply_t *dr, relay_event_t *ev, char 
             if (!lmtp_eod(r, &d, &rep, ev, esc))
                 return false;
         } else {
-            *ev = (relay_event_t){ RELAY_EV_REPLY, RK_EOD, d.token, rep };
+            *ev = (relay_event_t){ RELAY_EV_REPLY, RK_EOD, d.token, rep, false };
         }
         r->tx_open = false;
         r->rcpt_ok = 0;
@@ -396,7 +396,7 @@ static bool on_reply(relay_t *r, const dsr_reply_t *dr, relay_event_t *ev, char 
         r->state = RELAY_READY;
     if (!d.routed)
         return drained(r, ev);
-    *ev = (relay_event_t){ RELAY_EV_REPLY, d.kind, d.token, rep };
+    *ev = (relay_event_t){ RELAY_EV_REPLY, d.kind, d.token, rep, false };
     return true;
 }
 

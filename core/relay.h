@@ -152,6 +152,7 @@ typedef struct relay_event {
     uint8_t kind;       /* REPLY: enum relay_kind */
     uint32_t token;     /* REPLY: the owner's token */
     smtp_reply_t reply; /* REPLY */
+    bool lost;          /* REPLY: the relay's 451 for a command the failed connection owed (no server said it) */
 } relay_event_t;
 
 enum relay_status {

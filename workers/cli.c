@@ -273,8 +273,9 @@ static int cli_fill(mx_config_t *c, cli_src_t *src, char *err, size_t errlen)
             return -1;
         }
     }
-    if (c->delivery == CONFIG_DELIVERY_SPOOL && !c->downstream[0]) {
-        snprintf(err, errlen, "delivery: spool needs a downstream to deliver to (set downstream)");
+    if (config_spooling(c) && !c->downstream[0]) {
+        snprintf(err, errlen, "delivery: %s needs a downstream to deliver to (set downstream)",
+                 c->delivery == CONFIG_DELIVERY_SPOOL ? "spool" : "relay-then-spool");
         return -1;
     }
     if (c->relay_count == 0) {

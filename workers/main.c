@@ -380,7 +380,7 @@ int main(int argc, char **argv, char **envp)
         return 1;
     }
     static spool_shared_t spool;
-    if (cfg->delivery == CONFIG_DELIVERY_SPOOL) {
+    if (config_spooling(cfg)) {
         if (spool_shared_open(&spool, cfg->spool_dir, privs.drop ? privs.uid : (uid_t)-1,
                               privs.drop ? privs.gid : (gid_t)-1, (uint32_t)n, err, sizeof err)) {
             fprintf(stderr, "mxgate: %s\n", err);

@@ -183,6 +183,8 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
     one(&o, "mxgate_spool_written_bytes_total", "counter", "Octets written to spool segments.", SUM(spool_written));
     one(&o, "mxgate_spool_write_failures_total", "counter", "Spool writes or fsyncs that failed.",
         SUM(spool_write_failures));
+    one(&o, "mxgate_spool_fallbacks_total", "counter",
+        "relay-then-spool transactions spooled because the downstream could not take them.", SUM(spool_fallbacks));
     labelled(&o, w, n, "mxgate_spool_deliveries_total",
              "Delivery attempts from the spool, by result, and the DSNs made (result=\"dsn\").", "result", spool_res,
              MSR_COUNT, offsetof(metrics_t, spool_results), false);

@@ -128,6 +128,7 @@ typedef struct metrics {
     mcount_t spool_fsyncs;                 /* group commits (one fsync each) */
     mcount_t spool_written;                /* octets written to segments */
     mcount_t spool_write_failures;
+    mcount_t spool_fallbacks;              /* relay-then-spool transactions the downstream could not take */
     mcount_t spool_results[MSR_COUNT];
     mcount_t heartbeat_ms;                 /* the loop's last turn, CLOCK_MONOTONIC ms */
     mhist_t relay_latency;                 /* end of data sent to the downstream's reply */

@@ -1420,7 +1420,7 @@ out:
 
 int spooler_init(worker_t *w, spool_shared_t *sh, char *err, size_t errlen)
 {
-    if (w->cfg->delivery != CONFIG_DELIVERY_SPOOL || !sh)
+    if (!config_spooling(w->cfg) || !sh)
         return 0;
     spooler_t *sp = calloc(1, sizeof *sp);
     if (!sp) {

@@ -100,6 +100,7 @@ struct tx {
     char *mbuf;
     size_t mlen, mcap;
     size_t mhead;              /* spool: room left at the start of mbuf for the record's head */
+    bool local;                /* relay-then-spool: the downstream failed this transaction; answered here */
     uint64_t arrival_ms;       /* spool: the wall clock at DATA */
     /* strings that outlive the receive buffer */
     char *arena;
@@ -124,14 +125,31 @@ static const smtp_reply_t spool_failed_reply = { 451, "4.3.0", SLICE_INIT("Error
  * other modes answer here and keep the message: the Maildir (no
  * downstream), or the spool (delivery = spool), whose record the body is
  * written into, its head left room for at DATA. */
-static bool relay_mode(const tx_t *t)
+static bool fallback(const tx_t *t)
 {
-    return t->env.cfg->downstream[0] != 0 && t->env.cfg->delivery == CONFIG_DELIVERY_RELAY;
+    return t->env.cfg->delivery == CONFIG_DELIVERY_RELAY_THEN_SPOOL && t->env.w->spool;
 }
 
+/* Forwarding to a lease now? relay-then-spool stops when the downstream
+ * cannot take this transaction (t->local). */
+static bool relay_mode(const tx_t *t)
+{
+    if (!t->env.cfg->downstream[0])
+        return false;
+    return t->env.cfg->delivery == CONFIG_DELIVERY_RELAY || (fallback(t) && !t->local);
+}
+
+/* Answered here and spooled at the end of data? */
 static bool spool_mode(const tx_t *t)
 {
-    return t->env.cfg->delivery == CONFIG_DELIVERY_SPOOL && t->env.w->spool;
+    return (t->env.cfg->delivery == CONFIG_DELIVERY_SPOOL && t->env.w->spool) || (fallback(t) && t->local);
+}
+
+/* Is the message's spool record being built (in relay-then-spool, also
+ * while it is forwarded: the downstream may still fail)? */
+static bool recording(const tx_t *t)
+{
+    return spool_mode(t) || fallback(t);
 }
 
 /* ---- the arena: strings that must outlive a receive buffer ---- */
@@ -238,6 +256,49 @@ static void release(tx_t *t)
     t->lstate = L_GONE;
     t->lease = 0;
     t->gone = down_reply;
+}
+
+static void deliver_spool(tx_t *t);
+
+/*
+ * relay-then-spool: the downstream cannot take this transaction (it is
+ * unreachable or busy past its queue, its connection failed or timed out,
+ * or it answered MAIL, DATA or the end of data with a 4xx of its own). The
+ * commands it still owes replies for are answered here instead, and the
+ * message goes to the spool: the client's 250 is one it can trust either
+ * way. A 4xx to a RCPT is the recipient's and a 5xx is final: both pass.
+ */
+static void go_local(tx_t *t)
+{
+    if (t->local)
+        return;
+    t->local = true;
+    release(t);
+    m_inc(&t->env.w->m.spool_fallbacks);
+    if (t->mstate == M_SENT) {
+        smtp_reply_t ok = { 250, "2.1.0", SLICE_LIT("Ok"), 0 };
+        answer_mail(t, &ok);
+    }
+    for (uint32_t i = 0; i < t->nrcpt; i++)
+        if (t->rcpt[i].state == R_SENT)
+            t->rcpt[i].state = R_QUEUED;
+    if (t->dstate == D_SENT)
+        t->dstate = D_QUEUED;
+    if (t->dstate == D_ENDED)
+        deliver_spool(t);
+}
+
+static void pump(tx_t *t);
+
+/* A command the lease refused (it died under us): relay-then-spool goes on
+ * here; otherwise the refusal is the answer (false). */
+static bool refused_fallback(tx_t *t)
+{
+    if (!fallback(t))
+        return false;
+    go_local(t);
+    pump(t);
+    return true;
 }
 
 /* ---- filters ---- */
@@ -432,7 +493,8 @@ static void send_mail(tx_t *t)
     if (t->lstate != L_READY)
         return;
     t->mstate = M_SENT;
-    if (!pool_mail(t->env.w, t->lease, t->mail_slot, kept(t, t->from_off, t->from_len), &t->params, &refusal))
+    if (!pool_mail(t->env.w, t->lease, t->mail_slot, kept(t, t->from_off, t->from_len), &t->params, &refusal) &&
+        !refused_fallback(t))
         answer_mail(t, &refusal);
 }
 
@@ -470,14 +532,13 @@ static bool spool_envelope(tx_t *t, spool_msg_t *m, const slice_t **rcpts)
     return true;
 }
 
-/* Start the body: Maildir and spool modes keep it here, headers first (in
- * spool mode after room for the record's head). */
-static bool start_local_body(tx_t *t)
+/* Lay the body buffer out from the trace headers built: Maildir and spool
+ * modes keep the message here (in spool modes after room for the record's
+ * head). */
+static bool start_record(tx_t *t)
 {
-    if (!build_headers(t))
-        return false;
     t->mhead = 0;
-    if (spool_mode(t)) {
+    if (recording(t)) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         t->arrival_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
@@ -503,6 +564,11 @@ static bool start_local_body(tx_t *t)
     return true;
 }
 
+static bool start_local_body(tx_t *t)
+{
+    return build_headers(t) && start_record(t);
+}
+
 static void send_data(tx_t *t)
 {
     smtp_reply_t refusal;
@@ -523,7 +589,7 @@ static void send_data(tx_t *t)
         answer_data(t, &t->gone);
     } else if (t->lstate == L_READY) {
         t->dstate = D_SENT;
-        if (!pool_data(t->env.w, t->lease, t->data_slot, &refusal))
+        if (!pool_data(t->env.w, t->lease, t->data_slot, &refusal) && !refused_fallback(t))
             answer_data(t, &refusal);
     }
 }
@@ -548,8 +614,11 @@ static void pump(tx_t *t)
             answer_rcpt(t, rc, &t->gone);
         } else if (t->lstate == L_READY) {
             rc->state = R_SENT;
-            if (!pool_rcpt(t->env.w, t->lease, rc->slot, kept(t, rc->off, rc->len), &refusal))
+            if (!pool_rcpt(t->env.w, t->lease, rc->slot, kept(t, rc->off, rc->len), &refusal)) {
+                if (refused_fallback(t))
+                    return; /* pumped again, answered here from now on */
                 answer_rcpt(t, rc, &refusal);
+            }
         }
     }
     if (t->dstate == D_QUEUED && rcpts_decided(t))
@@ -640,6 +709,11 @@ tx_t *tx_begin(const tx_env_t *env, const smtp_event_t *mail)
             t->lstate = L_WAIT;
             break;
         case POOL_REFUSED:
+            if (fallback(t)) {
+                t->local = true; /* unreachable or full: straight to the spool */
+                m_inc(&env->w->m.spool_fallbacks);
+                break;
+            }
             lease_gone(t, &refusal);
             t->gone.text = refusal.text; /* static: the pool's own words */
             break;
@@ -699,7 +773,7 @@ void tx_body(tx_t *t, slice_t b)
     t->size += b.len;
     if (t->dstate != D_BODY || t->error)
         return; /* drained: the failure is answered at the final dot */
-    if (!relay_mode(t)) {
+    if (!relay_mode(t) || recording(t)) {
         if (t->mlen + b.len + SPOOL_ALIGN > t->mcap) { /* the spool record's padding: room kept at its end */
             size_t cap = t->mcap ? t->mcap : MAILDIR_FIRST;
             while (cap < t->mlen + b.len + SPOOL_ALIGN)
@@ -714,9 +788,14 @@ void tx_body(tx_t *t, slice_t b)
         }
         memcpy(t->mbuf + t->mlen, b.ptr, b.len);
         t->mlen += b.len;
-        return;
+        if (!relay_mode(t))
+            return;
     }
     if (t->lstate != L_READY || !pool_body(t->env.w, t->lease, b.ptr, b.len)) {
+        if (fallback(t)) {
+            go_local(t); /* the body goes on into the record */
+            return;
+        }
         if (!t->error)
             t->error = ERR_DOWNSTREAM;
         return;
@@ -820,12 +899,19 @@ void tx_data_end(tx_t *t, const smtp_event_t *ev)
     }
     smtp_reply_t refusal;
     if (t->lstate != L_READY) {
-        answer_eod(t, &down_reply);
+        if (fallback(t))
+            go_local(t);
+        else
+            answer_eod(t, &down_reply);
         return;
     }
     t->eod_sent_ms = t->env.w->now;
-    if (!pool_eod(t->env.w, t->lease, t->eod_slot, &refusal))
-        answer_eod(t, &refusal);
+    if (!pool_eod(t->env.w, t->lease, t->eod_slot, &refusal)) {
+        if (fallback(t))
+            go_local(t);
+        else
+            answer_eod(t, &refusal);
+    }
 }
 
 void tx_body_rejected(tx_t *t, const smtp_event_t *ev)
@@ -865,6 +951,12 @@ void tx_lease_failed(tx_t *t, const smtp_reply_t *r)
 {
     if (t->lstate != L_WAIT)
         return;
+    if (fallback(t)) {
+        t->lstate = L_GONE;
+        go_local(t);
+        pump(t);
+        return;
+    }
     lease_gone(t, r);
     t->gone.text = r->text; /* the pool's own words, static */
     pump(t);
@@ -879,6 +971,11 @@ static void data_accepted(tx_t *t, const smtp_reply_t *r)
         return;
     }
     m_add(&t->env.w->m.relayed_bytes, t->hdr_len);
+    if (recording(t) && !start_record(t)) {
+        release(t);
+        answer_data(t, &oom_reply);
+        return;
+    }
     t->dstate = D_BODY;
     answer(t, t->data_slot, r);
     if (t->accepted == 0) {
@@ -892,13 +989,24 @@ static void data_accepted(tx_t *t, const smtp_reply_t *r)
 void tx_relay_event(tx_t *t, const relay_event_t *ev)
 {
     if (ev->type == RELAY_EV_LOST) {
-        lease_gone(t, &down_reply);
+        if (fallback(t)) {
+            t->lstate = L_GONE;
+            t->lease = 0;
+            go_local(t);
+        } else {
+            lease_gone(t, &down_reply);
+        }
         pump(t);
         return;
     }
     if (ev->type != RELAY_EV_REPLY)
         return;
     const smtp_reply_t *r = &ev->reply;
+    if (fallback(t) && !t->local && (ev->lost || (r->code >= 400 && r->code < 500 && ev->kind != RK_RCPT))) {
+        go_local(t); /* the downstream's own trouble: this message is spooled */
+        pump(t);
+        return;
+    }
     switch (ev->kind) {
     case RK_MAIL:
         if (t->mstate == M_SENT && ev->token == t->mail_slot)
@@ -1011,6 +1119,8 @@ static void log_tx(tx_t *t, enum tx_end how)
     lb_cstr(&b, "end", end_name(how));
     if (t->error)
         lb_cstr(&b, "error", t->error == ERR_DOWNSTREAM ? "downstream_lost" : "out_of_memory");
+    if (t->local)
+        lb_cstr(&b, "fallback", "spool"); /* relay-then-spool: the downstream could not take it */
     lb_cstr(&b, "spf", t->spf.status == SPF_DONE ? spf_result_name(t->spf.result) : t->spf.status ? "pending" : "-");
     lb_cstr(&b, "tls", t->env.tls ? tls_version(t->env.tls) : "-");
     if (t->env.tls)

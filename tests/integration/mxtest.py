@@ -173,6 +173,7 @@ class SmtpSink:
       command_delay  seconds to wait before every command reply
       drop_after_data_bytes  close the connection (no reply) once this many
                      DATA bytes arrived without the end marker
+      drop_times     how many messages drop_after_data_bytes drops (None: every one)
       drop_at_eod    close the connection at end of data instead of replying
       fail_at        {verb: "close" | "silent"}: on receiving that command
                      (MAIL, RCPT, DATA, ... or "EOD" for the end of data)
@@ -220,6 +221,7 @@ class SmtpSink:
         self.data_delay = 0.0
         self.command_delay = 0.0
         self.drop_after_data_bytes = None
+        self.drop_times = None       # how many messages drop_after_data_bytes drops (None: all)
         self.drop_at_eod = False
         self.fail_at = {}            # {"MAIL": "close" | "silent", ...}
         self.stall_after_data_bytes = None
@@ -615,8 +617,11 @@ class _SinkSession:
         sink = self.sink
         scan = 0
         while True:
-            if sink.drop_after_data_bytes is not None and len(self.buf) >= sink.drop_after_data_bytes:
+            if (sink.drop_after_data_bytes is not None and len(self.buf) >= sink.drop_after_data_bytes
+                    and sink.drop_times != 0):
                 with sink.cond:
+                    if sink.drop_times is not None:
+                        sink.drop_times -= 1
                     sink.failed_at.append((time.monotonic(), "BODY", "drop"))
                     sink.cond.notify_all()
                 raise _Drop()

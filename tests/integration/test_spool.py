@@ -93,11 +93,12 @@ def test_250_after_the_spool_and_delivered(sink, gateway, tmp_path):
     assert segs, os.listdir(tmp_path / "spool")
 
 
-def test_downstream_down_1000_then_up_exactly_once(make_sink, gateway, tmp_path):
+@pytest.mark.parametrize("mode", ["spool", "relay-then-spool"])
+def test_downstream_down_1000_then_up_exactly_once(make_sink, gateway, tmp_path, mode):
     """The downstream is down while 1000 messages are taken; once it is up
     they all arrive exactly once, without waiting for a retry interval."""
     port = free_port()
-    gw = spool_gw(gateway, tmp_path, "127.0.0.1:%d" % port, retry_max_interval=600)
+    gw = spool_gw(gateway, tmp_path, "127.0.0.1:%d" % port, retry_max_interval=600, delivery=mode)
     th, acked = load(gw.port, 10, 100)
     for t in th:
         t.join(120)
@@ -361,3 +362,86 @@ def test_delivery_spool_needs_a_downstream(gateway, tmp_path):
     with pytest.raises(BaseException) as e:
         gateway(delivery="spool", spool_dir=str(tmp_path / "spool"), ready_timeout=3)
     assert "spool needs a downstream" in str(e.value) or "Failed" in type(e.value).__name__
+
+
+# ---- relay-then-spool
+
+
+def rts_gw(gateway, tmp_path, sink, **kw):
+    return spool_gw(gateway, tmp_path, sink.addr, delivery="relay-then-spool", **kw)
+
+
+def test_relay_then_spool_relays_through_while_the_downstream_answers(sink, gateway, tmp_path):
+    """The downstream's own replies reach the client (its 250, its 5xx, a
+    RCPT's 4xx), and nothing is spooled."""
+    sink.rcpt_replies = {"busy@example.com": "450 4.2.1 mailbox busy",
+                         "nobody@example.com": "550 5.1.1 no such user"}
+    gw = rts_gw(gateway, tmp_path, sink)
+    msg = make_message()
+    res = send_mail(gw.port, rcpts=(RCPT, "busy@example.com", "nobody@example.com"), msg=msg)
+    assert res.code == 250 and res.final.text.startswith("2.0.0 ok"), res  # the sink's own words
+    assert [r.code for r in res.rcpt] == [250, 450, 550], res.rcpt
+    assert sink.wait_message(message_id(msg)).rcpts == [RCPT]
+    sink.data_reply = "554 5.7.1 content refused"
+    res = send_mail(gw.port, rcpts=(RCPT,))
+    assert res.code == 554 and res.final.esc == "5.7.1", res
+    assert not gw.wait_log(r"event=delivery ", timeout=0.5), "something was spooled"
+    assert not gw.wait_log(r"fallback=spool", timeout=0.1)
+
+
+def test_relay_then_spool_spools_a_4xx_at_end_of_data(sink, gateway, tmp_path):
+    """The downstream answers the end of data 451 (its own trouble): the
+    client gets the spool's 250, and the message arrives once the
+    downstream takes it."""
+    calls = []
+
+    def first_451(m):
+        calls.append(m)
+        return "451 4.3.0 queue file write error" if len(calls) == 1 else None
+    sink.data_reply = first_451
+    gw = rts_gw(gateway, tmp_path, sink, retry_max_interval=1)
+    msg = make_message()
+    res = send_mail(gw.port, rcpts=(RCPT,), msg=msg)
+    assert res.code == 250 and "queued as" in res.final.text, res
+    m = sink.wait_message(message_id(msg), timeout=45)
+    assert m is not None, gw.log_tail(10)
+    rec = gw.wait_record(lambda r: r.get("event") == "tx" and r.get("fallback") == "spool", timeout=1)
+    assert rec, "the transaction's line does not say it was spooled"
+
+
+def test_relay_then_spool_when_the_downstream_dies_mid_body(sink, gateway, tmp_path):
+    """The downstream closes after 200 KB of a 2 MB body: the client's body
+    goes on into the spool, its 250 is the spool's, and the message
+    arrives whole."""
+    sink.drop_after_data_bytes = 200000
+    sink.drop_times = 1
+    gw = rts_gw(gateway, tmp_path, sink)
+    body = ("z" * 70 + "\r\n") * 28000
+    msg = make_message(body=body)
+    res = send_mail(gw.port, rcpts=(RCPT,), msg=msg)
+    assert res.code == 250 and "queued as" in res.final.text, res
+    m = sink.wait_message(message_id(msg), timeout=45)
+    assert m is not None, gw.log_tail(10)
+    assert unstuff(m.wire).endswith(msg)
+
+
+@pytest.mark.parametrize("verb", ["MAIL", "RCPT", "DATA"])
+def test_relay_then_spool_when_the_downstream_closes_at(sink, gateway, tmp_path, verb):
+    """The downstream closes at each command of a pipelined group: every
+    command gets its reply here and the message is spooled, then delivered
+    once the downstream behaves."""
+    sink.fail_at = {verb: "close"}
+    gw = rts_gw(gateway, tmp_path, sink)
+    msg = make_message()
+    with Client(gw.port) as c:
+        c.greet()
+        c.cmd("EHLO client.test")
+        c.send(b"MAIL FROM:<sender@src.test>\r\nRCPT TO:<%s>\r\nDATA\r\n" % RCPT.encode())
+        codes = [c.reply(timeout=10).code for _ in range(3)]
+        assert codes == [250, 250, 354], codes
+        sink.fail_at = {}
+        from mxtest import dot_stuff
+        c.send(dot_stuff(msg) + b".\r\n")
+        r = c.reply(timeout=10)
+        assert r.code == 250 and "queued as" in r.text, r
+    assert sink.wait_message(message_id(msg), timeout=45) is not None, gw.log_tail(10)

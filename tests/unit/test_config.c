@@ -195,7 +195,7 @@ static const kv_case_t kv_cases[] = {
     {"downstream_tls_ca_file", "/etc/ssl/mail-ca.pem", "a\001b", "control character in path"},
     {"downstream_tls_name", "mail.internal.example", "mail..internal", "not a domain name: mail..internal"},
     {"maildir", "/var/mail/mxgate", "", "expected a path"},
-    {"delivery", "spool", "queue", "expected relay or spool: queue"},
+    {"delivery", "spool", "queue", "expected relay, spool or relay-then-spool: queue"},
     {"spool_dir", "/var/spool/mxgate", "", "expected a path"},
     {"spool_max_bytes", "10g", "0", "too small (at least 1 octets): 0"},
     {"spool_min_free", "0", "1x", "not a number: 1x"},

@@ -241,6 +241,8 @@ static void rh_record(rh_t *h, const relay_event_t *ev)
         tu_puts(&h->log, b);
         break;
     case RELAY_EV_REPLY:
+        /* the relay's own 451 for what a failed connection owed, and only that, is marked lost */
+        assert_int_equal(ev->lost, h->r.state == RELAY_DEAD);
         snprintf(b, sizeof b, "REPLY %s", kind_name(ev->kind));
         put_reply(&h->log, b, ev->token, &ev->reply);
         break;
@@ -1713,6 +1715,7 @@ static void test_failure_events_one_at_a_time(void **state)
         assert_int_equal(ev.reply.code, 451);
         assert_string_equal(ev.reply.esc, "4.4.1");
         assert_int_equal(ev.reply.flags, SMTP_R_PEER);
+        assert_true(ev.lost);
         smtp_reply_t ref;
         assert_false(relay_rcpt(&h->r, 50, SLICE_LIT("x@y.test"), &ref));
     }
