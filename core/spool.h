@@ -58,8 +58,9 @@
  *               first), without the final ".\r\n"
  *   SPOOL_RCPT  id, u16 recipient index, u16 final code: that recipient is
  *               done (2xx delivered, 5xx bounced or expired)
- *   SPOOL_TRY   id, u32 attempts so far, u64 next attempt (Unix ms),
- *               u16 last code, last reply text
+ *   SPOOL_TRY   id, u32 attempts so far, u64 next attempt (Unix ms;
+ *               SPOOL_HELD: held until released), u16 last code, last
+ *               reply text
  *   SPOOL_DONE  id: the message is done (every recipient delivered,
  *               bounced or expired); its octets may go
  */
@@ -80,6 +81,7 @@
 #define SPOOL_ALIGN 8u
 #define SPOOL_PAYLOAD_MAX (1u << 30) /* a record's payload: no message is larger */
 #define SPOOL_RCPT_MAX 65535u /* nrcpt is a u16 */
+#define SPOOL_HELD UINT64_MAX  /* a TRY record's next attempt: held until released (mxgate queue hold) */
 
 enum spool_type { SPOOL_MSG = 1, SPOOL_RCPT, SPOOL_TRY, SPOOL_DONE, SPOOL_TYPE_END };
 

@@ -15,6 +15,7 @@
  * and the worker threads start: no client byte is read as root.
  */
 #include "cli.h"
+#include "control.h"
 #include "http.h"
 #include "listen.h"
 #include "maildir.h"
@@ -435,6 +436,11 @@ int main(int argc, char **argv, char **envp)
     log_line(LOG_INFO, "event=start version=%s workers=%d listen=%s hostname=%s downstream=%s maildir=%s http=%s",
              MXGATE_VERSION, n, cfg->listen[0], cfg->hostname, cfg->downstream[0] ? cfg->downstream : "-",
              cfg->downstream[0] ? "-" : cfg->maildir, cfg->http_listen[0] ? cfg->http_listen : "-");
+    /* mxgate queue on the running gateway: after the drop, so the socket
+     * is the gateway user's, in the 0700 spool directory. */
+    control_t *control = NULL;
+    if (limits->spool && !(control = control_start(spool.dirfd, w, n, err, sizeof err)))
+        log_line(LOG_WARN, "event=control_failed error=\"%s\" note=\"mxgate queue works offline only\"", err);
     if (cfg->tls != CONFIG_TLS_OFF) {
         /* Which TLS runs: user space, here; the probe says whether the
          * kernel could take the records (mxgate_tls_ktls stays 0). */
@@ -482,6 +488,7 @@ int main(int argc, char **argv, char **envp)
         drain_delay(&conf->cfg, &ops, &set);
         break;
     }
+    control_stop(control); /* no command into a draining worker */
     for (int i = 0; i < n; i++)
         worker_wake(&w[i]);
     for (int i = 0; i < n; i++)

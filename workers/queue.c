@@ -15,7 +15,9 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -34,9 +36,14 @@ typedef struct spooldir {
     spoolq_t q;
 } spooldir_t;
 
-static int by_name(const void *a, const void *b)
+/* The order the gateway replays them in (spooler.c): by creation, then
+ * name; a segment may hold records about an older one's messages. */
+static int by_creation(const void *a, const void *b)
 {
-    return strcmp(((const segfile_t *)a)->name, ((const segfile_t *)b)->name);
+    const segfile_t *x = a, *y = b;
+    if (x->head.created_ms != y->head.created_ms)
+        return x->head.created_ms < y->head.created_ms ? -1 : 1;
+    return strcmp(x->name, y->name);
 }
 
 static bool is_seg(const char *n)
@@ -89,8 +96,6 @@ static int load(spooldir_t *sd)
         sd->seg[sd->nseg++] = (segfile_t){ .name = strdup(e->d_name) };
     }
     closedir(d);
-    if (sd->nseg)
-        qsort(sd->seg, sd->nseg, sizeof *sd->seg, by_name);
     spoolq_init(&sd->q);
     for (uint32_t i = 0; i < sd->nseg; i++) {
         segfile_t *s = &sd->seg[i];
@@ -112,6 +117,14 @@ static int load(spooldir_t *sd)
         }
         s->valid = true;
         s->head = sc.seg;
+    }
+    if (sd->nseg)
+        qsort(sd->seg, sd->nseg, sizeof *sd->seg, by_creation);
+    for (uint32_t i = 0; i < sd->nseg; i++) {
+        segfile_t *s = &sd->seg[i];
+        spool_scanner_t sc;
+        if (!s->valid || !spool_scan_init(&sc, s->map, s->len))
+            continue;
         for (;;) {
             spool_rec_t r;
             uint64_t at = 0, skipped = 0;
@@ -180,6 +193,72 @@ static void when(char *out, size_t cap, uint64_t ms)
     strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
+void queue_print(FILE *f, bool json, bool first, const queue_item_t *it)
+{
+    char id[28], arr[32], next[32];
+    spool_id_format(it->id, id);
+    when(arr, sizeof arr, it->arrival_ms);
+    when(next, sizeof next, it->next_ms);
+    const spool_msg_t *msg = &it->rec->msg;
+    if (json) {
+        fprintf(f, "%s\n{\"id\":\"%s\",\"segment\":\"", first ? "" : ",", id);
+        show(f, slice_make(it->where, strlen(it->where)), true);
+        fprintf(f, "\",\"arrival\":\"%s\",\"size\":%u,\"held\":%s,\"sender\":\"", arr, it->size,
+                it->held ? "true" : "false");
+        show(f, msg->sender, true);
+        fprintf(f, "\",\"recipients\":[");
+    } else {
+        fprintf(f, "%-27s %9u %s%s  <", id, it->size, arr, it->held ? " (held)" : "");
+        show(f, msg->sender, false);
+        fprintf(f, ">\n");
+    }
+    uint32_t cur = 0;
+    slice_t rc;
+    for (uint16_t k = 0; k < it->nrcpt && spool_rcpt_next(msg, &cur, &rc); k++) {
+        if (json) {
+            fprintf(f, "%s{\"address\":\"", k ? "," : "");
+            show(f, rc, true);
+            fprintf(f, "\",\"done\":%u}", it->codes[k]);
+        } else {
+            fprintf(f, "    <");
+            show(f, rc, false);
+            if (it->codes[k])
+                fprintf(f, ">  done %u\n", it->codes[k]);
+            else
+                fprintf(f, ">\n");
+        }
+    }
+    slice_t last = slice_make(it->last_text, strlen(it->last_text));
+    bool due = it->attempts && !it->held;
+    if (json) {
+        fprintf(f, "],\"attempts\":%u,\"next_try\":\"%s\",\"last_reply\":\"", it->attempts, due ? next : "");
+        if (it->attempts) {
+            fprintf(f, "%u ", it->last_code);
+            show(f, last, true);
+        }
+        fprintf(f, "\"}");
+    } else if (it->attempts) {
+        fprintf(f, "    attempts %u, %s%s, last \"%u ", it->attempts, due ? "next " : "held", due ? next : "",
+                it->last_code);
+        show(f, last, false);
+        fprintf(f, "\"\n");
+    }
+}
+
+void queue_footer(FILE *f, bool json, uint32_t shown, uint64_t octets, uint64_t oldest)
+{
+    if (json) {
+        fprintf(f, "%s]\n", shown ? "\n" : "");
+    } else if (shown) {
+        char old[32];
+        when(old, sizeof old, oldest);
+        fprintf(f, "-- %u message%s, %" PRIu64 " octets in the spool, oldest from %s\n", shown,
+                shown == 1 ? "" : "s", octets, old);
+    } else {
+        fprintf(f, "-- the queue is empty\n");
+    }
+}
+
 static int list(spooldir_t *sd, bool json)
 {
     uint32_t shown = 0;
@@ -193,68 +272,20 @@ static int list(spooldir_t *sd, bool json)
         spool_rec_t r;
         if (!record(sd, m, &r))
             continue;
-        char id[28], arr[32], next[32];
-        spool_id_format(m->id, id);
-        when(arr, sizeof arr, m->arrival_ms);
-        when(next, sizeof next, m->next_ms);
         if (!oldest || m->arrival_ms < oldest)
             oldest = m->arrival_ms;
-        if (json) {
-            printf("%s\n{\"id\":\"%s\",\"segment\":\"", shown ? "," : "", id);
-            show(stdout, slice_make(sd->seg[m->seg].name, strlen(sd->seg[m->seg].name)), true);
-            printf("\",\"arrival\":\"%s\",\"size\":%u,\"sender\":\"", arr, m->body_len);
-            show(stdout, r.msg.sender, true);
-            printf("\",\"recipients\":[");
-        } else {
-            printf("%-27s %9u %s  <", id, m->body_len, arr);
-            show(stdout, r.msg.sender, false);
-            printf(">\n");
-        }
-        uint32_t cur = 0;
-        slice_t rc;
-        for (uint16_t k = 0; k < m->nrcpt && spool_rcpt_next(&r.msg, &cur, &rc); k++) {
-            if (json) {
-                printf("%s{\"address\":\"", k ? "," : "");
-                show(stdout, rc, true);
-                printf("\",\"done\":%u}", m->codes[k]);
-            } else {
-                printf("    <");
-                show(stdout, rc, false);
-                if (m->codes[k])
-                    printf(">  done %u\n", m->codes[k]);
-                else
-                    printf(">\n");
-            }
-        }
-        slice_t last = slice_make(m->last_text, strlen(m->last_text));
-        if (json) {
-            printf("],\"attempts\":%u,\"next_try\":\"%s\",\"last_reply\":\"", m->attempts, m->attempts ? next : "");
-            if (m->attempts) {
-                printf("%u ", m->last_code);
-                show(stdout, last, true);
-            }
-            printf("\"}");
-        } else if (m->attempts) {
-            printf("    attempts %u, next %s, last \"%u ", m->attempts, next, m->last_code);
-            show(stdout, last, false);
-            printf("\"\n");
-        }
+        queue_item_t it = { m->id, sd->seg[m->seg].name, m->arrival_ms, m->body_len, &r, m->codes, m->nrcpt,
+                            m->attempts, m->next_ms, m->last_code, m->last_text, m->next_ms == SPOOL_HELD };
+        queue_print(stdout, json, shown == 0, &it);
         shown++;
     }
-    if (json) {
-        printf("%s]\n", shown ? "\n" : "");
-    } else if (shown) {
-        char old[32];
-        when(old, sizeof old, oldest);
-        printf("-- %u message%s, %" PRIu64 " octets in the spool, oldest from %s\n", shown, shown == 1 ? "" : "s",
-               sd->q.pending_octets, old);
-    } else {
-        printf("-- the queue is empty\n");
-    }
+    queue_footer(stdout, json, shown, sd->q.pending_octets, oldest);
     return 0;
 }
 
-static int lock_dir(const char *dir)
+/* The directory's lock: shared to read (several lists at once), exclusive
+ * to change; -2 when a running gateway holds it. */
+static int lock_dir(const char *dir, bool shared)
 {
     char path[4096];
     snprintf(path, sizeof path, "%s/lock", dir);
@@ -263,17 +294,21 @@ static int lock_dir(const char *dir)
         fprintf(stderr, "mxgate queue: %s: %s\n", path, strerror(errno));
         return -1;
     }
-    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        fprintf(stderr, "mxgate queue: %s is in use by a running mxgate (its lock is held); stop it first\n", dir);
+    if (flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+        int e = errno;
         close(fd);
+        if (e == EWOULDBLOCK)
+            return -2; /* a running gateway holds it */
+        fprintf(stderr, "mxgate queue: %s: %s\n", path, strerror(e));
         return -1;
     }
     return fd;
 }
 
-/* A DONE record for m, appended to its segment (aligned after whatever is
+/* A record about m (DONE, or TRY with its next attempt: SPOOL_HELD holds
+ * it, 0 makes it due), appended to its segment (aligned after whatever is
  * there, a torn tail included) and fsynced. */
-static bool mark_done(const spooldir_t *sd, const spoolq_msg_t *m)
+static bool append(const spooldir_t *sd, const spoolq_msg_t *m, enum spool_type type, uint64_t next_ms)
 {
     const segfile_t *s = &sd->seg[m->seg];
     uint64_t size;
@@ -281,10 +316,12 @@ static bool mark_done(const spooldir_t *sd, const spoolq_msg_t *m)
     if (fd < 0)
         return false;
     uint64_t at = (size + SPOOL_ALIGN - 1) & ~(uint64_t)(SPOOL_ALIGN - 1);
-    char rec[SPOOL_ALIGN + 64];
+    static char rec[SPOOL_ALIGN + SPOOL_SMALL_MAX];
     size_t pad = (size_t)(at - size);
     memset(rec, 0, pad);
-    size_t n = spool_put_done(rec + pad, s->head.nonce, at, m->id);
+    size_t n = type == SPOOL_DONE ? spool_put_done(rec + pad, s->head.nonce, at, m->id)
+                                  : spool_put_try(rec + pad, s->head.nonce, at, m->id, m->attempts, next_ms,
+                                                  m->last_code, slice_make(m->last_text, strlen(m->last_text)));
     bool ok = pwrite(fd, rec, pad + n, (off_t)size) == (ssize_t)(pad + n) && fsync(fd) == 0;
     if (!ok)
         fprintf(stderr, "mxgate queue: %s: %s\n", s->name, strerror(errno));
@@ -292,47 +329,117 @@ static bool mark_done(const spooldir_t *sd, const spoolq_msg_t *m)
     return ok;
 }
 
-static int delete(spooldir_t *sd, const char *what)
+/* delete, hold, release or flush, offline: one record per message named. */
+static int change(spooldir_t *sd, const char *cmd, const char *what)
 {
-    bool all = !strcmp(what, "ALL");
+    bool all = !what || !strcmp(what, "ALL");
     spool_id_t id = { 0, 0 };
     if (!all && !spool_id_parse(what, &id)) {
         fprintf(stderr, "mxgate queue: %s: not a message id (like 8f3a2b1c4d5e6f70-1) or ALL\n", what);
         return 2;
     }
-    int lock = lock_dir(sd->dir);
-    if (lock < 0)
-        return 1;
+    bool del = !strcmp(cmd, "delete"), hold = !strcmp(cmd, "hold"), release = !strcmp(cmd, "release");
+    const char *done = del ? "deleted" : hold ? "held" : release ? "released" : "flushed";
     int rc = 0;
-    uint32_t n = 0;
+    uint32_t n = 0, named = 0;
     for (uint32_t i = 0; i < sd->q.n; i++) {
         spoolq_msg_t *m = &sd->q.msg[i];
         if (m->done || (!all && !spool_id_eq(m->id, id)))
             continue;
+        named++;
+        bool held = m->next_ms == SPOOL_HELD;
+        if ((hold && held) || (release && !held) || (!del && !hold && !release && held))
+            continue; /* nothing to change (flush leaves held messages held) */
         char s[28];
         spool_id_format(m->id, s);
-        if (!mark_done(sd, m)) {
+        if (!append(sd, m, del ? SPOOL_DONE : SPOOL_TRY, hold ? SPOOL_HELD : 0)) {
             rc = 1;
             continue;
         }
-        printf("%s: deleted\n", s);
+        printf("%s: %s\n", s, done);
         n++;
     }
-    if (!all && !n && !rc) {
+    if (!all && !named && !rc) {
         fprintf(stderr, "mxgate queue: %s: no such message in the queue\n", what);
         rc = 1;
     }
     if (all)
-        printf("-- %u message%s deleted\n", n, n == 1 ? "" : "s");
-    close(lock);
+        printf("-- %u message%s %s\n", n, n == 1 ? "" : "s", done);
     return rc;
+}
+
+/* A running gateway holds the directory: the command goes to it through
+ * DIR/control, a Unix socket only the directory's owner can reach. */
+static int ask_gateway(const char *dir, const char *cmd, const char *what, bool json)
+{
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = dfd >= 0 ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    snprintf(sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d/control", dfd); /* any length of DIR */
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        fprintf(stderr, "mxgate queue: %s is in use by a running mxgate (its lock is held), and its control socket "
+                "does not answer: %s\n", dir, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        if (dfd >= 0)
+            close(dfd);
+        return 1;
+    }
+    close(dfd);
+    char req[256];
+    int k = snprintf(req, sizeof req, "%s %s%s\n", cmd, what ? what : "ALL", json ? " json" : "");
+    if (k <= 0 || (size_t)k >= sizeof req || write(fd, req, (size_t)k) != k) {
+        fprintf(stderr, "mxgate queue: control socket: %s\n", strerror(errno));
+        close(fd);
+        return 1;
+    }
+    shutdown(fd, SHUT_WR);
+    /* the answer: "ok" or "error: why" on its first line, then the output */
+    char buf[65536];
+    bool first = true, ok = false;
+    size_t have = 0;
+    ssize_t r;
+    while ((r = read(fd, buf + have, sizeof buf - have)) > 0) {
+        have += (size_t)r;
+        if (first) {
+            char *nl = memchr(buf, '\n', have);
+            if (!nl && have < sizeof buf)
+                continue;
+            first = false;
+            size_t line = nl ? (size_t)(nl - buf) : have;
+            ok = line == 2 && !memcmp(buf, "ok", 2);
+            if (!ok)
+                fprintf(stderr, "mxgate queue: %.*s\n", (int)line, buf);
+            size_t rest = nl ? have - line - 1 : 0;
+            memmove(buf, buf + have - rest, rest);
+            have = rest;
+        }
+        fwrite(buf, 1, have, stdout);
+        have = 0;
+    }
+    close(fd);
+    if (first) {
+        fprintf(stderr, "mxgate queue: the gateway closed the control socket without an answer\n");
+        return 1;
+    }
+    return ok ? 0 : 1;
 }
 
 static int usage(void)
 {
     fprintf(stderr, "usage: mxgate queue list --spool-dir DIR [--json]\n"
-                    "       mxgate queue delete ID|ALL --spool-dir DIR\n");
+                    "       mxgate queue delete|hold|release ID|ALL --spool-dir DIR\n"
+                    "       mxgate queue flush [ID|ALL] --spool-dir DIR\n");
     return 2;
+}
+
+static bool known(const char *cmd)
+{
+    static const char *const cmds[] = { "list", "delete", "hold", "release", "flush" };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
+        if (!strcmp(cmd, cmds[i]))
+            return true;
+    return false;
 }
 
 int queue_main(int argc, char **argv)
@@ -348,18 +455,33 @@ int queue_main(int argc, char **argv)
             json = true;
         else if (!cmd && argv[i][0] != '-')
             cmd = argv[i];
-        else if (cmd && !target && argv[i][0] != '-' && !strcmp(cmd, "delete"))
+        else if (cmd && !target && argv[i][0] != '-' && strcmp(cmd, "list"))
             target = argv[i];
         else
             return usage();
     }
-    if (!cmd || !dir || (strcmp(cmd, "list") && strcmp(cmd, "delete")) || (!strcmp(cmd, "delete") && !target) ||
-        (json && strcmp(cmd, "list")))
+    bool list_cmd = cmd && !strcmp(cmd, "list"), flush = cmd && !strcmp(cmd, "flush");
+    if (!cmd || !dir || !known(cmd) || (!list_cmd && !flush && !target) || (json && !list_cmd))
         return usage();
+    if (target && strcmp(target, "ALL")) {
+        spool_id_t id;
+        if (!spool_id_parse(target, &id)) {
+            fprintf(stderr, "mxgate queue: %s: not a message id (like 8f3a2b1c4d5e6f70-1) or ALL\n", target);
+            return 2;
+        }
+    }
+    /* The directory's lock says whether a gateway runs on it: if so, it
+     * is asked; otherwise the segments are read (and changed) here. */
+    int lock = lock_dir(dir, list_cmd);
+    if (lock == -2)
+        return ask_gateway(dir, cmd, target, json);
+    if (lock < 0)
+        return 1;
     spooldir_t sd = { .dir = dir };
     int rc = load(&sd);
     if (!rc)
-        rc = !strcmp(cmd, "list") ? list(&sd, json) : delete(&sd, target);
+        rc = list_cmd ? list(&sd, json) : change(&sd, cmd, target);
     unload(&sd);
+    close(lock);
     return rc;
 }

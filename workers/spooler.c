@@ -18,6 +18,7 @@
 #include "lend.h"
 #include "log.h"
 #include "pool.h"
+#include "queue.h"
 #include "spoolq.h"
 #include "worker.h"
 
@@ -70,6 +71,10 @@ typedef struct entry {
     spool_id_t id;
     uint8_t state;   /* enum estate */
     bool owned;      /* an owner waits for the commit */
+    bool held;       /* mxgate queue hold: not delivered, not expired, until released */
+    bool broken;     /* its record cannot be read back: left alone */
+    bool kill;       /* deleted while being delivered: done when the attempt ends */
+    bool hold_after; /* held while being delivered: held when the attempt ends */
     spool_owner_t owner;
     uint32_t seq;    /* its segment */
     uint64_t offset;
@@ -814,6 +819,19 @@ static void attempt_end(worker_t *w, delivery_t *d)
     sp->active--;
     char qid[28];
     spool_id_format(e->id, qid);
+    if (e->kill) {
+        put_small(w, SK_DONE, e->id, 0, 0, 0, 0, SLICE_NULL);
+        log_line(LOG_INFO, "event=delivery worker=%d tx=%s attempt=%u result=deleted", w->id, qid, e->attempts);
+        entry_free(w, d->entry);
+        goto out;
+    }
+    if (!d->counted && e->hold_after) {
+        e->held = true; /* held meanwhile; no server was reached, so no attempt */
+        e->hold_after = false;
+        e->state = E_WAIT;
+        put_small(w, SK_TRY, e->id, 0, e->last_code, e->attempts, SPOOL_HELD, slice_make(e->last, strlen(e->last)));
+        goto out;
+    }
     if (!d->counted) {
         /* No server to talk to: no attempt, the message waits at the head. */
         sp->blocked = true;
@@ -879,7 +897,9 @@ static void attempt_end(worker_t *w, delivery_t *d)
                  e->attempts, result, delivered, nb);
         entry_free(w, d->entry);
     } else {
-        e->next_ms = wall(w) + backoff_ms(w->cfg, e->attempts);
+        e->next_ms = e->hold_after ? SPOOL_HELD : wall(w) + backoff_ms(w->cfg, e->attempts);
+        e->held = e->hold_after;
+        e->hold_after = false;
         put_small(w, SK_TRY, e->id, 0, e->last_code, e->attempts, e->next_ms, slice_make(e->last, strlen(e->last)));
         e->state = E_WAIT;
         m_inc(&w->m.spool_results[MSR_DEFERRED]);
@@ -887,7 +907,7 @@ static void attempt_end(worker_t *w, delivery_t *d)
                  "event=delivery worker=%d tx=%s attempt=%u result=deferred delivered=%u bounced=%u deferred=%u "
                  "next_in_s=%llu",
                  w->id, qid, e->attempts, delivered, nb, deferred,
-                 (unsigned long long)(e->next_ms - wall(w)) / 1000);
+                 e->held ? 0ull : (unsigned long long)(e->next_ms - wall(w)) / 1000);
         if (e->buf && sp->mem > MEM_BUDGET)
             entry_forget_buf(sp, e);
     }
@@ -1089,7 +1109,7 @@ static void start_one(worker_t *w, uint32_t idx)
         d->code = NULL;
         d->text = NULL;
         e->state = E_WAIT;
-        e->next_ms = UINT64_MAX;
+        e->broken = true;
         return;
     }
     e->state = E_ACTIVE;
@@ -1184,13 +1204,13 @@ static void on_sweep(worker_t *w, timer_node_t *t)
     for (uint32_t i = 0; i < sp->ne; i++) {
         entry_t *e = &sp->e[i];
         if ((e->state == E_WAIT || e->state == E_READY) && now > e->arrival_ms && now - e->arrival_ms >= age &&
-            e->next_ms != UINT64_MAX) {
+            !e->held && !e->broken) {
             if (e->state == E_READY)
                 unready(sp, i);
             expire(w, i);
             continue;
         }
-        if (e->state == E_WAIT && e->next_ms <= now)
+        if (e->state == E_WAIT && !e->held && !e->broken && e->next_ms <= now)
             ready_push(sp, i, false);
         if (sp->e[i].state != E_FREE && (!oldest || sp->e[i].arrival_ms < oldest))
             oldest = sp->e[i].arrival_ms;
@@ -1228,6 +1248,112 @@ bool spooler_drained(worker_t *w)
 {
     spooler_t *sp = w->spool;
     return !sp || (sp->active == 0 && sp->fly->ops_left == 0 && sp->fill->n == 0);
+}
+
+/* ---- operator commands (control.c, through worker_call) ---- */
+
+/* Does the command name this entry? */
+static bool named(const spool_cmd_t *c, const entry_t *e)
+{
+    return e->state != E_FREE && e->state != E_COMMIT && (c->all || spool_id_eq(c->id, e->id));
+}
+
+static void cmd_list(worker_t *w, spool_cmd_t *c, uint32_t i)
+{
+    spooler_t *sp = w->spool;
+    entry_t *e = &sp->e[i];
+    delivery_t tmp;
+    memset(&tmp, 0, sizeof tmp);
+    seg_t *s = seg_by_seq(sp, e->seq);
+    if (!load(w, &tmp, e)) {
+        free(tmp.loaded);
+        return;
+    }
+    queue_item_t it = { e->id, s ? s->name : "?", e->arrival_ms, tmp.rec.msg.body_len, &tmp.rec, e->codes, e->nrcpt,
+                        e->attempts, e->next_ms, e->last_code, e->last, e->held };
+    queue_print(c->out, c->json, c->shown == 0, &it);
+    c->shown++;
+    c->octets += e->size;
+    if (!c->oldest || e->arrival_ms < c->oldest)
+        c->oldest = e->arrival_ms;
+    free(tmp.loaded);
+}
+
+/* A TRY record for what the entry now is (held, or due at next_ms). */
+static void put_state(worker_t *w, entry_t *e)
+{
+    put_small(w, SK_TRY, e->id, 0, e->last_code, e->attempts, e->held ? SPOOL_HELD : e->next_ms,
+              slice_make(e->last, strlen(e->last)));
+}
+
+void spooler_command(worker_t *w, void *arg)
+{
+    spool_cmd_t *c = arg;
+    spooler_t *sp = w->spool;
+    if (!sp)
+        return;
+    char qid[28];
+    for (uint32_t i = 0; i < sp->ne; i++) {
+        entry_t *e = &sp->e[i];
+        if (!named(c, e))
+            continue;
+        c->matched++;
+        spool_id_format(e->id, qid);
+        switch (c->op) {
+        case SC_LIST:
+            cmd_list(w, c, i);
+            break;
+        case SC_DELETE:
+            c->changed++;
+            if (e->state == E_ACTIVE) {
+                e->kill = true; /* the attempt ends it */
+                break;
+            }
+            if (e->state == E_READY)
+                unready(sp, i);
+            put_small(w, SK_DONE, e->id, 0, 0, 0, 0, SLICE_NULL);
+            log_line(LOG_INFO, "event=queue_delete worker=%d tx=%s", w->id, qid);
+            entry_free(w, i);
+            break;
+        case SC_HOLD:
+            if (e->held || e->hold_after)
+                break;
+            c->changed++;
+            if (e->state == E_ACTIVE) {
+                e->hold_after = true;
+                break;
+            }
+            if (e->state == E_READY)
+                unready(sp, i);
+            e->state = E_WAIT;
+            e->held = true;
+            put_state(w, e);
+            log_line(LOG_INFO, "event=queue_hold worker=%d tx=%s", w->id, qid);
+            break;
+        case SC_RELEASE:
+        case SC_FLUSH:
+            if (e->hold_after && c->op == SC_RELEASE) {
+                e->hold_after = false;
+                c->changed++;
+                break;
+            }
+            if (e->state != E_WAIT || e->broken || (e->held != (c->op == SC_RELEASE)))
+                break; /* flush leaves held messages held; release only those */
+            c->changed++;
+            e->held = false;
+            e->next_ms = 0;
+            put_state(w, e);
+            ready_push(sp, i, false);
+            log_line(LOG_INFO, "event=queue_%s worker=%d tx=%s", c->op == SC_FLUSH ? "flush" : "release", w->id,
+                     qid);
+            break;
+        }
+    }
+    if (c->op == SC_FLUSH || c->op == SC_RELEASE) {
+        sp->blocked = false; /* try the downstream now, whatever the pool last said */
+        sp->kick = true;
+    }
+    gauges(w);
 }
 
 /* ---- start-up: the segments of an earlier run ---- */
@@ -1388,6 +1514,7 @@ static int recover(worker_t *w, char *err, size_t errlen)
         e->nrcpt = m->nrcpt;
         e->left = m->left;
         e->last_code = m->last_code;
+        e->held = m->next_ms == SPOOL_HELD;
         snprintf(e->last, sizeof e->last, "%s", m->last_text);
         sp->seg[m->seg].live++;
         sp->pending++;

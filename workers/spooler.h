@@ -44,6 +44,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include "slice.h"
@@ -104,6 +105,22 @@ void spooler_cqe(worker_t *w, int op, struct io_uring_cqe *cqe);
 void spooler_flush(worker_t *w);
 /* The pool has a connection ready and nobody waiting for it. */
 void spooler_pool_ready(worker_t *w);
+
+/* An operator's command on the worker's queue (mxgate queue, through the
+ * control socket): run in the worker's thread by worker_call(). */
+enum spool_op { SC_LIST, SC_DELETE, SC_HOLD, SC_RELEASE, SC_FLUSH };
+typedef struct spool_cmd {
+    enum spool_op op;
+    bool all;         /* every message, or only id */
+    spool_id_t id;
+    bool json;        /* SC_LIST: queue.h's JSON */
+    FILE *out;        /* SC_LIST: where the messages are printed */
+    uint32_t shown;   /* SC_LIST, over all workers: printed so far */
+    uint64_t octets, oldest;
+    uint32_t matched; /* messages the command named, over all workers */
+    uint32_t changed; /* and changed */
+} spool_cmd_t;
+void spooler_command(worker_t *w, void *cmd);
 
 /* Draining: nothing in flight to the disk, no delivery holding a lease
  * (they stop being started from the drain on). */

@@ -246,6 +246,73 @@ static void arm_wake(worker_t *w)
     io_uring_sqe_set_data64(sqe, ud_make(OP_WAKE, 0, 0));
 }
 
+static void arm_call(worker_t *w)
+{
+    struct io_uring_sqe *sqe = worker_sqe(w);
+    io_uring_prep_read(sqe, w->call_fd, &w->call_val, sizeof w->call_val, 0);
+    io_uring_sqe_set_data64(sqe, ud_make(OP_CALL, 0, 0));
+}
+
+/* A call posted by worker_call(): take it, run it, say it is done. */
+static void run_call(worker_t *w)
+{
+    pthread_mutex_lock(&w->call_mu);
+    worker_call_fn *fn = w->call_fn;
+    void *arg = w->call_arg;
+    w->call_fn = NULL;
+    w->call_running = fn != NULL;
+    pthread_mutex_unlock(&w->call_mu);
+    if (!fn)
+        return;
+    fn(w, arg);
+    pthread_mutex_lock(&w->call_mu);
+    w->call_running = false;
+    pthread_cond_broadcast(&w->call_cv);
+    pthread_mutex_unlock(&w->call_mu);
+}
+
+int worker_call(worker_t *w, worker_call_fn *fn, void *arg, unsigned timeout_ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += timeout_ms / 1000;
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&w->call_mu);
+    while ((w->call_fn || w->call_running) &&
+           pthread_cond_timedwait(&w->call_cv, &w->call_mu, &until) == 0)
+        ;
+    if (w->call_fn || w->call_running) {
+        pthread_mutex_unlock(&w->call_mu);
+        return -1;
+    }
+    w->call_fn = fn;
+    w->call_arg = arg;
+    pthread_mutex_unlock(&w->call_mu);
+    uint64_t one = 1;
+    bool posted = write(w->call_fd, &one, sizeof one) == (ssize_t)sizeof one;
+    pthread_mutex_lock(&w->call_mu);
+    int rc = 0;
+    if (!posted && w->call_fn == fn) {
+        w->call_fn = NULL; /* the worker was never told: withdrawn */
+        rc = -1;
+    }
+    while (w->call_fn == fn && w->call_arg == arg) { /* not taken yet */
+        if (pthread_cond_timedwait(&w->call_cv, &w->call_mu, &until) != 0 && w->call_fn == fn) {
+            w->call_fn = NULL; /* withdrawn: it will never run */
+            rc = -1;
+            break;
+        }
+    }
+    while (rc == 0 && w->call_running)
+        pthread_cond_wait(&w->call_cv, &w->call_mu); /* taken: it runs to its end */
+    pthread_mutex_unlock(&w->call_mu);
+    return rc;
+}
+
 static void arm_tick(worker_t *w)
 {
     w->tick.tv_sec = 0;
@@ -343,7 +410,7 @@ int worker_init(worker_t *w, int id, conf_t *_Atomic *pub, conn_limits_t *limits
     w->id = id;
     w->conf_pub = pub;
     w->limits = limits;
-    w->wake_fd = -1;
+    w->wake_fd = w->call_fd = -1;
     for (int i = 0; i < CONFIG_LISTEN_MAX; i++)
         w->listen_fd[i] = -1;
     if (conf_adopt(w, atomic_load(pub))) {
@@ -356,8 +423,15 @@ int worker_init(worker_t *w, int id, conf_t *_Atomic *pub, conn_limits_t *limits
      * restarts with overwhelming odds, and in order within a worker. */
     if (getrandom(&w->id_next, sizeof w->id_next, 0) != (ssize_t)sizeof w->id_next)
         w->id_next = (uint64_t)time(NULL) << 32 ^ (uint64_t)getpid() << 16 ^ (uint64_t)id;
+    pthread_mutex_init(&w->call_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->call_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    w->call_fd = eventfd(0, EFD_CLOEXEC);
     w->wake_fd = eventfd(0, EFD_CLOEXEC);
-    if (w->wake_fd < 0) {
+    if (w->wake_fd < 0 || w->call_fd < 0) {
         snprintf(err, errlen, "worker %d: %s", id, strerror(errno));
         return -1;
     }
@@ -426,6 +500,11 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
     case OP_WAKE:
         start_drain(w);
         break;
+    case OP_CALL:
+        run_call(w);
+        if (!w->stopped)
+            arm_call(w);
+        break;
     case OP_TICK:
         for (int i = 0; i < w->nlisten; i++)
             if (w->accept_paused[i] && !w->draining && w->listen_fd[i] >= 0) {
@@ -488,6 +567,7 @@ void *worker_main(void *arg)
     for (int i = 0; i < w->nlisten; i++)
         arm_accept(w, i);
     arm_wake(w);
+    arm_call(w);
     arm_tick(w);
     spfc_tick(w); /* arms the helper socket's receive */
     pool_start(w);
@@ -545,5 +625,9 @@ void worker_destroy(worker_t *w)
     w->held = NULL;
     if (w->wake_fd >= 0)
         close(w->wake_fd);
+    if (w->call_fd >= 0)
+        close(w->call_fd);
+    pthread_mutex_destroy(&w->call_mu);
+    pthread_cond_destroy(&w->call_cv);
     sem_destroy(&w->ready);
 }

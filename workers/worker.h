@@ -21,6 +21,7 @@
 
 #include <liburing.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -55,6 +56,7 @@ enum op {
     OP_DS_CANCEL,
     OP_SPF_RECV,
     OP_SPOOL_IO,
+    OP_CALL,
 };
 
 static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
@@ -81,6 +83,7 @@ typedef struct sessions sessions_t;
 typedef struct pool pool_t;
 typedef struct spfc spfc_t;
 typedef struct spooler spooler_t;
+typedef void worker_call_fn(worker_t *w, void *arg);
 
 struct worker {
     int id;
@@ -122,6 +125,14 @@ struct worker {
     bool accept_paused[CONFIG_LISTEN_MAX];
     int wake_fd;
     uint64_t wake_val;
+    /* worker_call(): another thread's function, run here between turns */
+    int call_fd;
+    uint64_t call_val;
+    pthread_mutex_t call_mu;
+    pthread_cond_t call_cv;
+    worker_call_fn *call_fn;      /* posted, not yet taken */
+    void *call_arg;
+    bool call_running;
     struct __kernel_timespec tick;
     sem_t ready;                  /* posted once the thread's ring is up (or failed) */
     char init_err[512];
@@ -136,6 +147,12 @@ void worker_conf_drop(worker_t *w, conf_t *c);
 void *worker_main(void *arg);
 void worker_destroy(worker_t *w);
 void worker_wake(worker_t *w);
+
+/* From another thread (the control socket's): run fn(w, arg) in the
+ * worker's thread between two loop turns and wait for it. -1 when the
+ * worker did not take it within timeout_ms (stopped, or stuck); fn is then
+ * never run. Calls are serialized. */
+int worker_call(worker_t *w, worker_call_fn *fn, void *arg, unsigned timeout_ms);
 int worker_parse_addr(const char *s, struct sockaddr_storage *ss, socklen_t *len);
 
 /* An SQE; submits when the SQ is full, so it never fails. */

@@ -445,3 +445,86 @@ def test_relay_then_spool_when_the_downstream_closes_at(sink, gateway, tmp_path,
         r = c.reply(timeout=10)
         assert r.code == 250 and "queued as" in r.text, r
     assert sink.wait_message(message_id(msg), timeout=45) is not None, gw.log_tail(10)
+
+
+# ---- mxgate queue on a running gateway (the control socket) and offline
+
+
+def queue_cmd(tmp_path, *args, check=0):
+    import subprocess
+    from mxtest import BINARY
+    p = subprocess.run([BINARY, "queue", *args, "--spool-dir", str(tmp_path / "spool")], capture_output=True,
+                       text=True, timeout=30)
+    if check is not None:
+        assert p.returncode == check, (p.returncode, p.stdout, p.stderr)
+    return p
+
+
+def queued_ids(tmp_path):
+    import json
+    return {m["id"]: m for m in json.loads(queue_cmd(tmp_path, "list", "--json").stdout)}
+
+
+def test_queue_commands_on_a_live_gateway_and_offline(make_sink, gateway, tmp_path):
+    port = free_port()
+    opts = dict(downstream="127.0.0.1:%d" % port, delivery="spool", spool_dir=str(tmp_path / "spool"))
+    gw = gateway(**opts)
+    ids = {}
+    for tag in ("a", "b", "c"):
+        msg = make_message()
+        res = send_mail(gw.port, rcpts=(RCPT,), msg=msg)
+        assert res.code == 250, res
+        ids[tag] = (res.final.text.rsplit(" ", 1)[1], message_id(msg))
+    q = queued_ids(tmp_path)  # the lock is held: this went through the control socket
+    assert set(q) == {i for i, _ in ids.values()}, q
+    assert all(m["sender"] == "sender@src.test" and m["recipients"][0]["address"] == RCPT for m in q.values())
+    text = queue_cmd(tmp_path, "list").stdout
+    assert "-- 3 messages" in text, text
+    # hold a, delete b
+    assert "held" in queue_cmd(tmp_path, "hold", ids["a"][0]).stdout
+    assert "(held)" in queue_cmd(tmp_path, "list").stdout
+    assert queued_ids(tmp_path)[ids["a"][0]]["held"] is True
+    assert "1 message deleted" in queue_cmd(tmp_path, "delete", ids["b"][0]).stdout
+    assert set(queued_ids(tmp_path)) == {ids["a"][0], ids["c"][0]}
+    p = queue_cmd(tmp_path, "delete", "ffffffffffffffff-9", check=1)
+    assert "no such message" in p.stderr
+    # the downstream comes back: flush sends c at once, a stays held
+    sink = make_sink(port=port)
+    queue_cmd(tmp_path, "flush")
+    assert sink.wait_message(ids["c"][1], timeout=10)
+    time.sleep(1.5)
+    assert not sink.find(ids["a"][1]) and not sink.find(ids["b"][1])
+    # a stays held across a restart, and offline commands see it
+    assert gw.stop() == 0
+    p = queue_cmd(tmp_path, "list")
+    assert ids["a"][0] in p.stdout and "(held)" in p.stdout and ids["c"][0] not in p.stdout, p.stdout
+    gw2 = gateway(**opts)
+    time.sleep(1.5)
+    assert not sink.find(ids["a"][1])
+    assert "released" in queue_cmd(tmp_path, "release", "ALL").stdout
+    assert sink.wait_message(ids["a"][1], timeout=10)
+    assert queue_cmd(tmp_path, "list").stdout.strip() == "-- the queue is empty"
+    assert not sink.find(ids["b"][1])
+    assert gw2.wait_log(r"event=queue_hold|event=queue_release", timeout=1)
+
+
+def test_offline_hold_release_flush(make_sink, gateway, tmp_path):
+    port = free_port()
+    opts = dict(downstream="127.0.0.1:%d" % port, delivery="spool", spool_dir=str(tmp_path / "spool"))
+    gw = gateway(**opts)
+    msgs = [make_message() for _ in range(2)]
+    qids = []
+    for m in msgs:
+        res = send_mail(gw.port, rcpts=(RCPT,), msg=m)
+        assert res.code == 250
+        qids.append(res.final.text.rsplit(" ", 1)[1])
+    assert gw.stop() == 0
+    assert "held" in queue_cmd(tmp_path, "hold", qids[0]).stdout      # offline: a TRY record
+    assert "-- 1 message flushed" in queue_cmd(tmp_path, "flush", "ALL").stdout  # the other one only
+    sink = make_sink(port=port)
+    gateway(**opts)
+    assert sink.wait_message(message_id(msgs[1]), timeout=10)
+    time.sleep(1.0)
+    assert not sink.find(message_id(msgs[0]))
+    assert "released" in queue_cmd(tmp_path, "release", qids[0]).stdout  # now live
+    assert sink.wait_message(message_id(msgs[0]), timeout=10)
