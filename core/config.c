@@ -82,6 +82,8 @@ static const char *const spf_stage_names[] = {"rcpt", "data", NULL};
 static const char *const proxy_names[] = {"off", "v1", "v2", "any", NULL};
 static const char *const tls_names[] = {"off", "may", "encrypt", NULL};
 static const char *const ds_tls_names[] = {"off", "may", "encrypt", "verify", NULL};
+static const char *const dnsbl_action_names[] = {"reject", "tag", "ignore", NULL};
+static const char *const dnsbl_stage_names[] = {"rcpt", "greeting", NULL};
 static const char *const delivery_names[] = {"relay", "spool", "relay-then-spool", NULL};
 
 _Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
@@ -92,6 +94,8 @@ _Static_assert(CONFIG_SPF_AT_RCPT == 0 && CONFIG_SPF_AT_DATA == 1, "spf_stage_na
 _Static_assert(CONFIG_PROXY_OFF == 0 && CONFIG_PROXY_ANY == 3, "proxy_names follows enum config_proxy");
 _Static_assert(CONFIG_TLS_OFF == 0 && CONFIG_TLS_ENCRYPT == 2, "tls_names follows enum config_tls");
 _Static_assert(CONFIG_DS_TLS_OFF == 0 && CONFIG_DS_TLS_VERIFY == 3, "ds_tls_names follows enum config_ds_tls");
+_Static_assert(CONFIG_DNSBL_REJECT == 0 && CONFIG_DNSBL_IGNORE == 2, "dnsbl_action_names follows its enum");
+_Static_assert(CONFIG_DNSBL_AT_RCPT == 0 && CONFIG_DNSBL_AT_GREETING == 1, "dnsbl_stage_names follows its enum");
 _Static_assert(CONFIG_DELIVERY_RELAY == 0 && CONFIG_DELIVERY_RELAY_THEN_SPOOL == 2,
                "delivery_names follows enum config_delivery");
 _Static_assert(CONFIG_RELAY_MAX < UINT16_MAX, "relay_index holds domain index + 1 in a uint16_t");
@@ -181,6 +185,15 @@ static const key_row_t rows[] = {
     ROW(dns_server, "", K_HOSTPORT, char[CONFIG_ADDR_MAX], 0, 0, NULL,
         "DNS server for SPF, IPv4:port or [IPv6]:port; empty: the system resolver"),
     SECS(dns_timeout, "5", 1, 60, "seconds to wait for one DNS answer"),
+    ROW(dnsbl_sites, "", K_PATH, char[CONFIG_PATH_MAX], 0, 0, NULL,
+        "DNS block- and allow-lists in postscreen's syntax: zen.example*2, bl.example=127.0.0.[2..11], "
+        "wl.example*-2 (put dnsbl in filters); asked through dns_server"),
+    U32(dnsbl_threshold, "1", 1, 1000, "the DNSBL score (sum of the weights of the lists that answer) that acts"),
+    ENUM(dnsbl_action, "reject", dnsbl_action_names,
+         "a client at or over dnsbl_threshold: reject (554 5.7.1), tag (an X-Mxgate-DNSBL header) or ignore (log)"),
+    ENUM(dnsbl_stage, "rcpt", dnsbl_stage_names,
+         "where a DNSBL rejection is given: rcpt (postmaster still gets through) or greeting (then close)"),
+    SECS(dnsbl_timeout, "5", 1, 60, "seconds the DNSBL lookups may take; a list that has not answered does not count"),
     ENUM(proxy_protocol, "off", proxy_names,
          "PROXY protocol header before the greeting: off, v1, v2 or any (v1 or v2)"),
     ROW(proxy_trusted, "", K_CIDRS, config_cidrs_t, 0, CONFIG_CIDR_MAX, NULL,

@@ -56,6 +56,12 @@ enum config_ds_tls { CONFIG_DS_TLS_OFF = 0, CONFIG_DS_TLS_MAY, CONFIG_DS_TLS_ENC
  * (relay-then-spool). */
 enum config_delivery { CONFIG_DELIVERY_RELAY = 0, CONFIG_DELIVERY_SPOOL, CONFIG_DELIVERY_RELAY_THEN_SPOOL };
 
+/* What a DNSBL score at or over the threshold does: refuse, add a header,
+ * only log. Where the refusal is given: at RCPT (postmaster still gets
+ * through) or before the greeting. */
+enum config_dnsbl_action { CONFIG_DNSBL_REJECT = 0, CONFIG_DNSBL_TAG, CONFIG_DNSBL_IGNORE };
+enum config_dnsbl_stage { CONFIG_DNSBL_AT_RCPT = 0, CONFIG_DNSBL_AT_GREETING };
+
 /* Networks, for proxy_trusted: an address family (AF_INET or AF_INET6, as
  * in <sys/socket.h>), the network's first bits and its prefix length. */
 typedef struct config_cidrs {
@@ -148,6 +154,11 @@ typedef struct mx_config {
     uint32_t spf_threads;                    /* helper threads waiting on DNS */
     char spf_user[CONFIG_WORDS_MAX];         /* the helper's user when started as root */
     char dns_server[CONFIG_ADDR_MAX];        /* "": the system resolver */
+    char dnsbl_sites[CONFIG_PATH_MAX];       /* postscreen's syntax (core/dnsbl.h); "": none */
+    uint32_t dnsbl_threshold;                /* the score that acts */
+    uint8_t dnsbl_action;                    /* enum config_dnsbl_action */
+    uint8_t dnsbl_stage;                     /* enum config_dnsbl_stage */
+    uint32_t dnsbl_timeout;                  /* seconds the lookups may take; unanswered lists do not count */
     uint32_t dns_timeout;                    /* seconds per DNS query */
 
     uint8_t proxy_protocol;         /* enum config_proxy */

@@ -14,6 +14,7 @@ static const filter_def_t *const table[] = {
     &filter_relay,
     &filter_recipients,
     &filter_spf,
+    &filter_dnsbl,
 };
 
 #define NTABLE (sizeof table / sizeof table[0])
@@ -57,6 +58,8 @@ int filter_chain_init(filter_chain_t *ch, const mx_config_t *cfg, char *err, siz
             ch->f[ch->n++] = f;
             relay |= f == &filter_relay;
             ch->spf |= f == &filter_spf;
+            if (f == &filter_dnsbl)
+                ch->dnsbl = state;
         }
         p += n;
         if (*p == ',')

@@ -48,6 +48,22 @@ typedef struct spf_state {
 
 enum spf_status { SPF_IDLE = 0, SPF_PENDING, SPF_DONE };
 
+/* The DNSBL lookups of one session, started at connect (filters/dnsbl.c);
+ * owned by the session. */
+typedef struct dnsbl_state {
+    uint8_t status; /* enum dnsbl_status */
+    int score;      /* the weights of the lists that counted, summed */
+    uint32_t hit;   /* bit i: list i of the chain's sites counted */
+} dnsbl_state_t;
+enum dnsbl_status { DNSBL_IDLE = 0, DNSBL_PENDING, DNSBL_DONE };
+
+/* The chain's DNSBL sites (the dnsbl filter's state), for the lookups. */
+struct dnsbl_site;
+typedef struct dnsbl_list {
+    struct dnsbl_site *site;
+    size_t n;
+} dnsbl_list_t;
+
 typedef struct filter_facts filter_facts_t;
 
 /* The per-address rates (rate_connections, rate_messages, rate_recipients)
@@ -80,6 +96,7 @@ struct filter_facts {
     uint32_t rcpts;        /* RCPT commands in this connection, this one included */
     uint8_t rate_over;     /* FILTER_RATE_*: this address is over that rate (the host took the token once) */
     spf_state_t *spf;
+    const dnsbl_state_t *dnsbl; /* the session's lookups; NULL when none were asked */
     /* The running filter's own state (what its init made), set by
      * filter_run() for each filter it calls. */
     const void *self;
@@ -126,6 +143,7 @@ typedef struct filter_chain {
     void *state[16]; /* each filter's, from its init */
     int n;
     bool spf; /* SPF is in the chain: the worker needs the helper */
+    const dnsbl_list_t *dnsbl; /* the dnsbl filter is in the chain: its sites, asked at connect */
 } filter_chain_t;
 
 /* Build the chain from cfg->filters and initialize each filter (start-up
@@ -146,6 +164,6 @@ enum filter_act filter_run(const filter_chain_t *ch, enum filter_stage st, filte
 /* Append a header line (text without CRLF; folded at spaces when long). */
 bool filter_add_header(filter_facts_t *fx, const char *name, const char *value, size_t vlen);
 
-extern const filter_def_t filter_relay, filter_recipients, filter_limits, filter_spf;
+extern const filter_def_t filter_relay, filter_recipients, filter_limits, filter_spf, filter_dnsbl;
 
 #endif

@@ -161,6 +161,13 @@ void lb_u64(logbuf_t *b, const char *key, uint64_t v)
     add_raw(b, key, t, (size_t)n);
 }
 
+void lb_i64(logbuf_t *b, const char *key, int64_t v)
+{
+    char t[24];
+    int n = snprintf(t, sizeof t, "%lld", (long long)v);
+    add_raw(b, key, t, (size_t)n);
+}
+
 void lb_hex(logbuf_t *b, const char *key, uint64_t v)
 {
     char t[24];

@@ -40,6 +40,7 @@ void lb_init(logbuf_t *b, const char *event);
 void lb_str(logbuf_t *b, const char *key, const char *p, size_t n);
 void lb_cstr(logbuf_t *b, const char *key, const char *s);
 void lb_u64(logbuf_t *b, const char *key, uint64_t v);
+void lb_i64(logbuf_t *b, const char *key, int64_t v);
 /* key=<16 hex digits> */
 void lb_hex(logbuf_t *b, const char *key, uint64_t v);
 /* key=value with a printf format; the result is escaped like lb_str. */

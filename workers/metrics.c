@@ -164,6 +164,13 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
              "result", ds_tls, MDT_COUNT, offsetof(metrics_t, ds_tls), false);
     one(&o, "mxgate_downstream_tls_resumed_total", "counter", "Downstream TLS handshakes that resumed a session.",
         SUM(ds_tls_resumed));
+    static const char *const dnsbl_res[MDL_COUNT] = { "clean", "listed", "timeout" };
+    labelled(&o, w, n, "mxgate_dnsbl_lookups_total", "Clients looked up on the DNSBL sites, by outcome.", "result",
+             dnsbl_res, MDL_COUNT, offsetof(metrics_t, dnsbl_lookups), false);
+    one(&o, "mxgate_dnsbl_errors_total", "counter", "DNSBL queries that failed (they do not count).",
+        SUM(dnsbl_errors));
+    one(&o, "mxgate_dnsbl_refused_total", "counter", "Commands or connections refused for a DNSBL score.",
+        SUM(dnsbl_refused));
     static const char *const spool_res[MSR_COUNT] = { "delivered", "deferred", "bounced", "expired", "dsn" };
     one(&o, "mxgate_spool_messages", "gauge", "Messages in the spool not yet delivered or returned.",
         SUM(spool_messages));

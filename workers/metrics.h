@@ -89,6 +89,10 @@ enum m_proxy_err {
 /* What became of a spooled message's delivery attempt (and DSNs made). */
 enum m_spool_result { MSR_DELIVERED = 0, MSR_DEFERRED, MSR_BOUNCED, MSR_EXPIRED, MSR_DSN, MSR_COUNT };
 
+/* DNSBL lookups of a client, by outcome: no list counted, some did, or a
+ * list had not answered by dnsbl_timeout. */
+enum m_dnsbl { MDL_CLEAN = 0, MDL_LISTED, MDL_TIMEOUT, MDL_COUNT };
+
 /* A histogram in seconds with fixed bounds (Prometheus's cumulative form is
  * built when rendered). */
 #define M_BUCKETS 12
@@ -130,6 +134,9 @@ typedef struct metrics {
     mcount_t spool_write_failures;
     mcount_t spool_fallbacks;              /* relay-then-spool transactions the downstream could not take */
     mcount_t spool_results[MSR_COUNT];
+    mcount_t dnsbl_lookups[MDL_COUNT];
+    mcount_t dnsbl_errors;                 /* list queries that failed (not: answered "not listed") */
+    mcount_t dnsbl_refused;                /* clients refused for their score (at the greeting or a RCPT) */
     mcount_t heartbeat_ms;                 /* the loop's last turn, CLOCK_MONOTONIC ms */
     mhist_t relay_latency;                 /* end of data sent to the downstream's reply */
     mhist_t session_duration;

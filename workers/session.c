@@ -25,6 +25,7 @@
  */
 #include "session.h"
 
+#include "dnsbl.h"
 #include "lend.h"
 #include "proxy.h"
 #include "rate.h"
@@ -71,6 +72,8 @@ enum sflag {
     SF_TLS = 1 << 17,      /* the socket carries TLS: input goes to OpenSSL, replies through pout */
     SF_TLS_HS = 1 << 18,   /* ... and the handshake is not done */
     SF_TLS_IP = 1 << 19,   /* the handshake counts once more in limits->per_ip */
+    SF_DNSBL_WAIT = 1 << 20, /* the greeting waits for the DNSBL lookups (dnsbl_stage = greeting) */
+    SF_RATE_CONN = 1 << 21,  /* the connection was over rate_connections (its token taken once) */
 };
 
 enum tkind { T_NONE = 0, T_PROXY, T_GREET, T_COMMAND, T_DATA, T_LINGER, T_TLS };
@@ -117,6 +120,9 @@ struct session {
     uint64_t tls_start;    /* when the handshake began */
     proxy_t *proxy;        /* while SF_PROXY */
     const char *reason;    /* how it ended, for the disconnect line */
+    dnsbl_state_t dnsbl;   /* the lookups started at connect (dnsbl_client.h) */
+    uint64_t dnsbl_req;    /* while they run */
+    uint32_t conn_total, conn_per_ip; /* at admission: the connect stage may run again */
     session_t *post_next;
     session_t *reap_next;
 };
@@ -501,7 +507,8 @@ static tx_env_t env_of(worker_t *w, session_t *s)
                        s->ip,
                        slice_make(s->helo ? s->helo : "", s->helo_len),
                        s->smtp.esmtp,
-                       (s->flags & SF_TLS) ? s->tls : NULL };
+                       (s->flags & SF_TLS) ? s->tls : NULL,
+                       s->dnsbl.status ? &s->dnsbl : NULL };
 }
 
 /* Close with a reply once it is sent (the engine writes it). */
@@ -530,6 +537,7 @@ static void facts_of(worker_t *w, const session_t *s, filter_facts_t *fx)
     fx->helo = slice_make(s->helo ? s->helo : "", s->helo_len);
     fx->messages = s->txn;
     fx->rcpts = s->rcpts_conn;
+    fx->dnsbl = s->dnsbl.status ? &s->dnsbl : NULL;
 }
 
 static void on_helo(worker_t *w, session_t *s, const smtp_event_t *ev)
@@ -1008,6 +1016,10 @@ static void close_session(worker_t *w, session_t *s, const char *why)
         ss->nstarved--;
     }
     timer_stop(&w->timers, &s->timer);
+    if (s->dnsbl_req) {
+        dnsblc_cancel(w, s->dnsbl_req);
+        s->dnsbl_req = 0;
+    }
     for (uint16_t i = 0; i < s->nheld; i++)
         buf_release(w, s->held[i].bid);
     s->nheld = 0;
@@ -1114,22 +1126,65 @@ static void on_timer(worker_t *w, timer_node_t *t)
     }
 }
 
+/* The DNSBL lookups, every list at once, as soon as the address is known. */
+static void dnsbl_begin(worker_t *w, session_t *s)
+{
+    const dnsbl_list_t *l = s->conf->chain.dnsbl;
+    if (!l)
+        return;
+    /* an IPv4 client on an IPv6 socket is asked about as IPv4 */
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    bool v4 = s->family == AF_INET || !memcmp(s->addr, mapped, sizeof mapped);
+    const uint8_t *a = s->family == AF_INET6 && v4 ? s->addr + 12 : s->addr;
+    dnsbl_owner_t o = { s->idx, s->gen };
+    s->dnsbl.status = DNSBL_PENDING;
+    s->dnsbl_req = dnsblc_start(w, &o, l, v4 ? AF_INET : AF_INET6, a);
+    if (!s->dnsbl_req) {
+        s->dnsbl.status = DNSBL_DONE; /* nothing could be asked: fail open, counted */
+        m_inc(&w->m.dnsbl_errors);
+    }
+}
+
+static void connect_stage(worker_t *w, session_t *s);
+
 /*
- * The client's address is known: count it, ask the connect filters, greet.
- * Directly after accept, or once a PROXY header said who the client is.
+ * The client's address is known: count it, start its DNSBL lookups, ask
+ * the connect filters, greet. Directly after accept, or once a PROXY header
+ * said who the client is.
  */
 static void admit(worker_t *w, session_t *s, int total)
 {
     int per_ip = atomic_fetch_add(&w->limits->per_ip[ip_slot(s)], 1) + 1;
     s->flags |= SF_PER_IP;
+    s->conn_total = (uint32_t)total;
+    s->conn_per_ip = (uint32_t)per_ip;
+    if (rate_exceeded(w->limits->rate, &s->conf->cfg, RATE_CONN, s->family, s->addr, w->now))
+        s->flags |= SF_RATE_CONN;
+    dnsbl_begin(w, s);
+    connect_stage(w, s);
+}
+
+/* The connect filters; again when the DNSBL lookups they waited for end. */
+static void connect_stage(worker_t *w, session_t *s)
+{
     filter_facts_t fx;
     filter_verdict_t v;
     facts_of(w, s, &fx);
-    fx.conn_total = (uint32_t)total;
-    fx.conn_per_ip = (uint32_t)per_ip;
-    if (rate_exceeded(w->limits->rate, &s->conf->cfg, RATE_CONN, s->family, s->addr, w->now))
+    fx.conn_total = s->conn_total;
+    fx.conn_per_ip = s->conn_per_ip;
+    if (s->flags & SF_RATE_CONN)
         fx.rate_over |= FILTER_RATE_CONN;
-    if (filter_run(&s->conf->chain, FS_CONNECT, &fx, &v) >= FA_REJECT) {
+    enum filter_act act = filter_run(&s->conf->chain, FS_CONNECT, &fx, &v);
+    if (act == FA_WAIT && s->dnsbl.status == DNSBL_PENDING) {
+        /* dnsbl_stage = greeting: no 220 before the lists have answered
+         * (dnsbl_timeout at most); a client that talks meanwhile is an
+         * early talker, as during greeting_delay. */
+        s->flags |= SF_DNSBL_WAIT;
+        if (!(s->flags & SF_RECV))
+            arm_recv(w, s);
+        return;
+    }
+    if (act >= FA_REJECT) {
         bool wait = v.act == FA_WAIT;
         const char *why = wait || !v.why ? "filter" : v.why;
         m_inc(&w->m.refused[!strcmp(why, "max_connections")          ? MR_MAX_CONNECTIONS
@@ -1142,6 +1197,8 @@ static void admit(worker_t *w, session_t *s, int total)
         lb_cstr(&b, "client", s->ip);
         lb_cstr(&b, "reason", wait ? "filter" : v.why ? v.why : "filter");
         log_emit(LOG_WARN, &b);
+        if (!wait && v.why && !strcmp(v.why, "dnsbl"))
+            m_inc(&w->m.dnsbl_refused);
         quit_with(w, s, wait ? 421 : v.code, wait ? "4.3.0" : v.esc, wait ? "Error: try again later" : v.text,
                   wait ? "filter" : v.why ? v.why : "filter");
         return;
@@ -1472,6 +1529,44 @@ static void spool_committed(worker_t *w, const spool_owner_t *o, bool ok)
 }
 
 const spool_owner_ops_t session_spool_ops = { spool_committed };
+
+void session_dnsbl_done(worker_t *w, const dnsbl_owner_t *o, int score, uint32_t hit, unsigned unanswered)
+{
+    session_t *s = session_get(w, o->idx, o->gen);
+    if (!s || (s->flags & SF_CLOSING))
+        return;
+    s->dnsbl_req = 0;
+    s->dnsbl = (dnsbl_state_t){ DNSBL_DONE, score, hit };
+    const dnsbl_list_t *l = s->conf->chain.dnsbl;
+    if (log_enabled(hit || unanswered ? LOG_INFO : LOG_DEBUG)) {
+        char lists[512] = "";
+        size_t n = 0;
+        for (size_t i = 0; l && i < l->n && n < sizeof lists; i++)
+            if (hit & (1u << i)) {
+                int k = snprintf(lists + n, sizeof lists - n, "%s%s", n ? "," : "", l->site[i].domain);
+                n += k > 0 ? (size_t)k : 0;
+            }
+        logbuf_t b;
+        lb_init(&b, "dnsbl");
+        lb_hex(&b, "session", s->id);
+        lb_cstr(&b, "client", s->ip);
+        lb_i64(&b, "score", score);
+        lb_cstr(&b, "lists", n ? lists : "-");
+        lb_u64(&b, "unanswered", unanswered);
+        lb_cstr(&b, "listed", score >= (int)s->conf->cfg.dnsbl_threshold ? "yes" : "no");
+        log_emit(hit || unanswered ? LOG_INFO : LOG_DEBUG, &b);
+    }
+    if (s->flags & SF_DNSBL_WAIT) {
+        s->flags &= (uint32_t)~SF_DNSBL_WAIT;
+        connect_stage(w, s);
+        return;
+    }
+    if (s->tx) {
+        engine_begin(w, s);
+        tx_rerun(s->tx);
+        leave(w, s);
+    }
+}
 
 void session_spf_done(worker_t *w, const spf_owner_t *o, unsigned result, slice_t received, slice_t comment)
 {

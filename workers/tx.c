@@ -329,6 +329,7 @@ static void facts(tx_t *t, filter_facts_t *fx, smtp_path_t *sender)
     fx->messages = t->env.number;
     fx->rate_over = t->mail_rate_over ? FILTER_RATE_MSG : 0;
     fx->spf = &t->spf;
+    fx->dnsbl = t->env.dnsbl;
     path_of(kept(t, t->from_off, t->from_len), false, sender);
     fx->sender = sender;
 }
@@ -367,6 +368,8 @@ static enum filter_act run_stage(tx_t *t, enum filter_stage st, const tx_rcpt_t 
     enum filter_act a = filter_run(t->env.chain, st, &fx, &v);
     if (a == FA_REJECT || a == FA_TEMPFAIL)
         *r = verdict_reply(&v);
+    if (a == FA_REJECT && v.why && !strcmp(v.why, "dnsbl"))
+        m_inc(&t->env.w->m.dnsbl_refused);
     return a == FA_TAG ? FA_ACCEPT : a;
 }
 
@@ -1045,6 +1048,11 @@ void tx_spf_result(tx_t *t, unsigned result, slice_t received, slice_t comment)
     t->spf_req = 0;
     if (!spf_set_result(&t->spf, result, received.ptr, received.len, comment.ptr, comment.len))
         spf_set_result(&t->spf, SPFR_TEMPERROR, "temperror", 9, "", 0);
+    tx_rerun(t);
+}
+
+void tx_rerun(tx_t *t)
+{
     /* Every stage that waited runs again, in command order. */
     for (uint32_t i = 0; i < t->nrcpt; i++)
         if (t->rcpt[i].state == R_FILTER)
@@ -1122,6 +1130,8 @@ static void log_tx(tx_t *t, enum tx_end how)
     if (t->local)
         lb_cstr(&b, "fallback", "spool"); /* relay-then-spool: the downstream could not take it */
     lb_cstr(&b, "spf", t->spf.status == SPF_DONE ? spf_result_name(t->spf.result) : t->spf.status ? "pending" : "-");
+    if (t->env.dnsbl && t->env.dnsbl->status == DNSBL_DONE)
+        lb_i64(&b, "dnsbl", t->env.dnsbl->score);
     lb_cstr(&b, "tls", t->env.tls ? tls_version(t->env.tls) : "-");
     if (t->env.tls)
         lb_cstr(&b, "tls.cipher", tls_cipher(t->env.tls));

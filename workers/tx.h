@@ -54,6 +54,7 @@ typedef struct tx_env {
     slice_t helo;                 /* the session's copy; HELO cannot change within a transaction */
     bool esmtp;
     const struct tls_conn *tls;   /* the session's TLS after STARTTLS; NULL in plaintext */
+    const dnsbl_state_t *dnsbl;   /* the session's DNSBL lookups (it outlives the transaction); NULL: none */
 } tx_env_t;
 
 /* How a transaction ended, for its log line. */
@@ -100,6 +101,9 @@ void tx_lease_ready(tx_t *t, pool_lease_t lease);
 void tx_lease_failed(tx_t *t, const smtp_reply_t *r);
 void tx_relay_event(tx_t *t, const relay_event_t *ev);
 void tx_spf_result(tx_t *t, unsigned result, slice_t received, slice_t comment);
+/* Work a filter waited for is done (the session's DNSBL lookups): every
+ * stage that waited runs again, in command order. */
+void tx_rerun(tx_t *t);
 /* delivery = spool: the message handed over at its end of data is durable
  * (ok: 250), or could not be written (451 4.3.0). */
 void tx_spool_committed(tx_t *t, bool ok);

@@ -21,6 +21,7 @@
 #include "session.h"
 #include "spf_client.h"
 #include "spooler.h"
+#include "dnsbl_client.h"
 #include "tx.h"
 
 #include <errno.h>
@@ -437,7 +438,8 @@ int worker_init(worker_t *w, int id, conf_t *_Atomic *pub, conn_limits_t *limits
     }
     sem_init(&w->ready, 0, 0);
     if (sessions_init(w, err, errlen) || spfc_init(w, session_spf_done, err, errlen) ||
-        listen_setup(w, err, errlen) || pool_init(w, err, errlen) || spooler_init(w, limits->spool, err, errlen))
+        listen_setup(w, err, errlen) || pool_init(w, err, errlen) || spooler_init(w, limits->spool, err, errlen) ||
+        dnsblc_init(w, session_dnsbl_done, err, errlen))
         return -1;
     return 0;
 }
@@ -499,6 +501,9 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
         break;
     case OP_WAKE:
         start_drain(w);
+        break;
+    case OP_DNSBL:
+        dnsblc_cqe(w, cqe);
         break;
     case OP_CALL:
         run_call(w);
@@ -606,6 +611,7 @@ void worker_destroy(worker_t *w)
     sessions_destroy(w);
     pool_destroy(w);
     spooler_destroy(w);
+    dnsblc_destroy(w);
     spfc_destroy(w);
     if (w->br && w->br != MAP_FAILED) {
         io_uring_queue_exit(&w->ring);

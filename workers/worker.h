@@ -57,6 +57,7 @@ enum op {
     OP_SPF_RECV,
     OP_SPOOL_IO,
     OP_CALL,
+    OP_DNSBL,
 };
 
 static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
@@ -83,6 +84,7 @@ typedef struct sessions sessions_t;
 typedef struct pool pool_t;
 typedef struct spfc spfc_t;
 typedef struct spooler spooler_t;
+typedef struct dnsblc dnsblc_t;
 typedef void worker_call_fn(worker_t *w, void *arg);
 
 struct worker {
@@ -117,6 +119,7 @@ struct worker {
     pool_t *pool;
     spfc_t *spf;
     spooler_t *spool;             /* delivery = spool (spooler.h); NULL otherwise */
+    dnsblc_t *dnsbl;              /* DNSBL lookups (dnsbl_client.h) */
     struct resolve *resolver;     /* the downstream's address (resolve.h); set by main, read at connect */
     metrics_t m;                  /* written by this worker only; read when scraped */
     /* the loop's own */

@@ -137,6 +137,11 @@ static void test_defaults(void **state)
     assert_int_equal(c.spf_timeout, 20);
     assert_string_equal(c.spf_user, "nobody");
     assert_string_equal(c.dns_server, "");
+    assert_string_equal(c.dnsbl_sites, "");
+    assert_int_equal(c.dnsbl_threshold, 1);
+    assert_int_equal(c.dnsbl_action, CONFIG_DNSBL_REJECT);
+    assert_int_equal(c.dnsbl_stage, CONFIG_DNSBL_AT_RCPT);
+    assert_int_equal(c.dnsbl_timeout, 5);
     assert_int_equal(c.delivery, CONFIG_DELIVERY_RELAY);
     assert_string_equal(c.spool_dir, "./spool");
     assert_int_equal(c.spool_max_bytes, 1ull << 30);
@@ -152,7 +157,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 73);
+    assert_int_equal(nkeys, 78);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -195,6 +200,11 @@ static const kv_case_t kv_cases[] = {
     {"downstream_tls_ca_file", "/etc/ssl/mail-ca.pem", "a\001b", "control character in path"},
     {"downstream_tls_name", "mail.internal.example", "mail..internal", "not a domain name: mail..internal"},
     {"maildir", "/var/mail/mxgate", "", "expected a path"},
+    {"dnsbl_sites", "zen.example*2, bl.example=127.0.0.[2..11]", "a\001b", "control character in path"},
+    {"dnsbl_threshold", "3", "0", "expected a number from 1 to 1000: 0"},
+    {"dnsbl_action", "tag", "drop", "expected reject, tag or ignore: drop"},
+    {"dnsbl_stage", "greeting", "data", "expected rcpt or greeting: data"},
+    {"dnsbl_timeout", "2", "61", "expected seconds from 1 to 60"},
     {"delivery", "spool", "queue", "expected relay, spool or relay-then-spool: queue"},
     {"spool_dir", "/var/spool/mxgate", "", "expected a path"},
     {"spool_max_bytes", "10g", "0", "too small (at least 1 octets): 0"},

@@ -26,6 +26,7 @@
 #include "recipients.c"
 #include "relay_domains.c"
 #include "spf.c"
+#include "dnsbl_filter.c"
 
 static void set(mx_config_t *c, const char *k, const char *v)
 {
@@ -403,6 +404,80 @@ static void test_spf_headers(void **state)
     env_free(e);
 }
 
+/* The chain again, after keys it reads at init were set. */
+static void rechain(env_t *e, const char *filters)
+{
+    char err[300];
+    filter_chain_fini(&e->ch);
+    set(&e->cfg, "filters", filters);
+    if (filter_chain_init(&e->ch, &e->cfg, err, sizeof err))
+        fail_msg("chain: %s", err);
+}
+
+static void test_dnsbl(void **state)
+{
+    (void)state;
+    env_t *e = env_new("relay");
+    set(&e->cfg, "dnsbl_sites", "zen.example*2, bl.example, wl.example*-2");
+    set(&e->cfg, "dnsbl_threshold", "2");
+    rechain(e, "relay, dnsbl");
+    assert_non_null(e->ch.dnsbl);
+    assert_int_equal(e->ch.dnsbl->n, 3);
+    filter_verdict_t v;
+    dnsbl_state_t d = { DNSBL_PENDING, 0, 0 };
+    e->fx.dnsbl = &d;
+    /* at RCPT (the default): the lookups are waited for, postmaster is not */
+    assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_ACCEPT);
+    assert_int_equal(rcpt(e, "bob@example.com", &v), FA_WAIT);
+    assert_int_equal(rcpt(e, "postmaster@example.com", &v), FA_ACCEPT);
+    assert_int_equal(rcpt(e, "postmaster", &v), FA_ACCEPT);
+    d = (dnsbl_state_t){ DNSBL_DONE, 1, 1u << 1 };
+    assert_int_equal(rcpt(e, "bob@example.com", &v), FA_ACCEPT); /* 1 < 2 */
+    d = (dnsbl_state_t){ DNSBL_DONE, 3, 1u << 0 | 1u << 1 };
+    assert_int_equal(rcpt(e, "bob@example.com", &v), FA_REJECT);
+    assert_int_equal(v.code, 554);
+    assert_string_equal(v.esc, "5.7.1");
+    assert_string_equal(v.text, "Service unavailable; client [192.0.2.1] blocked using zen.example");
+    assert_string_equal(v.why, "dnsbl");
+    assert_int_equal(rcpt(e, "bob@example.net", &v), FA_REJECT); /* relay's own refusal comes first */
+    assert_string_equal(v.why, "relay");
+    /* before the greeting instead */
+    set(&e->cfg, "dnsbl_stage", "greeting");
+    assert_int_equal(rcpt(e, "bob@example.com", &v), FA_ACCEPT);
+    assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_REJECT);
+    d.status = DNSBL_PENDING;
+    assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_WAIT);
+    /* tag: a header at DATA, after the lookups */
+    set(&e->cfg, "dnsbl_action", "tag");
+    assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_ACCEPT);
+    assert_int_equal(filter_run(&e->ch, FS_DATA, &e->fx, &v), FA_WAIT);
+    d.status = DNSBL_DONE;
+    assert_int_equal(filter_run(&e->ch, FS_DATA, &e->fx, &v), FA_TAG);
+    e->hdr[e->fx.hdr_len] = '\0';
+    assert_string_equal(e->hdr, "X-Mxgate-DNSBL: score=3 lists=zen.example,bl.example\r\n");
+    /* ignore: nothing but the log */
+    set(&e->cfg, "dnsbl_action", "ignore");
+    e->fx.hdr_len = 0;
+    assert_int_equal(filter_run(&e->ch, FS_DATA, &e->fx, &v), FA_ACCEPT);
+    assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_ACCEPT);
+    /* no lookups asked (facts without them): no opinion */
+    e->fx.dnsbl = NULL;
+    set(&e->cfg, "dnsbl_action", "reject");
+    assert_int_equal(filter_run(&e->ch, FS_CONNECT, &e->fx, &v), FA_ACCEPT);
+    /* a chain with dnsbl needs lists, and lists that parse */
+    char err[300];
+    filter_chain_fini(&e->ch);
+    set(&e->cfg, "dnsbl_sites", "");
+    assert_int_equal(filter_chain_init(&e->ch, &e->cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "dnsbl_sites names no list"));
+    set(&e->cfg, "dnsbl_sites", "bl.example=127.0.0.[9..2]");
+    assert_int_equal(filter_chain_init(&e->ch, &e->cfg, err, sizeof err), -1);
+    assert_non_null(strstr(err, "dnsbl_sites:"));
+    set(&e->cfg, "filters", "relay");
+    assert_int_equal(filter_chain_init(&e->ch, &e->cfg, err, sizeof err), 0);
+    env_free(e);
+}
+
 static void test_fold_and_room(void **state)
 {
     (void)state;
@@ -489,6 +564,7 @@ int main(void)
         cmocka_unit_test(test_recipients),        cmocka_unit_test(test_limits),
         cmocka_unit_test(test_spf_waits_at_rcpt), cmocka_unit_test(test_spf_headers),
         cmocka_unit_test(test_fold_and_room),     cmocka_unit_test(test_refusals_carry_replies),
+        cmocka_unit_test(test_dnsbl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

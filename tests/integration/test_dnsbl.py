@@ -1,0 +1,164 @@
+"""
+DNSBL and DNSWL scoring against a real DNS server on 127.0.0.1 (unbound,
+dnsserver.py) serving a blocklist zone and an allow-list zone. Clients
+connect from different loopback addresses (127.0.0.5 is listed, and so on),
+so each test can be a listed and an unlisted client at once. The lists are
+under .example: unbound (and so libunbound) answers .test itself
+(RFC 6761), which no DNSBL would ever use.
+
+    bl.example   lists 127.0.0.5 (127.0.0.2) and 127.0.0.6 (127.0.0.11) and ::1
+    zen.example  lists 127.0.0.5 (127.0.0.4), 127.0.0.6 and 127.0.0.7
+    wl.example   allow-lists 127.0.0.7
+"""
+import re
+import time
+import urllib.request
+
+import pytest
+
+from dnsserver import DnsServer, unbound_available
+from mxtest import Client, free_port, make_message, message_id, transact
+
+pytestmark = pytest.mark.skipif(not unbound_available(), reason="unbound is not installed (make deps)")
+
+V6_NIBBLES = ".".join("1" + "0" * 31)  # ::1, lowest nibble first
+
+ZONE = {
+    "5.0.0.127.bl.example": [("A", "127.0.0.2"), ("TXT", "listed")],
+    "6.0.0.127.bl.example": [("A", "127.0.0.11")],
+    V6_NIBBLES + ".bl.example": [("A", "127.0.0.2")],
+    "5.0.0.127.zen.example": [("A", "127.0.0.4")],
+    "6.0.0.127.zen.example": [("A", "127.0.0.3")],
+    "7.0.0.127.zen.example": [("A", "127.0.0.2")],
+    "7.0.0.127.wl.example": [("A", "127.0.0.2")],
+    "bl.example": [("A", "192.0.2.1")],  # the zones exist (an unlisted client is NXDOMAIN)
+    "zen.example": [("A", "192.0.2.1")],
+    "wl.example": [("A", "192.0.2.1")],
+}
+
+RCPT = "user@example.com"
+
+
+@pytest.fixture
+def dns(tmp_path):
+    with DnsServer(tmp_path, ZONE) as d:
+        yield d
+
+
+def dnsbl_gw(gateway, sink, dns, **opts):
+    o = dict(downstream=sink.addr, filters="limits, relay, recipients, dnsbl", dns_server=dns.addr,
+             dnsbl_sites="bl.example", dnsbl_timeout=3)
+    o.update(opts)
+    return gateway(**o)
+
+
+def session(port, source, rcpts, host="127.0.0.1"):
+    """Greeting, EHLO, one transaction from a source address: the replies."""
+    with Client(port, source=source, host=host) as c:
+        g = c.greet()
+        if g.code != 220:
+            return g, None
+        c.cmd("EHLO client.test")
+        msg = make_message()
+        res = transact(c, "sender@src.test", list(rcpts), msg)
+        return g, (res, message_id(msg))
+
+
+def test_listed_client_refused_at_rcpt_postmaster_still_reaches(sink, dns, gateway):
+    gw = dnsbl_gw(gateway, sink, dns)
+    g, (res, mid) = session(gw.port, "127.0.0.5", [RCPT, "postmaster@example.com"])
+    assert g.code == 220
+    assert res.rcpt[0].code == 554 and res.rcpt[0].esc == "5.7.1", res.rcpt
+    assert "Service unavailable; client [127.0.0.5] blocked using bl.example" in res.rcpt[0].text
+    assert res.rcpt[1].code == 250 and res.final.code == 250, res
+    m = sink.wait_message(mid)
+    assert m is not None and m.rcpts == ["postmaster@example.com"]
+    # an unlisted client in the same run
+    _, (res, mid) = session(gw.port, "127.0.0.1", [RCPT])
+    assert res.final.code == 250
+    rec = gw.wait_record(lambda r: r.get("event") == "dnsbl" and r.get("client") == "127.0.0.5", timeout=2)
+    assert rec and rec["score"] == "1" and rec["lists"] == "bl.example" and rec["listed"] == "yes", rec
+    tx = gw.wait_record(lambda r: r.get("event") == "tx" and r.get("client") == "127.0.0.5", timeout=2)
+    assert tx and tx["dnsbl"] == "1", tx
+
+
+def test_scores_filters_threshold_and_allow_lists(sink, dns, gateway):
+    gw = dnsbl_gw(gateway, sink, dns, dnsbl_sites="zen.example*2, bl.example=127.0.0.[2..3]*1, wl.example*-2",
+                  dnsbl_threshold=3)
+    # .5: zen 2 + bl 1 (127.0.0.2 matches) = 3: refused, naming the heaviest list
+    _, (res, _) = session(gw.port, "127.0.0.5", [RCPT])
+    assert res.rcpt[0].code == 554 and "blocked using zen.example" in res.rcpt[0].text, res.rcpt
+    # .6: zen 2; bl answers 127.0.0.11, outside the filter: 2 < 3
+    _, (res, _) = session(gw.port, "127.0.0.6", [RCPT])
+    assert res.final.code == 250, res
+    # .7: zen 2, allow-listed -2: 0
+    _, (res, _) = session(gw.port, "127.0.0.7", [RCPT])
+    assert res.final.code == 250, res
+    scores = {r["client"]: r["score"] for r in gw.log_records() if r.get("event") == "dnsbl"}
+    assert scores.get("127.0.0.5") == "3" and scores.get("127.0.0.6") == "2", scores
+    assert scores.get("127.0.0.7", "0") == "0", scores
+
+
+def test_refused_before_the_greeting(sink, dns, gateway):
+    gw = dnsbl_gw(gateway, sink, dns, dnsbl_stage="greeting")
+    with Client(gw.port, source="127.0.0.5") as c:
+        g = c.greet()
+        assert g.code == 554 and g.esc == "5.7.1", g
+        assert "client [127.0.0.5] blocked using bl.example" in g.text
+        c.wait_closed(5)
+    g, (res, _) = session(gw.port, "127.0.0.1", [RCPT])
+    assert g.code == 220 and res.final.code == 250
+
+
+def test_a_list_that_never_answers_costs_at_most_dnsbl_timeout(sink, dns, gateway):
+    gw = dnsbl_gw(gateway, sink, dns, dnsbl_stage="greeting", dnsbl_timeout=1,
+                  http_listen="127.0.0.1:%d" % free_port())
+    dns.pause()
+    try:
+        t0 = time.monotonic()
+        g, (res, _) = session(gw.port, "127.0.0.5", [RCPT])
+        took = time.monotonic() - t0
+    finally:
+        dns.resume()
+    assert g.code == 220 and res.final.code == 250, (g, res)
+    assert 0.8 < took < 4, took
+    text = urllib.request.urlopen("http://%s/metrics" % gw.opts["http_listen"], timeout=5).read().decode()
+    assert re.search(r'^mxgate_dnsbl_lookups_total\{result="timeout"\} 1$', text, re.M), text
+
+
+def test_answers_are_cached_no_query_on_repeat(sink, dns, gateway):
+    gw = dnsbl_gw(gateway, sink, dns, workers=1, dnsbl_sites="bl.example, zen.example")
+    before = dns.query_count()
+    session(gw.port, "127.0.0.5", [RCPT])
+    first = dns.query_count()
+    assert first - before >= 2, (before, first)
+    for _ in range(3):
+        _, (res, _) = session(gw.port, "127.0.0.5", [RCPT])
+        assert res.rcpt[0].code == 554
+    assert dns.query_count() == first, "a repeat client was asked about again"
+
+
+def test_tag_instead_of_refusing(sink, dns, gateway):
+    gw = dnsbl_gw(gateway, sink, dns, dnsbl_action="tag", dnsbl_sites="bl.example, zen.example*2")
+    _, (res, mid) = session(gw.port, "127.0.0.5", [RCPT])
+    assert res.final.code == 250, res
+    m = sink.wait_message(mid)
+    assert b"X-Mxgate-DNSBL: score=3 lists=bl.example,zen.example\r\n" in m.wire, m.wire[:400]
+    _, (res, mid) = session(gw.port, "127.0.0.1", [RCPT])
+    assert b"X-Mxgate-DNSBL" not in sink.wait_message(mid).wire
+
+
+def test_ipv6_client(sink, dns, gateway):
+    p4, p6 = free_port(), free_port()
+    gw = dnsbl_gw(gateway, sink, dns, listen="[::1]:%d,127.0.0.1:%d" % (p6, p4))
+    try:
+        _, (res, _) = session(p6, None, [RCPT], host="::1")
+    except OSError as e:
+        pytest.skip("no IPv6 loopback here: %s" % e)
+    assert res.rcpt[0].code == 554 and "client [::1] blocked using bl.example" in res.rcpt[0].text, res.rcpt
+
+
+def test_a_bad_site_list_stops_start_up(sink, dns, gateway):
+    with pytest.raises(BaseException) as e:
+        dnsbl_gw(gateway, sink, dns, dnsbl_sites="bl.example=127.0.0.[9..2]", ready_timeout=3)
+    assert "dnsbl_sites" in str(e.value)
