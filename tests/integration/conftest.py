@@ -55,7 +55,7 @@ _NO_URING = re.compile(r"io_uring|IORING|seccomp", re.I)
 # A broken gateway (one that never drains, say) costs each test its full
 # timeouts; past this budget the remaining tests fail at once instead, so the
 # suite stays bounded. A healthy run takes well under a minute.
-BUDGET_S = float(os.environ.get("MXGATE_IT_BUDGET", "270"))
+BUDGET_S = float(os.environ.get("MXGATE_IT_BUDGET", "400"))
 _T0 = time.monotonic()
 
 
