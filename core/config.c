@@ -194,6 +194,8 @@ static const key_row_t rows[] = {
     ENUM(dnsbl_stage, "rcpt", dnsbl_stage_names,
          "where a DNSBL rejection is given: rcpt (postmaster still gets through) or greeting (then close)"),
     SECS(dnsbl_timeout, "5", 1, 60, "seconds the DNSBL lookups may take; a list that has not answered does not count"),
+    SECS(pass_cache_ttl, "1h", 0, 86400,
+         "seconds a client that passed the DNSBL (and quit cleanly) skips the lookups, all workers; 0: off"),
     ENUM(proxy_protocol, "off", proxy_names,
          "PROXY protocol header before the greeting: off, v1, v2 or any (v1 or v2)"),
     ROW(proxy_trusted, "", K_CIDRS, config_cidrs_t, 0, CONFIG_CIDR_MAX, NULL,

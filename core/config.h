@@ -159,6 +159,7 @@ typedef struct mx_config {
     uint8_t dnsbl_action;                    /* enum config_dnsbl_action */
     uint8_t dnsbl_stage;                     /* enum config_dnsbl_stage */
     uint32_t dnsbl_timeout;                  /* seconds the lookups may take; unanswered lists do not count */
+    uint32_t pass_cache_ttl;                 /* seconds a client that passed skips the lookups; 0: off */
     uint32_t dns_timeout;                    /* seconds per DNS query */
 
     uint8_t proxy_protocol;         /* enum config_proxy */

@@ -164,7 +164,7 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
              "result", ds_tls, MDT_COUNT, offsetof(metrics_t, ds_tls), false);
     one(&o, "mxgate_downstream_tls_resumed_total", "counter", "Downstream TLS handshakes that resumed a session.",
         SUM(ds_tls_resumed));
-    static const char *const dnsbl_res[MDL_COUNT] = { "clean", "listed", "timeout" };
+    static const char *const dnsbl_res[MDL_COUNT] = { "clean", "listed", "timeout", "pass_cache" };
     labelled(&o, w, n, "mxgate_dnsbl_lookups_total", "Clients looked up on the DNSBL sites, by outcome.", "result",
              dnsbl_res, MDL_COUNT, offsetof(metrics_t, dnsbl_lookups), false);
     one(&o, "mxgate_dnsbl_errors_total", "counter", "DNSBL queries that failed (they do not count).",

@@ -91,7 +91,7 @@ enum m_spool_result { MSR_DELIVERED = 0, MSR_DEFERRED, MSR_BOUNCED, MSR_EXPIRED,
 
 /* DNSBL lookups of a client, by outcome: no list counted, some did, or a
  * list had not answered by dnsbl_timeout. */
-enum m_dnsbl { MDL_CLEAN = 0, MDL_LISTED, MDL_TIMEOUT, MDL_COUNT };
+enum m_dnsbl { MDL_CLEAN = 0, MDL_LISTED, MDL_TIMEOUT, MDL_PASS_CACHE /* not asked: a recent pass */, MDL_COUNT };
 
 /* A histogram in seconds with fixed bounds (Prometheus's cumulative form is
  * built when rendered). */

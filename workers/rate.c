@@ -20,6 +20,7 @@ typedef struct entry {
     uint64_t touched_ms;
     double tokens[RATE_KINDS];
     uint64_t at_ms[RATE_KINDS]; /* when tokens[k] was last brought up to date; 0: never */
+    uint64_t pass_until_ms;     /* the pass cache: DNSBL skipped until then (0: no pass) */
 } entry_t;
 
 typedef struct shard {
@@ -65,15 +66,17 @@ static uint64_t hash(int family, const uint8_t *a, size_t n)
     return h ^ h >> 29;
 }
 
-bool rate_take(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, uint32_t per_min, uint64_t now_ms)
+/* The address's entry, made (in place of the one touched longest ago in
+ * the probe window) when there is none and `make`; its shard is locked on
+ * return (unlock *locked), even when NULL comes back. */
+static entry_t *entry_of(rate_t *r, int family, const uint8_t *addr, bool make, pthread_mutex_t **locked)
 {
-    if (!per_min || !r)
-        return true;
     size_t n = family == AF_INET6 ? 16 : 4;
     uint64_t h = hash(family, addr, n);
     shard_t *s = &r->shard[h % SHARDS];
     uint32_t at = (uint32_t)(h / SHARDS) % SLOTS;
     pthread_mutex_lock(&s->mu);
+    *locked = &s->mu;
     entry_t *e = NULL, *victim = NULL;
     for (uint32_t i = 0; i < PROBE && !e; i++) {
         entry_t *c = &s->e[(at + i) % SLOTS];
@@ -82,13 +85,22 @@ bool rate_take(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, uin
         else if (!victim || (victim->used && (!c->used || c->touched_ms < victim->touched_ms)))
             victim = c;
     }
-    if (!e) {
+    if (!e && make) {
         e = victim;
         memset(e, 0, sizeof *e);
         e->used = 1;
         e->family = (uint8_t)family;
         memcpy(e->addr, addr, n);
     }
+    return e;
+}
+
+bool rate_take(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, uint32_t per_min, uint64_t now_ms)
+{
+    if (!per_min || !r)
+        return true;
+    pthread_mutex_t *mu;
+    entry_t *e = entry_of(r, family, addr, true, &mu);
     e->touched_ms = now_ms;
     double cap = per_min;
     /* Each worker's clock is its loop turn's: another's may be a little
@@ -107,7 +119,29 @@ bool rate_take(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, uin
         t = cap; /* a lowered limit (a reload) applies at once */
     bool ok = t >= 1.0;
     e->tokens[k] = ok ? t - 1.0 : t;
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(mu);
+    return ok;
+}
+
+void rate_pass_set(rate_t *r, int family, const uint8_t *addr, uint64_t until_ms, uint64_t now_ms)
+{
+    if (!r)
+        return;
+    pthread_mutex_t *mu;
+    entry_t *e = entry_of(r, family, addr, true, &mu);
+    e->touched_ms = now_ms;
+    e->pass_until_ms = until_ms;
+    pthread_mutex_unlock(mu);
+}
+
+bool rate_passed(rate_t *r, int family, const uint8_t *addr, uint64_t now_ms)
+{
+    if (!r)
+        return false;
+    pthread_mutex_t *mu;
+    entry_t *e = entry_of(r, family, addr, false, &mu);
+    bool ok = e && e->pass_until_ms > now_ms;
+    pthread_mutex_unlock(mu);
     return ok;
 }
 

@@ -31,6 +31,13 @@ void rate_free(rate_t *r);
  * false when none is left. per_min 0: always true. Any thread. */
 bool rate_take(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, uint32_t per_min, uint64_t now_ms);
 
+/* The pass cache (postscreen's): an address whose session passed the
+ * DNSBL (and ended cleanly) is remembered until until_ms, and its next
+ * sessions skip the lookups. Same table, same eviction: forgetting costs a
+ * lookup, never a wrong verdict. Any thread. */
+void rate_pass_set(rate_t *r, int family, const uint8_t *addr, uint64_t until_ms, uint64_t now_ms);
+bool rate_passed(rate_t *r, int family, const uint8_t *addr, uint64_t now_ms);
+
 /* The configuration's rate for k (rate_connections, rate_messages,
  * rate_recipients), unless the address is in rate_allow: true when this
  * event is over it. */

@@ -122,6 +122,8 @@ struct session {
     const char *reason;    /* how it ended, for the disconnect line */
     dnsbl_state_t dnsbl;   /* the lookups started at connect (dnsbl_client.h) */
     uint64_t dnsbl_req;    /* while they run */
+    uint8_t dnsbl_unanswered; /* lists that had not answered by dnsbl_timeout */
+    bool dnsbl_cached;     /* the pass cache answered: nothing was asked */
     uint32_t conn_total, conn_per_ip; /* at admission: the connect stage may run again */
     session_t *post_next;
     session_t *reap_next;
@@ -139,6 +141,7 @@ struct sessions {
 };
 
 static void close_session(worker_t *w, session_t *s, const char *why);
+static int client_addr(const session_t *s, const uint8_t **a);
 static void post(worker_t *w, session_t *s);
 static void proxy_read(worker_t *w, session_t *s);
 static bool proxy_refused_here(worker_t *w, session_t *s);
@@ -1020,6 +1023,16 @@ static void close_session(worker_t *w, session_t *s, const char *why)
         dnsblc_cancel(w, s->dnsbl_req);
         s->dnsbl_req = 0;
     }
+    /* postscreen's pass cache: every list answered, the score stayed under
+     * the threshold, and the client ended with QUIT (no protocol error
+     * closed it): its next sessions skip the lookups for pass_cache_ttl. */
+    const mx_config_t *cfg = &s->conf->cfg;
+    if (cfg->pass_cache_ttl && s->dnsbl.status == DNSBL_DONE && !s->dnsbl_cached && !s->dnsbl_unanswered &&
+        s->conf->chain.dnsbl && s->dnsbl.score < (int)cfg->dnsbl_threshold && !strcmp(s->reason, "quit")) {
+        const uint8_t *a;
+        int family = client_addr(s, &a);
+        rate_pass_set(w->limits->rate, family, a, w->now + (uint64_t)cfg->pass_cache_ttl * 1000, w->now);
+    }
     for (uint16_t i = 0; i < s->nheld; i++)
         buf_release(w, s->held[i].bid);
     s->nheld = 0;
@@ -1126,19 +1139,34 @@ static void on_timer(worker_t *w, timer_node_t *t)
     }
 }
 
-/* The DNSBL lookups, every list at once, as soon as the address is known. */
+/* The client's address as the lists and the pass cache know it: an IPv4
+ * client on an IPv6 socket is IPv4. */
+static int client_addr(const session_t *s, const uint8_t **a)
+{
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    bool v4 = s->family == AF_INET || !memcmp(s->addr, mapped, sizeof mapped);
+    *a = s->family == AF_INET6 && v4 ? s->addr + 12 : s->addr;
+    return v4 ? AF_INET : AF_INET6;
+}
+
+/* The DNSBL lookups, every list at once, as soon as the address is known;
+ * none for a client in the pass cache. */
 static void dnsbl_begin(worker_t *w, session_t *s)
 {
     const dnsbl_list_t *l = s->conf->chain.dnsbl;
     if (!l)
         return;
-    /* an IPv4 client on an IPv6 socket is asked about as IPv4 */
-    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-    bool v4 = s->family == AF_INET || !memcmp(s->addr, mapped, sizeof mapped);
-    const uint8_t *a = s->family == AF_INET6 && v4 ? s->addr + 12 : s->addr;
+    const uint8_t *a;
+    int family = client_addr(s, &a);
+    if (s->conf->cfg.pass_cache_ttl && rate_passed(w->limits->rate, family, a, w->now)) {
+        s->dnsbl = (dnsbl_state_t){ DNSBL_DONE, 0, 0 };
+        s->dnsbl_cached = true;
+        m_inc(&w->m.dnsbl_lookups[MDL_PASS_CACHE]);
+        return;
+    }
     dnsbl_owner_t o = { s->idx, s->gen };
     s->dnsbl.status = DNSBL_PENDING;
-    s->dnsbl_req = dnsblc_start(w, &o, l, v4 ? AF_INET : AF_INET6, a);
+    s->dnsbl_req = dnsblc_start(w, &o, l, family, a);
     if (!s->dnsbl_req) {
         s->dnsbl.status = DNSBL_DONE; /* nothing could be asked: fail open, counted */
         m_inc(&w->m.dnsbl_errors);
@@ -1537,6 +1565,7 @@ void session_dnsbl_done(worker_t *w, const dnsbl_owner_t *o, int score, uint32_t
         return;
     s->dnsbl_req = 0;
     s->dnsbl = (dnsbl_state_t){ DNSBL_DONE, score, hit };
+    s->dnsbl_unanswered = (uint8_t)(unanswered > 255 ? 255 : unanswered);
     const dnsbl_list_t *l = s->conf->chain.dnsbl;
     if (log_enabled(hit || unanswered ? LOG_INFO : LOG_DEBUG)) {
         char lists[512] = "";

@@ -346,7 +346,7 @@ static void entry_free(worker_t *w, uint32_t i)
 {
     spooler_t *sp = w->spool;
     entry_t *e = &sp->e[i];
-    seg_t *s = seg_by_seq(sp, e->seq);
+    seg_t *s = e->seq != NONE ? seg_by_seq(sp, e->seq) : NULL;
     if (s && s->live)
         s->live--;
     entry_forget_buf(sp, e);
@@ -616,6 +616,7 @@ static uint32_t take_message(worker_t *w, char *rec, size_t size, spool_id_t id,
         return NONE;
     }
     e->state = E_COMMIT;
+    e->seq = NONE; /* its segment is known when its batch is written */
     e->id = id;
     e->size = (uint32_t)size;
     e->buf = rec;

@@ -162,3 +162,42 @@ def test_a_bad_site_list_stops_start_up(sink, dns, gateway):
     with pytest.raises(BaseException) as e:
         dnsbl_gw(gateway, sink, dns, dnsbl_sites="bl.example=127.0.0.[9..2]", ready_timeout=3)
     assert "dnsbl_sites" in str(e.value)
+
+
+def lookups(http):
+    text = urllib.request.urlopen("http://%s/metrics" % http, timeout=5).read().decode()
+    return {k: int(v) for k, v in re.findall(r'^mxgate_dnsbl_lookups_total\{result="(\w+)"\} (\d+)$', text, re.M)}
+
+
+def quit_session(port, source):
+    with Client(port, source=source) as c:
+        assert c.greet().code == 220
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<sender@src.test>")
+        c.cmd("RCPT TO:<%s>" % RCPT)  # waits for the lookups (postmaster would not)
+        c.cmd("RSET")
+        r = c.cmd("QUIT")
+        c.wait_closed(5)
+        return r
+
+
+@pytest.mark.parametrize("ttl", [3600, 0])
+def test_pass_cache(sink, dns, gateway, ttl):
+    """A client that passed (every list answered, under the threshold, and
+    it said QUIT) skips the lookups on its next connections, on any worker;
+    a listed client never passes."""
+    http = "127.0.0.1:%d" % free_port()
+    gw = dnsbl_gw(gateway, sink, dns, http_listen=http, pass_cache_ttl=ttl)
+    quit_session(gw.port, "127.0.0.1")
+    quit_session(gw.port, "127.0.0.5")  # listed: no pass
+    first = lookups(http)
+    assert first.get("clean") == 1 and first.get("listed") == 1, first
+    for _ in range(4):
+        quit_session(gw.port, "127.0.0.1")
+        quit_session(gw.port, "127.0.0.5")
+    after = lookups(http)
+    if ttl:
+        assert after.get("pass_cache") == 4 and after.get("clean") == 1, after
+    else:
+        assert after.get("pass_cache", 0) == 0 and after.get("clean") == 5, after
+    assert after.get("listed") == 5, after

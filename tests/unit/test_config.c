@@ -142,6 +142,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.dnsbl_action, CONFIG_DNSBL_REJECT);
     assert_int_equal(c.dnsbl_stage, CONFIG_DNSBL_AT_RCPT);
     assert_int_equal(c.dnsbl_timeout, 5);
+    assert_int_equal(c.pass_cache_ttl, 3600);
     assert_int_equal(c.delivery, CONFIG_DELIVERY_RELAY);
     assert_string_equal(c.spool_dir, "./spool");
     assert_int_equal(c.spool_max_bytes, 1ull << 30);
@@ -157,7 +158,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 78);
+    assert_int_equal(nkeys, 79);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -205,6 +206,7 @@ static const kv_case_t kv_cases[] = {
     {"dnsbl_action", "tag", "drop", "expected reject, tag or ignore: drop"},
     {"dnsbl_stage", "greeting", "data", "expected rcpt or greeting: data"},
     {"dnsbl_timeout", "2", "61", "expected seconds from 1 to 60"},
+    {"pass_cache_ttl", "0", "2d", "expected seconds from 0 to 86400"},
     {"delivery", "spool", "queue", "expected relay, spool or relay-then-spool: queue"},
     {"spool_dir", "/var/spool/mxgate", "", "expected a path"},
     {"spool_max_bytes", "10g", "0", "too small (at least 1 octets): 0"},
