@@ -285,6 +285,8 @@ static slice_t header_section(slice_t orig)
     if (n > DSN_HEAD_MAX) {
         const char *lf = memrchr(orig.ptr, '\n', DSN_HEAD_MAX);
         n = lf ? (size_t)(lf - orig.ptr) + 1 : DSN_HEAD_MAX;
+        if (!lf && orig.ptr[n - 1] == '\r')
+            n--; /* not a CR without its LF */
     }
     return slice_make(orig.ptr, n);
 }
@@ -314,6 +316,11 @@ static uint64_t mix(uint64_t x)
     return x ^ (x >> 31);
 }
 
+static bool in(slice_t s, const line_t *b)
+{
+    return s.len && memmem(s.ptr, s.len, b->buf, b->len);
+}
+
 /* "=_mxgate_<16 hex>_<queue id>", the first derivation of the caller's
  * random number that the returned headers do not hold. */
 static bool pick_boundary(bnd_t *b, const dsn_msg_t *m, slice_t head)
@@ -325,7 +332,12 @@ static bool pick_boundary(bnd_t *b, const dsn_msg_t *m, slice_t head)
         add_hex64(&b->text, b->random);
         add_lit(&b->text, "_");
         add_token(&b->text, m->queue_id, DSN_QID_MAX);
-        if (!head.len || !memmem(head.ptr, head.len, b->text.buf, b->text.len))
+        bool seen = head.len && memmem(head.ptr, head.len, b->text.buf, b->text.len);
+        seen |= in(m->reporting_mta, &b->text) || in(m->queue_id, &b->text) || in(m->sender, &b->text) ||
+                in(m->client_helo, &b->text);
+        for (uint32_t i = 0; i < m->nrcpt && !seen; i++)
+            seen = in(m->rcpt[i].addr, &b->text) || in(m->rcpt[i].status, &b->text) || in(m->rcpt[i].text, &b->text);
+        if (!seen)
             return true;
     }
     return false;

@@ -31,7 +31,9 @@
  * DSN_LINE_MAX octets (nothing is folded). The returned header section is
  * copied as it is (it is already in wire form); its octets decide part 3's
  * Content-Transfer-Encoding (8bit if any is, else 7bit), and the
- * boundary is re-derived until it does not occur in them.
+ * boundary is re-derived until it occurs neither in them nor in any of the
+ * caller's slices (the human text is wrapped, so a reply text could put it
+ * alone on a line).
  *
  * A bounce is never sent to the null sender (RFC 5321 6.1), so an empty
  * sender is invalid, like an empty reporting_mta or no recipients.

@@ -634,6 +634,20 @@ static void test_returned_headers(void **state)
     assert_true(n < DSN_HEAD_MAX + 4096);
     free(ls);
     free(out);
+
+    /* one line longer than the cut, its CR the cut's last octet: the CR
+     * does not go out without its LF (fuzz_dsn found this) */
+    memset(o, 'a', DSN_HEAD_MAX + 10);
+    o[DSN_HEAD_MAX - 1] = '\r';
+    o[DSN_HEAD_MAX] = '\n';
+    m.original = slice_make(o, DSN_HEAD_MAX + 10);
+    out = write_dsn(&m, &n); /* (a line over 998 octets, copied as it is: no check_structure) */
+    for (size_t i = 0; i < n; i++)
+        assert_true(out[i] != '\r' || (i + 1 < n && out[i + 1] == '\n'));
+    char *at = memmem(out, n, o, DSN_HEAD_MAX - 1);
+    assert_non_null(at);
+    assert_memory_equal(at + DSN_HEAD_MAX - 1, "\r\n--", 4);
+    free(out);
     free(o);
 }
 
@@ -653,6 +667,17 @@ static void test_boundary_collision(void **state)
     slice_t b = declared_boundary(out, n);
     assert_false(slice_eq(b, SLICE_LIT("=_mxgate_0123456789abcdef_0001a2b3c4d5e6f7_1")));
     assert_null(memmem(m.original.ptr, m.original.len, b.ptr, b.len));
+    /* a caller's text holding the boundary (the human text is wrapped, so
+     * it could stand alone on a line) moves it too (fuzz_dsn found this) */
+    dsn_rcpt_t r2 = { SLICE_LIT("bob@example.com"), 550, SLICE_NULL,
+                      SLICE_LIT("no --=_mxgate_0123456789abcdef_0001a2b3c4d5e6f7_1-- here") };
+    dsn_msg_t m2 = base_msg(&r2, 1);
+    size_t n2, part2[4];
+    char *out2 = write_dsn(&m2, &n2);
+    lines_t *ls2 = check_structure(out2, n2, part2);
+    assert_false(slice_eq(declared_boundary(out2, n2), SLICE_LIT("=_mxgate_0123456789abcdef_0001a2b3c4d5e6f7_1")));
+    free(ls2);
+    free(out2);
     /* the Message-ID follows the derivation used */
     char want[128];
     snprintf(want, sizeof want, "Message-ID: <0001a2b3c4d5e6f7_1.%.16s@mx.example>", b.ptr + 9);
