@@ -138,6 +138,13 @@ uint32_t spool_seal(char *head, size_t head_size, uint32_t crc, uint32_t body_le
     return (uint32_t)(spool_record_size(payload) - SPOOL_HEAD - payload);
 }
 
+int spool_seg_order(const spool_seg_t *a, const char *a_name, const spool_seg_t *b, const char *b_name)
+{
+    if (a->created_ms != b->created_ms)
+        return a->created_ms < b->created_ms ? -1 : 1;
+    return strcmp(a_name, b_name);
+}
+
 void spool_reseal(char *rec, uint64_t nonce, uint64_t offset)
 {
     uint32_t payload = get32(rec + 8);

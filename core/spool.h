@@ -179,6 +179,12 @@ size_t spool_put_done(char *out, uint64_t nonce, uint64_t offset, spool_id_t id)
  * builds it anywhere and seals it here, one pass over the payload. */
 void spool_reseal(char *rec, uint64_t nonce, uint64_t offset);
 
+/* The order segments are replayed in (the gateway at start-up, `mxgate
+ * queue`): by creation, then by file name. A segment may hold records about
+ * an older one's messages (a DONE written after a restart), never the
+ * reverse. <0, 0, >0 as strcmp. */
+int spool_seg_order(const spool_seg_t *a, const char *a_name, const spool_seg_t *b, const char *b_name);
+
 /* ---- reading ---- */
 
 enum spool_scan {

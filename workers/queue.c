@@ -36,14 +36,11 @@ typedef struct spooldir {
     spoolq_t q;
 } spooldir_t;
 
-/* The order the gateway replays them in (spooler.c): by creation, then
- * name; a segment may hold records about an older one's messages. */
+/* The order the gateway replays them in (spool.h). */
 static int by_creation(const void *a, const void *b)
 {
     const segfile_t *x = a, *y = b;
-    if (x->head.created_ms != y->head.created_ms)
-        return x->head.created_ms < y->head.created_ms ? -1 : 1;
-    return strcmp(x->name, y->name);
+    return spool_seg_order(&x->head, x->name, &y->head, y->name);
 }
 
 static bool is_seg(const char *n)

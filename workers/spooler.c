@@ -1371,9 +1371,7 @@ typedef struct found {
 static int by_creation(const void *a, const void *b)
 {
     const found_t *x = a, *y = b;
-    if (x->head.created_ms != y->head.created_ms)
-        return x->head.created_ms < y->head.created_ms ? -1 : 1;
-    return strcmp(x->name, y->name);
+    return spool_seg_order(&x->head, x->name, &y->head, y->name);
 }
 
 static bool seg_name(const char *n, uint32_t *owner, uint32_t *seq)
