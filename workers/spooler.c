@@ -949,7 +949,18 @@ static void feed_body(worker_t *w, delivery_t *d)
     }
 }
 
-/* The lease is ours: MAIL, the recipients still pending, DATA, pipelined. */
+/* A command the relay refused before sending it: the lease is dead (its
+ * 451 4.4.1: no server was reached, no attempt), or the message cannot go
+ * to this server as it is (SMTPUTF8 or SIZE it does not offer, an address
+ * too long: the relay's own 5xx, final), or the relay is full (4xx: an
+ * attempt, retried later). */
+static bool refused_by_relay(const smtp_reply_t *r)
+{
+    return !(r->code == 451 && r->esc && !strcmp(r->esc, "4.4.1"));
+}
+
+/* The lease is ours: MAIL, the recipients still pending, DATA, pipelined.
+ * Every refusal ends the attempt here and now: nothing else will. */
 static void dl_go(worker_t *w, delivery_t *d)
 {
     entry_t *e = &w->spool->e[d->entry];
@@ -958,23 +969,35 @@ static void dl_go(worker_t *w, delivery_t *d)
     params.smtputf8 = (m->flags & SPOOL_F_SMTPUTF8) != 0;
     params.body = m->flags & SPOOL_F_8BITMIME ? BODY_8BITMIME : m->flags & SPOOL_F_7BIT ? BODY_7BIT : BODY_UNSPEC;
     smtp_reply_t refusal;
-    if (!pool_mail(w, d->lease, TOK_MAIL, m->sender, &params, &refusal))
-        goto refused;
+    if (!pool_mail(w, d->lease, TOK_MAIL, m->sender, &params, &refusal)) {
+        d->counted = refused_by_relay(&refusal);
+        d->mail_code = (uint16_t)refusal.code;
+        keep_text(d->final, &refusal);
+        attempt_end(w, d);
+        return;
+    }
     uint32_t cur = 0;
     slice_t addr;
     for (uint16_t i = 0; spool_rcpt_next(m, &cur, &addr); i++) {
         if (i >= e->nrcpt || e->codes[i])
             continue;
-        if (!pool_rcpt(w, d->lease, i, addr, &refusal))
-            goto refused;
+        if (!pool_rcpt(w, d->lease, i, addr, &refusal)) {
+            if (!refused_by_relay(&refusal)) {
+                attempt_end(w, d); /* the lease died: no attempt */
+                return;
+            }
+            d->code[i] = (uint16_t)refusal.code; /* this recipient's answer; the others go on */
+            keep_text(d->text[i], &refusal);
+            continue;
+        }
         d->rcpt_due++;
     }
-    if (!pool_data(w, d->lease, TOK_DATA, &refusal))
-        goto refused;
-    return;
-refused:
-    /* the lease died under us: LOST comes (or came) through event() */
-    (void)refusal;
+    if (!pool_data(w, d->lease, TOK_DATA, &refusal)) {
+        d->counted = refused_by_relay(&refusal);
+        d->data_code = (uint16_t)refusal.code;
+        keep_text(d->final, &refusal);
+        attempt_end(w, d);
+    }
 }
 
 static void dl_ready(worker_t *w, const pool_owner_t *o, pool_lease_t lease)

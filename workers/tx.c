@@ -290,11 +290,13 @@ static void go_local(tx_t *t)
 
 static void pump(tx_t *t);
 
-/* A command the lease refused (it died under us): relay-then-spool goes on
- * here; otherwise the refusal is the answer (false). */
-static bool refused_fallback(tx_t *t)
+/* A command the lease refused before sending it: it died under us, or the
+ * relay is full (4xx): relay-then-spool goes on here. A 5xx (SMTPUTF8 or a
+ * SIZE the server does not offer) is the message's answer in every mode:
+ * better refused now than bounced later. false: the refusal is the answer. */
+static bool refused_fallback(tx_t *t, const smtp_reply_t *refusal)
 {
-    if (!fallback(t))
+    if (!fallback(t) || refusal->code >= 500)
         return false;
     go_local(t);
     pump(t);
@@ -497,7 +499,7 @@ static void send_mail(tx_t *t)
         return;
     t->mstate = M_SENT;
     if (!pool_mail(t->env.w, t->lease, t->mail_slot, kept(t, t->from_off, t->from_len), &t->params, &refusal) &&
-        !refused_fallback(t))
+        !refused_fallback(t, &refusal))
         answer_mail(t, &refusal);
 }
 
@@ -592,7 +594,7 @@ static void send_data(tx_t *t)
         answer_data(t, &t->gone);
     } else if (t->lstate == L_READY) {
         t->dstate = D_SENT;
-        if (!pool_data(t->env.w, t->lease, t->data_slot, &refusal) && !refused_fallback(t))
+        if (!pool_data(t->env.w, t->lease, t->data_slot, &refusal) && !refused_fallback(t, &refusal))
             answer_data(t, &refusal);
     }
 }
@@ -618,7 +620,7 @@ static void pump(tx_t *t)
         } else if (t->lstate == L_READY) {
             rc->state = R_SENT;
             if (!pool_rcpt(t->env.w, t->lease, rc->slot, kept(t, rc->off, rc->len), &refusal)) {
-                if (refused_fallback(t))
+                if (refused_fallback(t, &refusal))
                     return; /* pumped again, answered here from now on */
                 answer_rcpt(t, rc, &refusal);
             }

@@ -14,7 +14,9 @@ Run from the repository root, after `make build/asan/mxgate`:
     python3 tests/fuzz/wirefuzz.py --seconds 600 --seed RUN_SEED
 
 Other options: --mxgate PATH (default build/asan/mxgate), --workers 1|2
-(default 2), --concurrency N (default 48), --downstream python|smtp-sink,
+(default 2), --delivery relay|spool|relay-then-spool (default relay; the
+spool modes write under OUT/spool), --concurrency N (default 48),
+--downstream python|smtp-sink,
 --out DIR (default build/wirefuzz), --stop-on-failure, -v; see --help.
 Exit status: 0 no failures, 1 failures, 2 could not start, 130 interrupted.
 It prints a progress line every 10 s; the last line is the summary:
@@ -82,6 +84,7 @@ import os
 import random
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -1504,6 +1507,10 @@ class Fuzzer:
             "log_level": self.a.log_level, "http_listen": "",
             "user": "root",  # as root, keep it: the output directory may be unreachable for nobody
         }
+        if self.a.delivery != "relay":
+            spool = os.path.join(self.out, "spool")
+            shutil.rmtree(spool, ignore_errors=True)
+            opts.update(delivery=self.a.delivery, spool_dir=spool)
         env = {}
         if "ASAN_OPTIONS" not in os.environ:
             env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0"
@@ -1779,6 +1786,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=None, help="run seed (default: random, printed)")
     ap.add_argument("--replay", type=int, default=None, metavar="SESSION_SEED", help="run one session alone")
     ap.add_argument("--repeat", type=int, default=1, help="with --replay: how many times (default 1)")
+    ap.add_argument("--delivery", choices=["relay", "spool", "relay-then-spool"], default="relay",
+                    help="the gateway's delivery mode (spool modes write under OUT/spool)")
     ap.add_argument("--downstream", choices=["python", "smtp-sink"], default="python",
                     help="the recording SmtpSink in a child process (default; checks delivery and mixing) "
                          "or Postfix's /usr/sbin/smtp-sink")

@@ -528,3 +528,34 @@ def test_offline_hold_release_flush(make_sink, gateway, tmp_path):
     assert not sink.find(message_id(msgs[0]))
     assert "released" in queue_cmd(tmp_path, "release", qids[0]).stdout  # now live
     assert sink.wait_message(message_id(msgs[0]), timeout=10)
+
+
+def test_a_message_the_downstream_cannot_take_is_returned_not_stuck(sink, gateway, tmp_path):
+    """SMTPUTF8 to a downstream that does not offer it: the relay refuses
+    MAIL itself (553 5.6.7) before anything is sent. The message is returned
+    at once, and the delivery slot is free again: with one connection, the
+    next messages still go (wirefuzz found deliveries hanging here)."""
+    gw = spool_gw(gateway, tmp_path, sink.addr, downstream_connections=1, workers=1)
+    res = send_mail(gw.port, rcpts=(RCPT,), mail_params="SMTPUTF8", msg=make_message(subject="caf\u00e9"))
+    assert res.code == 250, res
+    dsn = dsns(sink, 10)
+    assert dsn, gw.log_tail(10)
+    _, _, blocks = parse_dsn(dsn[0].wire)
+    b = [b for b in blocks if "Final-Recipient" in b][0]
+    assert b["Status"] == "5.6.7", b
+    ids = []
+    for _ in range(5):
+        msg = make_message()
+        assert send_mail(gw.port, rcpts=(RCPT,), msg=msg).code == 250
+        ids.append(message_id(msg))
+    assert set(ids) <= wait_ids(sink, set(ids), 10)
+
+
+def test_relay_then_spool_passes_a_relay_refusal(sink, gateway, tmp_path):
+    """relay-then-spool: the relay's own 5xx for a message this downstream
+    cannot take (SMTPUTF8 it does not offer) is the client's answer, as in
+    relay mode: refused now rather than bounced later."""
+    gw = rts_gw(gateway, tmp_path, sink)
+    res = send_mail(gw.port, rcpts=(RCPT,), mail_params="SMTPUTF8")
+    assert res.stage == "mail" and res.final.code == 553 and res.final.esc == "5.6.7", res
+    assert not gw.wait_log(r"fallback=spool|event=delivery ", timeout=0.5)
