@@ -4,6 +4,7 @@
 #include "dnsbl_client.h"
 
 #include "dnsbl.h"
+#include "grow.h"
 #include "log.h"
 #include "timer.h"
 #include "worker.h"
@@ -29,6 +30,7 @@ typedef struct req {
     uint8_t answers[DNSBL_SITES_MAX][ANSWERS_MAX][4];
     size_t count[DNSBL_SITES_MAX];
     uint32_t pending;
+    uint32_t slot;                /* its index in the worker's table */
     timer_node_t timer;           /* dnsbl_timeout */
     uint32_t next_free;
 } req_t;
@@ -127,6 +129,16 @@ void dnsblc_destroy(worker_t *w)
     w->dnsbl = NULL;
 }
 
+/* The lookup is over or given up: its slot goes back, and its generation
+ * moves on so a handle to it is stale. */
+static void slot_free(dnsblc_t *c, req_t *r)
+{
+    r->live = false;
+    r->gen = (r->gen + 1) & GEN_MASK;
+    r->next_free = c->free_head;
+    c->free_head = r->slot;
+}
+
 /* Every list answered, or the deadline: score what came, tell the owner. */
 static void finish(worker_t *w, uint32_t slot)
 {
@@ -146,10 +158,7 @@ static void finish(worker_t *w, uint32_t slot)
     uint32_t hit = 0;
     int score = dnsbl_score(r->sites->site, r->sites->n, ans, r->count, &hit);
     dnsbl_owner_t o = r->owner;
-    r->live = false;
-    r->gen = (r->gen + 1) & GEN_MASK;
-    r->next_free = c->free_head;
-    c->free_head = slot;
+    slot_free(c, r);
     m_inc(&w->m.dnsbl_lookups[unanswered ? MDL_TIMEOUT : hit ? MDL_LISTED : MDL_CLEAN]);
     c->done(w, &o, score, hit, unanswered);
 }
@@ -202,13 +211,7 @@ void dnsblc_cqe(worker_t *w, struct io_uring_cqe *cqe)
 
 static void on_deadline(worker_t *w, timer_node_t *t)
 {
-    req_t *r = TIMER_OWNER(t, req_t, timer);
-    dnsblc_t *c = w->dnsbl;
-    for (uint32_t i = 0; i < c->nreq; i++)
-        if (c->req[i] == r) {
-            finish(w, i);
-            return;
-        }
+    finish(w, TIMER_OWNER(t, req_t, timer)->slot);
 }
 
 static uint32_t slot_new(dnsblc_t *c)
@@ -220,17 +223,12 @@ static uint32_t slot_new(dnsblc_t *c)
     }
     if (c->nreq >= (1u << SLOT_BITS))
         return NONE;
-    if (c->nreq == c->cap) {
-        uint32_t cap = c->cap ? c->cap * 2 : REQ_FIRST;
-        req_t **n = realloc(c->req, cap * sizeof *n);
-        if (!n)
-            return NONE;
-        c->req = n;
-        c->cap = cap;
-    }
+    if (!grow_item((void **)&c->req, &c->cap, c->nreq, sizeof *c->req, REQ_FIRST))
+        return NONE;
     req_t *r = calloc(1, sizeof *r);
     if (!r)
         return NONE;
+    r->slot = c->nreq;
     c->req[c->nreq] = r;
     return c->nreq++;
 }
@@ -249,6 +247,7 @@ uint64_t dnsblc_start(worker_t *w, const dnsbl_owner_t *o, const dnsbl_list_t *s
     uint32_t gen = r->gen;
     memset(r, 0, sizeof *r); /* its timer is not armed: finish and cancel stop it */
     r->gen = gen;
+    r->slot = slot;
     r->live = true;
     r->owner = *o;
     r->sites = sites;
@@ -264,9 +263,7 @@ uint64_t dnsblc_start(worker_t *w, const dnsbl_owner_t *o, const dnsbl_list_t *s
         }
     }
     if (!r->pending) {
-        r->live = false;
-        r->next_free = c->free_head;
-        c->free_head = slot;
+        slot_free(c, r);
         return 0;
     }
     timer_arm(&w->timers, &r->timer, w->now + (uint64_t)w->cfg->dnsbl_timeout * 1000, on_deadline);
@@ -286,8 +283,5 @@ void dnsblc_cancel(worker_t *w, uint64_t handle)
         if (r->async_id[i])
             ub_cancel(c->ub, r->async_id[i]);
     timer_stop(&w->timers, &r->timer);
-    r->live = false;
-    r->gen = (r->gen + 1) & GEN_MASK;
-    r->next_free = c->free_head;
-    c->free_head = slot;
+    slot_free(c, r);
 }

@@ -127,7 +127,7 @@ typedef struct delivery {
     uint16_t mail_code, data_code, eod_code;
     uint16_t *code;      /* per recipient: this attempt's RCPT reply code (0: not sent) */
     char (*text)[TEXT_MAX + 1]; /* and its text ("550 5.1.1 ..."), or the message's when refused later */
-    uint32_t rcpt_due;
+    uint32_t cap;        /* recipients code and text hold: kept from attempt to attempt */
     uint64_t body_sent;
     bool eod_sent;
     char final[TEXT_MAX + 1]; /* MAIL, DATA or end-of-data refusal text */
@@ -807,6 +807,28 @@ static void keep_text(char *out, const smtp_reply_t *r)
              r->text.ptr ? r->text.ptr : "");
 }
 
+static bool too_old(const worker_t *w, const entry_t *e)
+{
+    uint64_t now = wall(w);
+    return now > e->arrival_ms && now - e->arrival_ms >= (uint64_t)w->cfg->max_queue_age * 1000;
+}
+
+/* max_queue_age: every recipient still pending is given up with the last
+ * reply it got (or 451: no server was reached; the DSN says 4.4.7) and
+ * recorded, and joins the bounces in bo (nb so far); the new count. */
+static uint32_t give_up(worker_t *w, entry_t *e, bounce_t *bo, uint32_t nb)
+{
+    for (uint16_t i = 0; i < e->nrcpt; i++) {
+        if (e->codes[i])
+            continue;
+        e->codes[i] = e->last_code ? e->last_code : 451;
+        e->left--;
+        bo[nb++] = (bounce_t){ i, e->codes[i], e->last_code ? e->last : "" };
+        put_small(w, SK_RCPT, e->id, i, e->codes[i], 0, 0, SLICE_NULL);
+    }
+    return nb;
+}
+
 /* The attempt is over (every reply in, or the connection gone): what it
  * decided becomes records, and the message is done, deferred or returned. */
 static void attempt_end(worker_t *w, delivery_t *d)
@@ -874,17 +896,9 @@ static void attempt_end(worker_t *w, delivery_t *d)
     }
     e->attempts++;
     bool expired = false;
-    if (e->left && wall(w) > e->arrival_ms && wall(w) - e->arrival_ms >= (uint64_t)w->cfg->max_queue_age * 1000) {
-        /* Given up: what is left is returned, as 4.4.7. */
+    if (e->left && too_old(w, e) && bo) {
         expired = true;
-        for (uint16_t i = 0; i < e->nrcpt && bo; i++) {
-            if (e->codes[i])
-                continue;
-            e->codes[i] = e->last_code ? e->last_code : 451;
-            e->left--;
-            bo[nb++] = (bounce_t){ i, e->codes[i], "" };
-            put_small(w, SK_RCPT, e->id, i, e->codes[i], 0, 0, SLICE_NULL);
-        }
+        nb = give_up(w, e, bo, nb);
     }
     const char *result = e->left == 0 ? (nb ? (expired ? "expired" : "bounced") : "delivered") : "deferred";
     if (nb)
@@ -915,10 +929,6 @@ static void attempt_end(worker_t *w, delivery_t *d)
 out:
     free(d->loaded);
     d->loaded = NULL;
-    free(d->code);
-    free(d->text);
-    d->code = NULL;
-    d->text = NULL;
     d->lstate = DL_FREE;
     d->gen = (d->gen + 1) & GEN_MASK;
     sp->kick = sp->kick || !sp->blocked;
@@ -990,7 +1000,6 @@ static void dl_go(worker_t *w, delivery_t *d)
             keep_text(d->text[i], &refusal);
             continue;
         }
-        d->rcpt_due++;
     }
     if (!pool_data(w, d->lease, TOK_DATA, &refusal)) {
         d->counted = refused_by_relay(&refusal);
@@ -1035,10 +1044,12 @@ static void dl_event(worker_t *w, const pool_owner_t *o, const relay_event_t *ev
     if (ev->type != RELAY_EV_REPLY)
         return;
     const smtp_reply_t *r = &ev->reply;
-    bool peer = (r->flags & SMTP_R_PEER) != 0; /* the relay's own 451 for a connection that failed */
+    /* the relay's own 451s for a connection that failed carry no server's word (a
+     * server's 4xx is flagged SMTP_R_PEER too, so the flag cannot tell them apart) */
+    bool lost = ev->lost;
     switch (ev->kind) {
     case RK_MAIL:
-        if (peer)
+        if (lost)
             break;
         d->counted = true;
         d->mail_code = (uint16_t)r->code;
@@ -1048,13 +1059,13 @@ static void dl_event(worker_t *w, const pool_owner_t *o, const relay_event_t *ev
         }
         break;
     case RK_RCPT:
-        if (ev->token < w->spool->e[d->entry].nrcpt && !peer) {
+        if (ev->token < w->spool->e[d->entry].nrcpt && !lost) {
             d->code[ev->token] = (uint16_t)r->code;
             keep_text(d->text[ev->token], r);
         }
         break;
     case RK_DATA:
-        if (peer)
+        if (lost)
             break;
         d->data_code = (uint16_t)r->code;
         if (r->code == 354) {
@@ -1065,7 +1076,7 @@ static void dl_event(worker_t *w, const pool_owner_t *o, const relay_event_t *ev
         }
         break;
     case RK_EOD:
-        if (peer)
+        if (lost)
             break;
         d->eod_code = (uint16_t)r->code;
         keep_text(d->final, r);
@@ -1105,6 +1116,30 @@ static bool load(worker_t *w, delivery_t *d, entry_t *e)
            spool_id_eq(d->rec.id, e->id);
 }
 
+/* A delivery slot made ready for an attempt at entry idx: its
+ * per-recipient arrays are kept from attempt to attempt (grown for a
+ * message with more recipients), so an attempt allocates nothing else. */
+static bool dl_reset(delivery_t *d, uint32_t idx, uint16_t nrcpt)
+{
+    uint32_t n = nrcpt ? nrcpt : 1;
+    if (n > d->cap) {
+        uint16_t *code = realloc(d->code, n * sizeof *code);
+        if (code)
+            d->code = code;
+        char(*text)[TEXT_MAX + 1] = code ? realloc(d->text, n * sizeof *text) : NULL;
+        if (!text)
+            return false;
+        d->text = text;
+        d->cap = n;
+    }
+    uint16_t *code = d->code;
+    char(*text)[TEXT_MAX + 1] = d->text;
+    uint32_t cap = d->cap, gen = d->gen;
+    *d = (delivery_t){ .gen = gen, .entry = idx, .code = code, .text = text, .cap = cap };
+    memset(d->code, 0, n * sizeof *d->code);
+    return true;
+}
+
 static void start_one(worker_t *w, uint32_t idx)
 {
     spooler_t *sp = w->spool;
@@ -1113,25 +1148,19 @@ static void start_one(worker_t *w, uint32_t idx)
     while (k < sp->ndl && sp->dl[k].lstate != DL_FREE)
         k++;
     delivery_t *d = &sp->dl[k];
-    uint32_t gen = d->gen;
-    memset(d, 0, sizeof *d);
-    d->gen = gen;
-    d->entry = idx;
-    d->code = calloc(e->nrcpt ? e->nrcpt : 1, sizeof *d->code);
-    d->text = calloc(e->nrcpt ? e->nrcpt : 1, sizeof *d->text);
+    if (!dl_reset(d, idx, e->nrcpt)) {
+        e->state = E_WAIT; /* out of memory: the next sweep tries again */
+        return;
+    }
     char qid[28];
     spool_id_format(e->id, qid);
-    if (!d->code || !d->text || !load(w, d, e)) {
+    if (!load(w, d, e)) {
         /* Unreadable: the record is damaged or gone. It stays on disk
          * (mxgate queue shows it); this run stops trying it. */
         log_line(LOG_ERROR, "event=spool_unreadable worker=%d tx=%s segment_seq=%u offset=%llu", w->id, qid, e->seq,
                  (unsigned long long)e->offset);
         free(d->loaded);
-        free(d->code);
-        free(d->text);
         d->loaded = NULL;
-        d->code = NULL;
-        d->text = NULL;
         e->state = E_WAIT;
         e->broken = true;
         return;
@@ -1185,14 +1214,7 @@ static void expire(worker_t *w, uint32_t idx)
         free(tmp.loaded);
         return; /* the next sweep tries again */
     }
-    uint32_t nb = 0;
-    for (uint16_t i = 0; i < e->nrcpt; i++) {
-        if (e->codes[i])
-            continue;
-        e->codes[i] = e->last_code ? e->last_code : 451;
-        bo[nb++] = (bounce_t){ i, e->codes[i], e->last_code ? e->last : "" };
-        put_small(w, SK_RCPT, e->id, i, e->codes[i], 0, 0, SLICE_NULL);
-    }
+    uint32_t nb = give_up(w, e, bo, 0);
     put_small(w, SK_DONE, e->id, 0, 0, 0, 0, SLICE_NULL);
     send_dsn(w, &tmp.rec, bo, nb, true);
     m_inc(&w->m.spool_results[MSR_EXPIRED]);
@@ -1224,11 +1246,10 @@ static void unready(spooler_t *sp, uint32_t idx)
 static void on_sweep(worker_t *w, timer_node_t *t)
 {
     spooler_t *sp = w->spool;
-    uint64_t now = wall(w), oldest = 0, age = (uint64_t)w->cfg->max_queue_age * 1000;
+    uint64_t now = wall(w), oldest = 0;
     for (uint32_t i = 0; i < sp->ne; i++) {
         entry_t *e = &sp->e[i];
-        if ((e->state == E_WAIT || e->state == E_READY) && now > e->arrival_ms && now - e->arrival_ms >= age &&
-            !e->held && !e->broken) {
+        if ((e->state == E_WAIT || e->state == E_READY) && too_old(w, e) && !e->held && !e->broken) {
             if (e->state == E_READY)
                 unready(sp, i);
             expire(w, i);

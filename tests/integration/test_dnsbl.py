@@ -41,7 +41,7 @@ RCPT = "user@example.com"
 
 @pytest.fixture
 def dns(tmp_path):
-    with DnsServer(tmp_path, ZONE) as d:
+    with DnsServer(tmp_path, ZONE, servfail=["broken.example"]) as d:
         yield d
 
 
@@ -201,3 +201,19 @@ def test_pass_cache(sink, dns, gateway, ttl):
     else:
         assert after.get("pass_cache", 0) == 0 and after.get("clean") == 5, after
     assert after.get("listed") == 5, after
+
+
+def test_a_list_that_fails_does_not_count_nor_hold(sink, dns, gateway):
+    """A list answering SERVFAIL: it does not count (no block on an error),
+    the others still do, nothing waits for dnsbl_timeout, and the error is
+    counted."""
+    http = "127.0.0.1:%d" % free_port()
+    gw = dnsbl_gw(gateway, sink, dns, dnsbl_sites="broken.example*5, bl.example", dnsbl_timeout=10,
+                  http_listen=http)
+    t0 = time.monotonic()
+    _, (res, _) = session(gw.port, "127.0.0.1", [RCPT])
+    assert res.final.code == 250 and time.monotonic() - t0 < 5, res
+    _, (res, _) = session(gw.port, "127.0.0.5", [RCPT])
+    assert res.rcpt[0].code == 554 and "blocked using bl.example" in res.rcpt[0].text, res.rcpt
+    text = urllib.request.urlopen("http://%s/metrics" % http, timeout=5).read().decode()
+    assert int(re.search(r"^mxgate_dnsbl_errors_total (\d+)$", text, re.M).group(1)) >= 2, text
