@@ -16,9 +16,9 @@ INIH    := $(shell pkg-config --libs inih 2>/dev/null || echo -linih)
 
 # Debian 12 packages: build, tests (real peers) and benchmarks.
 DEB_PKGS := gcc g++ make pkg-config clang libclang-rt-14-dev \
-	liburing-dev libjemalloc-dev libspf2-dev libinih-dev libcmocka-dev libunbound-dev \
+	liburing-dev libjemalloc-dev libspf2-dev libinih-dev libcmocka-dev libunbound-dev libhiredis-dev \
 	libbenchmark-dev libmicrohttpd-dev libssl-dev openssl python3 python3-pytest python3-yaml postfix swaks unbound haproxy \
-	prometheus
+	redis-server prometheus
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_HDR := $(wildcard core/*.h)
@@ -38,9 +38,9 @@ BENCH_SRC := $(wildcard bench/*.cc)
 SRV_SRC  := $(wildcard workers/*.c workers/spfd/*.c filters/*.c)
 SRV_HDR  := $(wildcard workers/*.h workers/spfd/*.h filters/*.h)
 SRV_INC  := -Icore -Iworkers -Iworkers/spfd -Ifilters
-SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lunbound -lmicrohttpd -lssl -lcrypto -lpthread
+SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lunbound -lhiredis -lmicrohttpd -lssl -lcrypto -lpthread
 
-.PHONY: all deps run test unit fuzz fuzz-test fuzz-wire bench bench-e2e bench-spf bench-dnsbl asan clean
+.PHONY: all deps run test unit fuzz fuzz-test fuzz-wire bench bench-e2e bench-spf bench-dnsbl bench-fleet asan clean
 
 all: $(B)/libmxcore.a $(B)/mxgate
 
@@ -162,6 +162,10 @@ bench-spf: deps all
 # The same with DNSBL lookups on (two lists, answers cached by libunbound).
 bench-dnsbl: deps all
 	@FILTER=dnsbl bash bench/filter.sh
+
+# The rate limits counted in Redis for a fleet, against counted in-process.
+bench-fleet: deps all
+	@FILTER=fleet bash bench/filter.sh
 
 # The STARTTLS load client (smtp-source has no TLS); built for bench-tls.
 $(B)/bench/tls_load: bench/tls_load.c

@@ -2,8 +2,10 @@
 # filter.sh - what a DNS-backed filter costs end to end: smtp-source ->
 # build/mxgate -> smtp-sink with the filter (FILTER=spf or dnsbl) off and
 # on, in the same run, alternating (off, on, off, on, ...) so drift on a
-# shared machine hits both alike. smtp-source -d opens a connection per
-# message, so every message pays the DNSBL lookups too.
+# shared machine hits both alike. smtp-source -d keeps each of its SESSIONS
+# connections for many messages; PER_MESSAGE=1 opens a connection per
+# message instead, so that every message pays the connect stage (the DNSBL
+# lookups, the fleet's round trip to Redis) too.
 #
 # FILTER=spf, SPF on means a cached pass: the sender's domain publishes
 # "v=spf1 ip4:127.0.0.1 -all" (TTL 3600) on an unbound started here on
@@ -17,13 +19,20 @@
 # libunbound answers from its cache after the first), scores 1 - 5 = -4,
 # and is let through; every message's log line carries dnsbl=-4.
 #
-# Ends with lines for scripts (F is spf or dnsbl):
+# FILTER=fleet: the rate limits kept in Redis for a fleet (limits_redis):
+# rate_connections, rate_messages and rate_recipients set far above the
+# load in both runs, so "off" counts in the process only and "on" also
+# takes every connection's, message's and recipient's token in a
+# redis-server started here on 127.0.0.1 (one round trip before each
+# greeting, the others pipelined without waiting).
+#
+# Ends with lines for scripts (F is spf, dnsbl or fleet):
 #   F_on_vs_off_ratio: R        msgs/s with the filter on / off
 #                               (medians over ROUNDS rounds each)
 #   F_cpu_per_msg_ratio: R      mxgate CPU per message, on / off (medians):
 #                               steadier than wall time on a shared machine
 #
-# Usage: bash bench/filter.sh   (env: FILTER=spf|dnsbl MXGATE=path
+# Usage: bash bench/filter.sh   (env: FILTER=spf|dnsbl|fleet PER_MESSAGE=0|1 MXGATE=path
 #        MESSAGES=20000 SESSIONS=50 SIZE=4096 WORKERS=<nproc> ROUNDS=3)
 set -eu
 cd "$(dirname "$0")/.."
@@ -34,15 +43,23 @@ SESSIONS=${SESSIONS:-50}
 SIZE=${SIZE:-4096}
 WORKERS=${WORKERS:-$(nproc)}
 ROUNDS=${ROUNDS:-3}
+PER_MESSAGE=${PER_MESSAGE:-0}
+keep=-d
+[ "$PER_MESSAGE" = 1 ] && keep=
 RUN_LIMIT=${RUN_LIMIT:-300}
 SOURCE=${SMTP_SOURCE:-/usr/sbin/smtp-source}
 SINK=${SMTP_SINK:-/usr/sbin/smtp-sink}
 UNBOUND=${UNBOUND:-/usr/sbin/unbound}
+REDIS=${REDIS:-/usr/bin/redis-server}
 FILTER=${FILTER:-spf}
+off_args=()
 case $FILTER in
 spf) on_filters="limits, relay, spf"; on_args=(); logged='spf=pass' ;;
 dnsbl) on_filters="limits, relay, dnsbl"; on_args=(--dnsbl-sites "bl.example, wl.example*-5"); logged='dnsbl=-4' ;;
-*) echo "filter: FILTER is spf or dnsbl, not $FILTER" >&2; exit 2 ;;
+fleet) on_filters="limits, relay"; logged='client=127.0.0.1'
+    off_args=(--rate-connections 1000000 --rate-messages 1000000 --rate-recipients 1000000)
+    on_args=("${off_args[@]}") ;; # and --limits-redis, once its port is known
+*) echo "filter: FILTER is spf, dnsbl or fleet, not $FILTER" >&2; exit 2 ;;
 esac
 
 for b in "$MXGATE" "$SOURCE" "$SINK" "$UNBOUND"; do
@@ -82,6 +99,16 @@ CONF
 pids="$pids $!"
 sleep 0.5
 
+# ---- Redis, for FILTER=fleet
+if [ "$FILTER" = fleet ]; then
+    [ -x "$REDIS" ] || { echo "fleet: $REDIS not found" >&2; exit 2; }
+    rp=$(free_port)
+    "$REDIS" --port "$rp" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" > "$work/redis.log" 2>&1 &
+    pids="$pids $!"
+    for _ in $(seq 100); do redis-cli -p "$rp" ping > /dev/null 2>&1 && break; sleep 0.1; done
+    on_args+=(--limits-redis "127.0.0.1:$rp")
+fi
+
 # ---- the downstream
 sp=$(free_port)
 start_sink "$sp" "$work/sink.out"
@@ -99,7 +126,7 @@ run() { # name filters [flags] -> "msgs/s cpu-ticks"
     local t0 t1 c0 c1
     c0=$(ticks "$pid")
     t0=$(now)
-    timeout "$RUN_LIMIT" "$SOURCE" -d -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" \
+    timeout "$RUN_LIMIT" "$SOURCE" $keep -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" \
         -f sender@src.test -t user@example.com -M client.bench "127.0.0.1:$mp" \
         || { echo "$FILTER: smtp-source failed" >&2; tail -20 "$log" >&2; exit 1; }
     t1=$(now)
@@ -116,14 +143,21 @@ run() { # name filters [flags] -> "msgs/s cpu-ticks"
     echo "$(calc "$MESSAGES / ($t1 - $t0)" 0) $((c1 - c0))"
 }
 
-echo "$FILTER: $MESSAGES messages of $SIZE bytes, $SESSIONS sessions, workers=$WORKERS, $ROUNDS rounds"
+echo "$FILTER: $MESSAGES messages of $SIZE bytes, $SESSIONS sessions (per message: $PER_MESSAGE), workers=$WORKERS, $ROUNDS rounds"
 off_all="" on_all="" offc_all="" onc_all=""
 for r in $(seq "$ROUNDS"); do
-    read -r off offc < <(run off "limits, relay")
+    read -r off offc < <(run off "limits, relay" "${off_args[@]}")
     read -r on onc < <(run on "$on_filters" "${on_args[@]}")
-    echo "round $r: $FILTER off $off msg/s ($offc cpu ticks), $FILTER on (cached) $on msg/s ($onc cpu ticks)"
+    echo "round $r: $FILTER off $off msg/s ($offc cpu ticks), $FILTER on $on msg/s ($onc cpu ticks)"
     off_all="$off_all $off" on_all="$on_all $on" offc_all="$offc_all $offc" onc_all="$onc_all $onc"
 done
+if [ "$FILTER" = fleet ]; then # every connection, MAIL and RCPT of the "on" runs reached Redis
+    calls=$(redis-cli -p "$rp" INFO commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p')
+    conns=$SESSIONS
+    [ "$PER_MESSAGE" = 1 ] && conns=$MESSAGES
+    echo "fleet: Redis ran the rate script ${calls:-0} times (each connection, MAIL and RCPT of the on runs)"
+    [ "${calls:-0}" -ge $(((2 * MESSAGES + conns) * ROUNDS)) ] || { echo "fleet: Redis did not count every event" >&2; exit 1; }
+fi
 off_m=$(echo "$off_all" | median)
 on_m=$(echo "$on_all" | median)
 offc_m=$(echo "$offc_all" | median)

@@ -170,6 +170,11 @@ static const key_row_t rows[] = {
         "recipients (RCPT) per minute from one client address, then 450 4.7.1; 0: no limit"),
     ROW(rate_allow, "", K_CIDRS, config_cidrs_t, 0, CONFIG_CIDR_MAX, NULL,
         "networks the rate limits do not apply to (CIDR, comma-separated)"),
+    ROW(limits_redis, "", K_HOSTPORT, char[CONFIG_ADDR_MAX], 0, 0, NULL,
+        "Redis server that keeps the rate limits for a fleet of gateways, IPv4:port or [IPv6]:port; empty: "
+        "each instance counts alone"),
+    ROW(limits_redis_timeout, "250", K_MSECS, uint32_t, 10, 10000, NULL,
+        "milliseconds Redis may take to answer; past it the gateway goes on without it (fail open, counted)"),
     ENUM(spf_fail, "reject", spf_action_names, "SPF fail: accept, reject (550 5.7.23) or tempfail (451 4.7.24)"),
     ENUM(spf_softfail, "accept", spf_action_names, "SPF softfail: accept, reject or tempfail"),
     ENUM(spf_neutral, "accept", spf_action_names, "SPF neutral: accept, reject or tempfail"),

@@ -146,6 +146,8 @@ typedef struct mx_config {
     uint32_t rate_messages;                  /* MAIL commands, the same way */
     uint32_t rate_recipients;                /* RCPT commands, the same way */
     config_cidrs_t rate_allow;               /* networks the rates do not apply to */
+    char limits_redis[CONFIG_ADDR_MAX];      /* the fleet's counts (workers/fleet.h); "": this instance's only */
+    uint32_t limits_redis_timeout;           /* milliseconds for a Redis answer, then fail open */
 
     uint8_t spf_fail, spf_softfail, spf_neutral, spf_none, spf_temperror, spf_permerror; /* config_spf_action */
     uint8_t spf_stage;                       /* enum config_spf_stage */

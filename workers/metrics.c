@@ -171,6 +171,17 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
         SUM(dnsbl_errors));
     one(&o, "mxgate_dnsbl_refused_total", "counter", "Commands or connections refused for a DNSBL score.",
         SUM(dnsbl_refused));
+    static const char *const fleet_res[MFL_COUNT] = { "taken", "over", "error" };
+    one(&o, "mxgate_rate_redis_up", "gauge", "Workers connected to the Redis that keeps the fleet's rate limits.",
+        SUM(fleet_up));
+    labelled(&o, w, n, "mxgate_rate_redis_replies_total",
+             "Redis's answers to rate updates: the token taken, the fleet over its rate, or an error.", "result",
+             fleet_res, MFL_COUNT, offsetof(metrics_t, fleet_replies), false);
+    one(&o, "mxgate_rate_redis_failopen_total", "counter",
+        "Rate events decided by this instance's counts alone because Redis was down, slow or backed up.",
+        SUM(fleet_failopen));
+    one(&o, "mxgate_rate_redis_disconnects_total", "counter",
+        "Redis connections that failed, closed or timed out (each is retried with backoff).", SUM(fleet_disconnects));
     static const char *const spool_res[MSR_COUNT] = { "delivered", "deferred", "bounced", "expired", "dsn" };
     one(&o, "mxgate_spool_messages", "gauge", "Messages in the spool not yet delivered or returned.",
         SUM(spool_messages));

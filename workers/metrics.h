@@ -104,6 +104,9 @@ typedef struct mhist {
 
 void m_observe(mhist_t *h, const double *bounds, uint64_t us);
 
+/* Redis's answers to the fleet's rate updates (fleet.h). */
+enum m_fleet { MFL_TAKEN = 0, MFL_OVER, MFL_ERROR, MFL_COUNT };
+
 typedef struct metrics {
     mcount_t connections_accepted;
     mcount_t connections_open;             /* gauge */
@@ -137,6 +140,10 @@ typedef struct metrics {
     mcount_t dnsbl_lookups[MDL_COUNT];
     mcount_t dnsbl_errors;                 /* list queries that failed (not: answered "not listed") */
     mcount_t dnsbl_refused;                /* clients refused for their score (at the greeting or a RCPT) */
+    mcount_t fleet_up;                     /* gauge: 1 while the worker's Redis connection is up */
+    mcount_t fleet_replies[MFL_COUNT];
+    mcount_t fleet_failopen;               /* rate events decided without the fleet (Redis down, slow, full) */
+    mcount_t fleet_disconnects;            /* Redis connections lost or given up (timeout, error, refused) */
     mcount_t heartbeat_ms;                 /* the loop's last turn, CLOCK_MONOTONIC ms */
     mhist_t relay_latency;                 /* end of data sent to the downstream's reply */
     mhist_t session_duration;

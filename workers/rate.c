@@ -21,6 +21,10 @@ typedef struct entry {
     double tokens[RATE_KINDS];
     uint64_t at_ms[RATE_KINDS]; /* when tokens[k] was last brought up to date; 0: never */
     uint64_t pass_until_ms;     /* the pass cache: DNSBL skipped until then (0: no pass) */
+    /* The fleet's bucket as Redis last told it (fleet.h), debited here for
+     * each event let through since; fleet_at_ms 0: never heard. */
+    double fleet_left[RATE_KINDS];
+    uint64_t fleet_at_ms[RATE_KINDS];
 } entry_t;
 
 typedef struct shard {
@@ -95,6 +99,18 @@ static entry_t *entry_of(rate_t *r, int family, const uint8_t *addr, bool make, 
     return e;
 }
 
+/* A bucket of cap tokens a minute, last at *at_ms with *tokens, brought up
+ * to now. Each worker's clock is its loop turn's: another's may be a little
+ * behind the last update, which then counts as no time. */
+static double refill(double tokens, uint64_t *at_ms, double cap, uint64_t now_ms)
+{
+    if (now_ms > *at_ms) {
+        tokens += (double)(now_ms - *at_ms) * cap / 60000.0;
+        *at_ms = now_ms;
+    }
+    return tokens > cap ? cap : tokens; /* a lowered limit (a reload) applies at once */
+}
+
 bool rate_take(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, uint32_t per_min, uint64_t now_ms)
 {
     if (!per_min || !r)
@@ -103,24 +119,32 @@ bool rate_take(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, uin
     entry_t *e = entry_of(r, family, addr, true, &mu);
     e->touched_ms = now_ms;
     double cap = per_min;
-    /* Each worker's clock is its loop turn's: another's may be a little
-     * behind the last update, which then counts as no time. */
-    double t = cap;
-    if (e->at_ms[k]) {
-        t = e->tokens[k];
-        if (now_ms > e->at_ms[k]) {
-            t += (double)(now_ms - e->at_ms[k]) * cap / 60000.0;
-            e->at_ms[k] = now_ms;
-        }
-    } else {
+    if (!e->at_ms[k]) {
         e->at_ms[k] = now_ms ? now_ms : 1;
+        e->tokens[k] = cap;
     }
-    if (t > cap)
-        t = cap; /* a lowered limit (a reload) applies at once */
-    bool ok = t >= 1.0;
+    double t = refill(e->tokens[k], &e->at_ms[k], cap, now_ms);
+    double f = e->fleet_at_ms[k] ? refill(e->fleet_left[k], &e->fleet_at_ms[k], cap, now_ms) : cap;
+    /* Over when this process's count or the fleet's says so; an event
+     * refused takes nothing from either. */
+    bool ok = t >= 1.0 && f >= 1.0;
     e->tokens[k] = ok ? t - 1.0 : t;
+    if (e->fleet_at_ms[k])
+        e->fleet_left[k] = ok ? f - 1.0 : f;
     pthread_mutex_unlock(mu);
     return ok;
+}
+
+void rate_fleet_set(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, double left, uint64_t now_ms)
+{
+    if (!r)
+        return;
+    pthread_mutex_t *mu;
+    entry_t *e = entry_of(r, family, addr, true, &mu);
+    e->touched_ms = now_ms;
+    e->fleet_left[k] = left;
+    e->fleet_at_ms[k] = now_ms ? now_ms : 1;
+    pthread_mutex_unlock(mu);
 }
 
 void rate_pass_set(rate_t *r, int family, const uint8_t *addr, uint64_t until_ms, uint64_t now_ms)
@@ -145,10 +169,15 @@ bool rate_passed(rate_t *r, int family, const uint8_t *addr, uint64_t now_ms)
     return ok;
 }
 
+uint32_t rate_per_min(const mx_config_t *cfg, enum rate_kind k)
+{
+    return k == RATE_CONN ? cfg->rate_connections : k == RATE_MSG ? cfg->rate_messages : cfg->rate_recipients;
+}
+
 bool rate_exceeded(rate_t *r, const mx_config_t *cfg, enum rate_kind k, int family, const uint8_t *addr,
                    uint64_t now_ms)
 {
-    uint32_t per_min = k == RATE_CONN ? cfg->rate_connections : k == RATE_MSG ? cfg->rate_messages : cfg->rate_recipients;
+    uint32_t per_min = rate_per_min(cfg, k);
     if (!per_min || config_cidrs_match(&cfg->rate_allow, family, addr))
         return false;
     return !rate_take(r, k, family, addr, per_min, now_ms);

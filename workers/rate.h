@@ -12,6 +12,10 @@
  * longest are the ones a full probe window gives up, so a flood from many
  * addresses can only make the table forget (a fresh, full bucket), never
  * throttle an address that sent nothing.
+ *
+ * A fleet of gateways shares the counts through Redis (fleet.h): each
+ * entry also keeps the fleet's bucket as Redis last told it, refilled and
+ * debited here like the local one, and an event is over when either is.
  */
 #ifndef MXGATE_RATE_H
 #define MXGATE_RATE_H
@@ -31,6 +35,10 @@ void rate_free(rate_t *r);
  * false when none is left. per_min 0: always true. Any thread. */
 bool rate_take(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, uint32_t per_min, uint64_t now_ms);
 
+/* The fleet's bucket of kind k for this address, as Redis answered it
+ * (tokens left after the event it counted). Any thread. */
+void rate_fleet_set(rate_t *r, enum rate_kind k, int family, const uint8_t *addr, double left, uint64_t now_ms);
+
 /* The pass cache (postscreen's): an address whose session passed the
  * DNSBL (and ended cleanly) is remembered until until_ms, and its next
  * sessions skip the lookups. Same table, same eviction: forgetting costs a
@@ -42,6 +50,7 @@ bool rate_passed(rate_t *r, int family, const uint8_t *addr, uint64_t now_ms);
  * rate_recipients), unless the address is in rate_allow: true when this
  * event is over it. */
 struct mx_config;
+uint32_t rate_per_min(const struct mx_config *cfg, enum rate_kind k);
 bool rate_exceeded(rate_t *r, const struct mx_config *cfg, enum rate_kind k, int family, const uint8_t *addr,
                    uint64_t now_ms);
 

@@ -74,6 +74,7 @@ enum sflag {
     SF_TLS_IP = 1 << 19,   /* the handshake counts once more in limits->per_ip */
     SF_DNSBL_WAIT = 1 << 20, /* the greeting waits for the DNSBL lookups (dnsbl_stage = greeting) */
     SF_RATE_CONN = 1 << 21,  /* the connection was over rate_connections (its token taken once) */
+    SF_FLEET_WAIT = 1 << 22, /* the greeting waits for the fleet's rate verdict from Redis (fleet.h) */
 };
 
 enum tkind { T_NONE = 0, T_PROXY, T_GREET, T_COMMAND, T_DATA, T_LINGER, T_TLS };
@@ -1186,9 +1187,20 @@ static void admit(worker_t *w, session_t *s, int total)
     s->flags |= SF_PER_IP;
     s->conn_total = (uint32_t)total;
     s->conn_per_ip = (uint32_t)per_ip;
-    if (rate_exceeded(w->limits->rate, &s->conf->cfg, RATE_CONN, s->family, s->addr, w->now))
+    fleet_owner_t o = { s->idx, s->gen };
+    enum fleet_verdict fv = fleet_connect(w, &o, &s->conf->cfg, s->family, s->addr);
+    if (fv == FLEET_OVER)
         s->flags |= SF_RATE_CONN;
     dnsbl_begin(w, s);
+    if (fv == FLEET_WAIT) {
+        /* One round trip to Redis (limits_redis_timeout at most) before
+         * the greeting; the DNSBL lookups run meanwhile, and a client
+         * that talks is an early talker. */
+        s->flags |= SF_FLEET_WAIT;
+        if (!(s->flags & SF_RECV))
+            arm_recv(w, s);
+        return;
+    }
     connect_stage(w, s);
 }
 
@@ -1595,6 +1607,17 @@ void session_dnsbl_done(worker_t *w, const dnsbl_owner_t *o, int score, uint32_t
         tx_rerun(s->tx);
         leave(w, s);
     }
+}
+
+void session_fleet_done(worker_t *w, const fleet_owner_t *o, bool over)
+{
+    session_t *s = session_get(w, o->idx, o->gen);
+    if (!s || (s->flags & SF_CLOSING) || !(s->flags & SF_FLEET_WAIT))
+        return;
+    s->flags &= (uint32_t)~SF_FLEET_WAIT;
+    if (over)
+        s->flags |= SF_RATE_CONN;
+    connect_stage(w, s);
 }
 
 void session_spf_done(worker_t *w, const spf_owner_t *o, unsigned result, slice_t received, slice_t comment)

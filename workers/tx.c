@@ -19,6 +19,7 @@
 #include "filter.h"
 #include "grow.h"
 #include "maildir.h"
+#include "fleet.h"
 #include "rate.h"
 #include "spf.h"
 #include "spf_client.h"
@@ -666,7 +667,7 @@ tx_t *tx_begin(const tx_env_t *env, const smtp_event_t *mail)
     t->start_ms = env->w->now;
     t->mail_slot = mail->slot;
     t->params = mail->params;
-    t->mail_rate_over = rate_exceeded(env->w->limits->rate, env->cfg, RATE_MSG, env->family, env->addr, env->w->now);
+    t->mail_rate_over = fleet_rate_over(env->w, env->cfg, RATE_MSG, env->family, env->addr);
     t->host.spf_start = hook_spf;
     t->host.ctx = t;
     t->mstate = M_LEASE;
@@ -745,8 +746,7 @@ void tx_rcpt(tx_t *t, const smtp_event_t *ev, uint32_t rcpts_conn)
     rc->slot = ev->slot;
     rc->postmaster = ev->path.postmaster;
     rc->conn_no = rcpts_conn;
-    rc->rate_over = rate_exceeded(t->env.w->limits->rate, t->env.cfg, RATE_RCPT, t->env.family, t->env.addr,
-                                  t->env.w->now);
+    rc->rate_over = fleet_rate_over(t->env.w, t->env.cfg, RATE_RCPT, t->env.family, t->env.addr);
     rc->off = keep(t, ev->path.mailbox.ptr, ev->path.mailbox.len);
     rc->len = (uint16_t)ev->path.mailbox.len;
     if (rc->off == UINT32_MAX) {

@@ -22,6 +22,7 @@
 #include "spf_client.h"
 #include "spooler.h"
 #include "dnsbl_client.h"
+#include "fleet.h"
 #include "tx.h"
 
 #include <errno.h>
@@ -439,7 +440,7 @@ int worker_init(worker_t *w, int id, conf_t *_Atomic *pub, conn_limits_t *limits
     sem_init(&w->ready, 0, 0);
     if (sessions_init(w, err, errlen) || spfc_init(w, session_spf_done, err, errlen) ||
         listen_setup(w, err, errlen) || pool_init(w, err, errlen) || spooler_init(w, limits->spool, err, errlen) ||
-        dnsblc_init(w, session_dnsbl_done, err, errlen))
+        dnsblc_init(w, session_dnsbl_done, err, errlen) || fleet_init(w, session_fleet_done, err, errlen))
         return -1;
     return 0;
 }
@@ -505,6 +506,9 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
     case OP_DNSBL:
         dnsblc_cqe(w, cqe);
         break;
+    case OP_FLEET:
+        fleet_cqe(w, cqe);
+        break;
     case OP_CALL:
         run_call(w);
         if (!w->stopped)
@@ -557,6 +561,7 @@ static void end_of_turn(worker_t *w)
     sessions_run(w); /* a freed downstream slot may have served a waiter */
     spooler_flush(w); /* deliveries due, then this turn's records: one write and one fsync */
     pool_flush(w);
+    fleet_flush(w); /* this turn's rate updates to Redis: one write */
 }
 
 void *worker_main(void *arg)
@@ -612,6 +617,7 @@ void worker_destroy(worker_t *w)
     pool_destroy(w);
     spooler_destroy(w);
     dnsblc_destroy(w);
+    fleet_destroy(w);
     spfc_destroy(w);
     if (w->br && w->br != MAP_FAILED) {
         io_uring_queue_exit(&w->ring);

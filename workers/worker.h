@@ -58,6 +58,7 @@ enum op {
     OP_SPOOL_IO,
     OP_CALL,
     OP_DNSBL,
+    OP_FLEET,
 };
 
 static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
@@ -85,6 +86,7 @@ typedef struct pool pool_t;
 typedef struct spfc spfc_t;
 typedef struct spooler spooler_t;
 typedef struct dnsblc dnsblc_t;
+typedef struct fleet fleet_t;
 typedef void worker_call_fn(worker_t *w, void *arg);
 
 struct worker {
@@ -120,6 +122,7 @@ struct worker {
     spfc_t *spf;
     spooler_t *spool;             /* delivery = spool (spooler.h); NULL otherwise */
     dnsblc_t *dnsbl;              /* DNSBL lookups (dnsbl_client.h) */
+    fleet_t *fleet;               /* the fleet's rate limits in Redis (fleet.h) */
     struct resolve *resolver;     /* the downstream's address (resolve.h); set by main, read at connect */
     metrics_t m;                  /* written by this worker only; read when scraped */
     /* the loop's own */

@@ -143,6 +143,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.dnsbl_stage, CONFIG_DNSBL_AT_RCPT);
     assert_int_equal(c.dnsbl_timeout, 5);
     assert_int_equal(c.pass_cache_ttl, 3600);
+    assert_string_equal(c.limits_redis, "");
+    assert_int_equal(c.limits_redis_timeout, 250);
     assert_int_equal(c.delivery, CONFIG_DELIVERY_RELAY);
     assert_string_equal(c.spool_dir, "./spool");
     assert_int_equal(c.spool_max_bytes, 1ull << 30);
@@ -158,7 +160,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 79);
+    assert_int_equal(nkeys, 81);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -223,6 +225,8 @@ static const kv_case_t kv_cases[] = {
     {"rate_messages", "600", "-5", "expected a number from 0 to 1000000"},
     {"rate_recipients", "6000", "lots", "expected a number from 0 to 10000000"},
     {"rate_allow", "192.0.2.0/24, 2001:db8::/32", "192.0.2.1/24", "host bits set past the prefix: 192.0.2.1/24"},
+    {"limits_redis", "[::1]:6379", "redis.internal:6379", "not an IPv4 address: redis.internal:6379"},
+    {"limits_redis_timeout", "2s", "5ms", "expected milliseconds from 10 to 10000"},
     {"spf_fail", "tempfail", "bounce", "expected accept, reject or tempfail: bounce"},
     {"spf_softfail", "reject", "tag", "expected accept, reject or tempfail: tag"},
     {"spf_neutral", "reject", "", "expected accept, reject or tempfail"},
