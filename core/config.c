@@ -32,6 +32,7 @@
 #include <sys/socket.h>
 
 #include "scan.h"
+#include "smtp.h"
 
 enum key_type {
     K_UINT,     /* uint32_t, plain decimal */
@@ -75,6 +76,7 @@ typedef struct key_row {
 #define SIZE_MAX_OCTETS (1ull << 40)
 
 static const char *const bare_names[] = {"reject", "normalize", NULL};
+static const char *const va_names[] = {"ignore", "enforce", "drop", NULL};
 static const char *const proto_names[] = {"smtp", "lmtp", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const spf_action_names[] = {"accept", "reject", "tempfail", NULL};
@@ -87,6 +89,7 @@ static const char *const dnsbl_stage_names[] = {"rcpt", "greeting", NULL};
 static const char *const delivery_names[] = {"relay", "spool", "relay-then-spool", NULL};
 
 _Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
+_Static_assert(SMTP_VA_IGNORE == 0 && SMTP_VA_ENFORCE == 1 && SMTP_VA_DROP == 2, "va_names follows enum smtp_va");
 _Static_assert(CONFIG_PROTO_SMTP == 0 && CONFIG_PROTO_LMTP == 1, "proto_names follows enum config_proto");
 _Static_assert(CONFIG_LOG_DEBUG == 0 && CONFIG_LOG_ERROR == 3, "level_names follows enum config_log_level");
 _Static_assert(CONFIG_SPF_ACCEPT == 0 && CONFIG_SPF_TEMPFAIL == 2, "spf_action_names follows enum config_spf_action");
@@ -115,6 +118,15 @@ static const key_row_t rows[] = {
     U32(text_line_limit, "1000", 1000, 1000000, "message line length in octets, CRLF included"),
     U32(error_limit, "20", 1, 1000, "error replies in a session before it is closed with 421"),
     ENUM(bare_newline, "reject", bare_names, "bare CR or LF in a message: reject (554) or normalize to CRLF"),
+    ENUM(bare_newline_action, "ignore", va_names,
+         "a command line ended by a bare LF (postscreen's test): ignore (bare_newline decides), enforce (every "
+         "later RCPT gets 550 5.5.1) or drop (521 5.5.1, closed); counted either way"),
+    ENUM(pipelining_action, "ignore", va_names,
+         "a command sent behind HELO/EHLO before its reply (postscreen's test): ignore, enforce (every later RCPT "
+         "gets 550 5.5.1) or drop (521 5.5.1, closed); counted either way"),
+    ENUM(non_smtp_command_action, "drop", va_names,
+         "HTTP or a mail header as a command (postscreen's test): drop (221 2.7.0, closed), enforce (500, and "
+         "every later RCPT gets 550 5.5.1) or ignore (500 5.5.2, as any unknown command); counted either way"),
     ROW(smtputf8, "yes", K_BOOL, bool, 0, 0, NULL, "advertise and accept SMTPUTF8 (yes or no)"),
     SECS(command_timeout, "300", 1, 3600, "seconds a command may take, from the moment the session waits for it"),
     SECS(data_timeout, "600", 1, 3600, "seconds the message data may stall"),

@@ -106,6 +106,7 @@ typedef struct mx_config {
     uint32_t text_line_limit; /* octets with CRLF */
     uint32_t error_limit;
     uint8_t bare_newline; /* enum scan_bare */
+    uint8_t bare_newline_action, pipelining_action, non_smtp_command_action; /* enum smtp_va */
     bool smtputf8;
 
     uint32_t command_timeout;        /* seconds */

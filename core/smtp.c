@@ -59,6 +59,7 @@ static const char *const err_names[] = {
     [SMTP_ERR_BODY_BARE_CR] = "body_bare_cr",
     [SMTP_ERR_BODY_LINE] = "body_line_too_long",
     [SMTP_ERR_BODY_SIZE] = "body_too_large",
+    [SMTP_ERR_PROTOCOL] = "protocol",
     [SMTP_ERR_TLS_REQUIRED] = "tls_required",
 };
 
@@ -84,6 +85,9 @@ void smtp_config_defaults(smtp_config_t *c, slice_t hostname)
     c->bare_newline = SCAN_BARE_REJECT;
     c->smtputf8 = true;
     c->tls = SMTP_TLS_OFF; /* the caller has a certificate or not */
+    c->on_pipelining = SMTP_VA_IGNORE;
+    c->on_non_smtp = SMTP_VA_DROP;
+    c->on_bare_newline = SMTP_VA_IGNORE;
 }
 
 void smtp_init(smtp_t *s, const smtp_config_t *cfg, smtp_out_t *out)
@@ -162,6 +166,22 @@ static smtp_status_t fail(smtp_t *s, smtp_event_t *ev, smtp_err_t err, int code,
     return SMTP_EVENT;
 }
 
+/* A protocol test failed (postscreen's): remembered, and acted on as
+ * configured. SMTP_EVENT when it dropped the session (521, closed);
+ * SMTP_AGAIN when the command goes on as usual. */
+static smtp_status_t violation(smtp_t *s, smtp_event_t *ev, unsigned v, uint8_t action)
+{
+    s->violations |= (uint8_t)v;
+    if (action == SMTP_VA_ENFORCE)
+        s->enforced |= (uint8_t)v;
+    if (action != SMTP_VA_DROP)
+        return SMTP_AGAIN;
+    smtp_close(s, 521, "5.5.1", "Error: SMTP protocol violation");
+    ev->type = SMTP_EV_ERROR;
+    ev->err = SMTP_ERR_PROTOCOL;
+    return SMTP_EVENT;
+}
+
 /* Informational event: the engine has answered. */
 static smtp_status_t info(smtp_ev_type_t t, smtp_event_t *ev)
 {
@@ -208,6 +228,10 @@ static smtp_status_t check_helo(smtp_t *s, slice_t args, smtp_event_t *ev, smtp_
     if (args.len == 0 || memchr(args.ptr, ' ', args.len) || memchr(args.ptr, '\t', args.len))
         return fail(s, ev, SMTP_ERR_SYNTAX, 501, "5.5.4",
                     t == SMTP_EV_EHLO ? "Syntax: EHLO hostname" : "Syntax: HELO hostname");
+    /* postscreen's pipelining test: no command may follow HELO/EHLO
+     * before its reply (RFC 2920 3.1; PIPELINING has not been offered). */
+    if (s->_more && violation(s, ev, SMTP_V_PIPELINING, s->cfg->on_pipelining) == SMTP_EVENT)
+        return SMTP_EVENT;
     reset_tx(s); /* RFC 5321 4.1.4: HELO/EHLO resets any transaction */
     s->_mail_peer = false;
     ev->arg = args;
@@ -338,6 +362,16 @@ static smtp_status_t check_rcpt(smtp_t *s, slice_t args, smtp_event_t *ev)
         return fail(s, ev, SMTP_ERR_SYNTAX, 501, "5.5.4", why);
     case PARAM_UNKNOWN:
         return fail(s, ev, SMTP_ERR_PARAM, 555, "5.5.4", why);
+    }
+    if (s->enforced) {
+        /* postscreen's enforce: the client failed a protocol test; it may
+         * go on and be logged, but gets no mail in. Not counted toward
+         * error_limit: the command itself is fine. */
+        s->tx.rcpt_tried++;
+        say(s, 550, "5.5.1", "Error: protocol error");
+        ev->type = SMTP_EV_ERROR;
+        ev->err = SMTP_ERR_PROTOCOL;
+        return SMTP_EVENT;
     }
     if (s->cfg->rcpt_max && s->tx.rcpt_ok >= s->cfg->rcpt_max) {
         /* Expected of pipelining clients with long lists (RFC 5321 4.5.3.1.10):
@@ -520,8 +554,11 @@ static smtp_status_t do_line(smtp_t *s, slice_t line, smtp_event_t *ev)
     s->commands++;
     if (line.len && line.ptr[line.len - 1] == '\r') {
         line.len--;
-    } else if (s->cfg->bare_newline != SCAN_BARE_NORMALIZE) {
-        return fail(s, ev, SMTP_ERR_BARE_LF, 500, "5.5.2", "Error: bare <LF> received");
+    } else {
+        if (violation(s, ev, SMTP_V_BARE_NEWLINE, s->cfg->on_bare_newline) == SMTP_EVENT)
+            return SMTP_EVENT;
+        if (s->cfg->bare_newline != SCAN_BARE_NORMALIZE)
+            return fail(s, ev, SMTP_ERR_BARE_LF, 500, "5.5.2", "Error: bare <LF> received");
     }
     for (size_t i = 0; i < line.len; i++) {
         unsigned char c = (unsigned char)line.ptr[i];
@@ -538,11 +575,15 @@ static smtp_status_t do_line(smtp_t *s, slice_t line, smtp_event_t *ev)
         return c->check(s, args, ev);
     ev->arg = line;
     if (is_junk(verb, line)) {
-        say(s, 221, "2.7.0", "Error: I can break rules, too. Goodbye.");
-        enter(s, SMTP_S_CLOSED);
-        ev->type = SMTP_EV_ERROR;
-        ev->err = SMTP_ERR_JUNK;
-        return SMTP_EVENT;
+        if (s->cfg->on_non_smtp == SMTP_VA_DROP) {
+            s->violations |= SMTP_V_NON_SMTP;
+            say(s, 221, "2.7.0", "Error: I can break rules, too. Goodbye.");
+            enter(s, SMTP_S_CLOSED);
+            ev->type = SMTP_EV_ERROR;
+            ev->err = SMTP_ERR_JUNK;
+            return SMTP_EVENT;
+        }
+        (void)violation(s, ev, SMTP_V_NON_SMTP, s->cfg->on_non_smtp); /* then an unknown command */
     }
     return fail(s, ev, SMTP_ERR_UNKNOWN, 500, "5.5.2", "Error: command not recognized");
 }
@@ -581,6 +622,7 @@ static smtp_status_t feed_command(smtp_t *s, const char *in, size_t len, size_t 
     }
     size_t n = (size_t)(lf - in) + 1;
     *consumed = n;
+    s->_more = n < len;
     if (s->_carry_len + n > max)
         return too_long(s, ev);
     if (s->_carry_len == 0)

@@ -57,6 +57,18 @@
  *
  * The engine's output depends only on the bytes, never on how they were split
  * into feeds: tests feed every sample at every split and compare event logs.
+ * The one exception is by design: postscreen's pipelining test asks whether
+ * a command came in the same read as the HELO/EHLO before it, i.e. before
+ * its reply was sent; it is off (ignore, only remembered) by default.
+ *
+ * Protocol tests (postscreen's): a command behind HELO/EHLO in the same
+ * read (cfg->on_pipelining), HTTP or a mail header as a command
+ * (on_non_smtp), a command line ended by a bare LF (on_bare_newline). Each
+ * failure sets its bit in violations; the action is ignore (the command is
+ * handled as usual), enforce (as usual, and every later RCPT gets
+ * 550 5.5.1: the client can go on, and be logged, but no mail gets in) or
+ * drop (521 5.5.1 and close; a non-SMTP command gets Postfix's
+ * 221 2.7.0 instead).
  *
  * Replies (the enhanced code decides a test's expectation; texts may change):
  *   greeting 220; HELO 250; EHLO 250 with PIPELINING, SIZE, STARTTLS (tls
@@ -77,7 +89,9 @@
  *   body too large 552 5.3.4, body with bare LF/CR or a long line 554 5.5.2
  *   (after the final dot); too many errors 421 4.7.0 and close; a client that
  *   talks before the greeting 554 5.5.0 and close; HTTP requests or mail
- *   headers sent as commands 221 2.7.0 and close.
+ *   headers sent as commands 221 2.7.0 and close (on_non_smtp = drop, the
+ *   default); a failed protocol test with drop 521 5.5.1 and close, with
+ *   enforce every RCPT after it 550 5.5.1.
  */
 #ifndef MXGATE_SMTP_H
 #define MXGATE_SMTP_H
@@ -108,7 +122,28 @@ typedef struct smtp_config {
     uint8_t bare_newline;    /* enum scan_bare: reject (default) or normalize */
     bool smtputf8;           /* advertise and accept SMTPUTF8 */
     uint8_t tls;             /* enum smtp_tls: STARTTLS off (default), offered, required */
+    /* postscreen's protocol tests, each an enum smtp_va (defaults: ignore,
+     * drop, ignore): */
+    uint8_t on_pipelining;   /* a command behind HELO/EHLO before its reply */
+    uint8_t on_non_smtp;     /* HTTP or a mail header as a command */
+    uint8_t on_bare_newline; /* a command line ended by a bare LF */
 } smtp_config_t;
+
+/* What a client that fails a protocol test gets (postscreen's actions).
+ * Each failure is remembered in smtp_t.violations either way. */
+enum smtp_va {
+    SMTP_VA_IGNORE = 0, /* the command is handled as usual */
+    SMTP_VA_ENFORCE,    /* ... and every later RCPT gets 550 5.5.1: the client may go on, no mail gets in */
+    SMTP_VA_DROP,       /* 521 5.5.1 and the session closes (a non-SMTP command: Postfix's 221 2.7.0) */
+};
+
+/* smtp_t.violations: the tests a client failed. */
+enum {
+    SMTP_V_PIPELINING = 1 << 0,
+    SMTP_V_NON_SMTP = 1 << 1,
+    SMTP_V_BARE_NEWLINE = 1 << 2,
+};
+#define SMTP_V_COUNT 3
 
 /* STARTTLS (RFC 3207). Zero is off, so a zeroed config is as before it. */
 enum smtp_tls {
@@ -163,6 +198,7 @@ typedef enum smtp_err {
     SMTP_ERR_BODY_LINE,
     SMTP_ERR_BODY_SIZE,
     SMTP_ERR_TLS_REQUIRED, /* 530 at MAIL: tls = encrypt and no STARTTLS yet */
+    SMTP_ERR_PROTOCOL,  /* a protocol test failed: 521 and closed (drop), or a RCPT's 550 5.5.1 (enforce) */
 } smtp_err_t;
 
 const char *smtp_err_name(smtp_err_t e);
@@ -233,6 +269,9 @@ typedef struct smtp {
     uint16_t _mail_code;   /* ... and code */
     char _mail_esc[RQ_ESC_MAX + 1];
     bool esmtp;            /* the client said EHLO */
+    bool _more;            /* input follows the line being handled, in the same feed */
+    uint8_t violations;    /* SMTP_V_*: protocol tests failed */
+    uint8_t enforced;      /* ... those whose action is enforce */
     bool tls;              /* the session is encrypted (set by smtp_tls_started) */
     uint32_t errors;
     uint32_t commands;

@@ -35,6 +35,9 @@ conf_t *conf_new(mx_config_t *cfg, uint64_t number, char *err, size_t errlen)
     c->smtp.error_max = k->error_limit;
     c->smtp.size_max = k->message_size_limit;
     c->smtp.bare_newline = k->bare_newline;
+    c->smtp.on_bare_newline = k->bare_newline_action;
+    c->smtp.on_pipelining = k->pipelining_action;
+    c->smtp.on_non_smtp = k->non_smtp_command_action;
     c->smtp.smtputf8 = k->smtputf8;
     c->smtp.tls = k->tls == CONFIG_TLS_ENCRYPT ? SMTP_TLS_ENCRYPT : k->tls == CONFIG_TLS_MAY ? SMTP_TLS_MAY : SMTP_TLS_OFF;
     if (k->tls != CONFIG_TLS_OFF && !(c->tls = tls_ctx_new(k, err, errlen))) {

@@ -171,6 +171,10 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
         SUM(dnsbl_errors));
     one(&o, "mxgate_dnsbl_refused_total", "counter", "Commands or connections refused for a DNSBL score.",
         SUM(dnsbl_refused));
+    static const char *const ptest[SMTP_V_COUNT] = { "pipelining", "non_smtp_command", "bare_newline" };
+    labelled(&o, w, n, "mxgate_protocol_violations_total",
+             "Sessions that failed a protocol test (postscreen's), by test, whatever the action.", "test", ptest,
+             SMTP_V_COUNT, offsetof(metrics_t, protocol_violations), false);
     static const char *const fleet_res[MFL_COUNT] = { "taken", "over", "error" };
     one(&o, "mxgate_rate_redis_up", "gauge", "Workers connected to the Redis that keeps the fleet's rate limits.",
         SUM(fleet_up));

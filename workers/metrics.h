@@ -15,6 +15,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "smtp.h"
 
 typedef _Atomic uint64_t mcount_t;
 
@@ -140,6 +141,7 @@ typedef struct metrics {
     mcount_t dnsbl_lookups[MDL_COUNT];
     mcount_t dnsbl_errors;                 /* list queries that failed (not: answered "not listed") */
     mcount_t dnsbl_refused;                /* clients refused for their score (at the greeting or a RCPT) */
+    mcount_t protocol_violations[SMTP_V_COUNT]; /* postscreen's tests failed, by SMTP_V_* bit */
     mcount_t fleet_up;                     /* gauge: 1 while the worker's Redis connection is up */
     mcount_t fleet_replies[MFL_COUNT];
     mcount_t fleet_failopen;               /* rate events decided without the fleet (Redis down, slow, full) */

@@ -125,6 +125,7 @@ struct session {
     uint64_t dnsbl_req;    /* while they run */
     uint8_t dnsbl_unanswered; /* lists that had not answered by dnsbl_timeout */
     bool dnsbl_cached;     /* the pass cache answered: nothing was asked */
+    uint8_t violations_seen; /* the engine's SMTP_V_* already counted and logged */
     uint32_t conn_total, conn_per_ip; /* at admission: the connect stage may run again */
     session_t *post_next;
     session_t *reap_next;
@@ -667,7 +668,8 @@ static void on_event(worker_t *w, session_t *s, const smtp_event_t *ev)
         break;
     case SMTP_EV_EARLY_TALK:
     case SMTP_EV_ERROR:
-        if (ev->err == SMTP_ERR_JUNK || ev->err == SMTP_ERR_TOO_MANY || ev->type == SMTP_EV_EARLY_TALK) {
+        if (ev->err == SMTP_ERR_JUNK || ev->err == SMTP_ERR_TOO_MANY || ev->type == SMTP_EV_EARLY_TALK ||
+            (ev->err == SMTP_ERR_PROTOCOL && s->smtp.state == SMTP_S_CLOSED)) {
             s->reason = ev->type == SMTP_EV_EARLY_TALK ? "early_talker" : smtp_err_name(ev->err);
             if (ev->type == SMTP_EV_EARLY_TALK)
                 m_inc(&w->m.refused[MR_EARLY_TALKER]);
@@ -837,6 +839,31 @@ static void keep_plain(worker_t *w, session_t *s)
 
 /* ---- one pass over the held input ---- */
 
+/* The client failed one of postscreen's protocol tests (the engine has
+ * acted as configured): counted and logged once per test and session. */
+static void violations(worker_t *w, session_t *s)
+{
+    static const char *const test[SMTP_V_COUNT] = { "pipelining", "non_smtp_command", "bare_newline" };
+    const mx_config_t *cfg = &s->conf->cfg;
+    const uint8_t action[SMTP_V_COUNT] = { cfg->pipelining_action, cfg->non_smtp_command_action,
+                                           cfg->bare_newline_action };
+    static const char *const act[] = { "ignore", "enforce", "drop" };
+    uint8_t fresh = s->smtp.violations & (uint8_t)~s->violations_seen;
+    s->violations_seen = s->smtp.violations;
+    for (unsigned i = 0; i < SMTP_V_COUNT; i++) {
+        if (!(fresh & (1u << i)))
+            continue;
+        m_inc(&w->m.protocol_violations[i]);
+        logbuf_t b;
+        lb_init(&b, "protocol_violation");
+        lb_hex(&b, "session", s->id);
+        lb_cstr(&b, "client", s->ip);
+        lb_cstr(&b, "test", test[i]);
+        lb_cstr(&b, "action", act[action[i] < 3 ? action[i] : 0]);
+        log_emit(LOG_INFO, &b);
+    }
+}
+
 static void process(worker_t *w, session_t *s)
 {
     bool progressed = false;
@@ -868,6 +895,8 @@ static void process(worker_t *w, session_t *s)
         size_t n = 0;
         smtp_event_t ev;
         smtp_status_t st = smtp_feed(&s->smtp, p, len, &n, &ev);
+        if (s->smtp.violations != s->violations_seen)
+            violations(w, s);
         if (st == SMTP_EVENT) {
             if (ev.type != SMTP_EV_BODY)
                 progressed = true;
@@ -1025,11 +1054,12 @@ static void close_session(worker_t *w, session_t *s, const char *why)
         s->dnsbl_req = 0;
     }
     /* postscreen's pass cache: every list answered, the score stayed under
-     * the threshold, and the client ended with QUIT (no protocol error
-     * closed it): its next sessions skip the lookups for pass_cache_ttl. */
+     * the threshold, the client failed no protocol test and ended with QUIT:
+     * its next sessions skip the lookups for pass_cache_ttl. */
     const mx_config_t *cfg = &s->conf->cfg;
     if (cfg->pass_cache_ttl && s->dnsbl.status == DNSBL_DONE && !s->dnsbl_cached && !s->dnsbl_unanswered &&
-        s->conf->chain.dnsbl && s->dnsbl.score < (int)cfg->dnsbl_threshold && !strcmp(s->reason, "quit")) {
+        s->conf->chain.dnsbl && s->dnsbl.score < (int)cfg->dnsbl_threshold && !strcmp(s->reason, "quit") &&
+        !s->smtp.violations) {
         const uint8_t *a;
         int family = client_addr(s, &a);
         rate_pass_set(w->limits->rate, family, a, w->now + (uint64_t)cfg->pass_cache_ttl * 1000, w->now);

@@ -13,12 +13,16 @@
  *   h[2] rcpt_max (bits 0-1), error_max (bits 2-4), size_max (bits 5-7;
  *        7 means no limit)
  *   h[3] bits 0-2: output buffer size; 0x08 delay verdicts (check PAUSED),
- *        0x10 talk before the greeting, 0x20 smtp_close() at the end
+ *        0x10 talk before the greeting, 0x20 smtp_close() at the end;
+ *        bits 6-7: on_bare_newline (mod 3: ignore, enforce, drop)
  *   h[4] verdict seed: (h[4] & 3) == 0 accepts everything, otherwise a
  *        deterministic mix of accept, 550 5.7.1, 451 4.4.3, custom 250
  *        (STARTTLS: accept or 454 4.7.0)
  *   h[5] bits 0-2: number of chunk-length bytes that follow (0: no splits);
- *        bits 3-4: tls (0 off, 1 may, 2 encrypt, 3 may)
+ *        bits 3-4: tls (0 off, 1 may, 2 encrypt, 3 may); bits 5-7:
+ *        on_non_smtp (0 drop, the default, then ignore, enforce, drop...).
+ *        on_pipelining stays ignore: it is the one test that depends on the
+ *        splits, which the comparison below must not see.
  * tests/fuzz/gen-corpus.py writes seeds in this format.
  *
  * Checks (__builtin_trap on failure):
@@ -433,6 +437,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         cfg.size_max = (h[2] >> 5) == 7 ? 0 : (uint64_t)16 << (h[2] >> 5);
     static const uint8_t tls_modes[4] = { SMTP_TLS_OFF, SMTP_TLS_MAY, SMTP_TLS_ENCRYPT, SMTP_TLS_MAY };
     cfg.tls = tls_modes[(h[5] >> 3) & 3];
+    cfg.on_bare_newline = (uint8_t)((h[3] >> 6) % 3);
+    cfg.on_non_smtp = (uint8_t)(((h[5] >> 5) + SMTP_VA_DROP) % 3);
     size_t outcap = outcaps[h[3] & 7];
     int delay = (h[3] & 0x08) != 0, early = (h[3] & 0x10) != 0, close_at_end = (h[3] & 0x20) != 0;
     verdicts_t v0 = { (0x9e3779b9u ^ ((uint32_t)h[4] * 0x01000193u)) | 1, (h[4] & 3) != 0 };

@@ -25,6 +25,7 @@
 
 #include "config.h"
 #include "scan.h"
+#include "smtp.h"
 
 #include "../../workers/cli.c"
 
@@ -144,6 +145,9 @@ static void test_defaults(void **state)
     assert_int_equal(c.dnsbl_timeout, 5);
     assert_int_equal(c.pass_cache_ttl, 3600);
     assert_string_equal(c.limits_redis, "");
+    assert_int_equal(c.bare_newline_action, SMTP_VA_IGNORE);
+    assert_int_equal(c.pipelining_action, SMTP_VA_IGNORE);
+    assert_int_equal(c.non_smtp_command_action, SMTP_VA_DROP);
     assert_int_equal(c.limits_redis_timeout, 250);
     assert_int_equal(c.delivery, CONFIG_DELIVERY_RELAY);
     assert_string_equal(c.spool_dir, "./spool");
@@ -160,7 +164,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 81);
+    assert_int_equal(nkeys, 84);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -225,6 +229,9 @@ static const kv_case_t kv_cases[] = {
     {"rate_messages", "600", "-5", "expected a number from 0 to 1000000"},
     {"rate_recipients", "6000", "lots", "expected a number from 0 to 10000000"},
     {"rate_allow", "192.0.2.0/24, 2001:db8::/32", "192.0.2.1/24", "host bits set past the prefix: 192.0.2.1/24"},
+    {"bare_newline_action", "drop", "reject", "expected ignore, enforce or drop: reject"},
+    {"pipelining_action", "enforce", "", "expected ignore, enforce or drop"},
+    {"non_smtp_command_action", "ignore", "block", "expected ignore, enforce or drop: block"},
     {"limits_redis", "[::1]:6379", "redis.internal:6379", "not an IPv4 address: redis.internal:6379"},
     {"limits_redis_timeout", "2s", "5ms", "expected milliseconds from 10 to 10000"},
     {"spf_fail", "tempfail", "bounce", "expected accept, reject or tempfail: bounce"},

@@ -1875,6 +1875,115 @@ static void test_early_talk(void **state)
     }
 }
 
+/* postscreen's protocol tests: each failure is remembered in violations,
+ * and acted on as the config says. */
+static smtp_status_t hand_pieces(hand_t *h, const char *const *pieces)
+{
+    smtp_status_t st = SMTP_AGAIN;
+    for (size_t i = 0; pieces[i] && st != SMTP_CLOSED; i++)
+        st = hand_run(h, pieces[i], strlen(pieces[i]));
+    return st;
+}
+
+static void test_pipelining_before_ehlo_reply(void **state)
+{
+    (void)state;
+    /* in one read: MAIL sent before the EHLO's reply could have come */
+    static const char *const ahead[] = { "EHLO c.example\r\nMAIL FROM:<a@example.org>\r\n", "RCPT TO:<b@example.com>\r\n", NULL };
+    /* the same commands, each after its reply: no violation */
+    static const char *const waited[] = { "EHLO c.example\r\n", "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\n", NULL };
+    const uint8_t actions[] = { SMTP_VA_IGNORE, SMTP_VA_ENFORCE, SMTP_VA_DROP };
+    const char *expect[] = { "220|250|250 2.1.0|250 2.1.5", "220|250|250 2.1.0|550 5.5.1", "220|521 5.5.1|CLOSED" };
+    for (size_t i = 0; i < 3; i++) {
+        hand_t h;
+        hand_init(&h, CFG_DEFAULT);
+        h.cfg.on_pipelining = actions[i];
+        smtp_greet(&h.s);
+        hand_flush(&h);
+        hand_pieces(&h, ahead);
+        assert_true(replies_are(h.d.log.buf, expect[i]));
+        assert_int_equal(h.s.violations, SMTP_V_PIPELINING);
+        assert_int_equal(h.s.enforced, actions[i] == SMTP_VA_ENFORCE ? SMTP_V_PIPELINING : 0);
+        hand_free(&h);
+
+        hand_init(&h, CFG_DEFAULT);
+        h.cfg.on_pipelining = actions[i];
+        smtp_greet(&h.s);
+        hand_flush(&h);
+        assert_int_equal(hand_pieces(&h, waited), SMTP_AGAIN);
+        assert_true(replies_are(h.d.log.buf, "220|250|250 2.1.0|250 2.1.5"));
+        assert_int_equal(h.s.violations, 0);
+        hand_free(&h);
+    }
+    /* HELO too; and PIPELINING once offered makes MAIL, RCPT, DATA in one
+     * read fine */
+    hand_t h;
+    hand_init(&h, CFG_DEFAULT);
+    h.cfg.on_pipelining = SMTP_VA_DROP;
+    smtp_greet(&h.s);
+    hand_flush(&h);
+    static const char *const helo[] = { "HELO c.example\r\nQUIT\r\n", NULL };
+    assert_int_equal(hand_pieces(&h, helo), SMTP_CLOSED);
+    assert_true(replies_are(h.d.log.buf, "220|521 5.5.1|CLOSED"));
+    hand_free(&h);
+    hand_init(&h, CFG_DEFAULT);
+    h.cfg.on_pipelining = SMTP_VA_DROP;
+    smtp_greet(&h.s);
+    hand_flush(&h);
+    static const char *const group[] = { "EHLO c.example\r\n",
+                                         "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n", NULL };
+    hand_pieces(&h, group);
+    assert_true(replies_are(h.d.log.buf, "220|250|250 2.1.0|250 2.1.5|354"));
+    assert_int_equal(h.s.violations, 0);
+    hand_free(&h);
+}
+
+static void test_non_smtp_command_actions(void **state)
+{
+    (void)state;
+    static const char *const in[] = { "EHLO c.example\r\n", "GET / HTTP/1.1\r\n", "MAIL FROM:<a@example.org>\r\n",
+                                      "RCPT TO:<b@example.com>\r\n", NULL };
+    const uint8_t actions[] = { SMTP_VA_IGNORE, SMTP_VA_ENFORCE, SMTP_VA_DROP };
+    const char *expect[] = { "220|250|500 5.5.2|250 2.1.0|250 2.1.5", "220|250|500 5.5.2|250 2.1.0|550 5.5.1",
+                             "220|250|221 2.7.0|CLOSED" };
+    for (size_t i = 0; i < 3; i++) {
+        hand_t h;
+        hand_init(&h, CFG_DEFAULT);
+        h.cfg.on_non_smtp = actions[i];
+        smtp_greet(&h.s);
+        hand_flush(&h);
+        hand_pieces(&h, in);
+        assert_true(replies_are(h.d.log.buf, expect[i]));
+        assert_int_equal(h.s.violations, SMTP_V_NON_SMTP);
+        hand_free(&h);
+    }
+}
+
+static void test_bare_newline_command_actions(void **state)
+{
+    (void)state;
+    static const char *const in[] = { "EHLO c.example\n", "MAIL FROM:<a@example.org>\r\n", "RCPT TO:<b@example.com>\r\n",
+                                      NULL };
+    const uint8_t actions[] = { SMTP_VA_IGNORE, SMTP_VA_ENFORCE, SMTP_VA_DROP };
+    /* bare_newline = reject: the line itself gets 500 5.5.2 (no EHLO: MAIL is out of sequence) */
+    const char *reject[] = { "220|500 5.5.2|503 5.5.1|503 5.5.1", "220|500 5.5.2|503 5.5.1|503 5.5.1",
+                             "220|521 5.5.1|CLOSED" };
+    /* bare_newline = normalize: the line counts as a command */
+    const char *normalize[] = { "220|250|250 2.1.0|250 2.1.5", "220|250|250 2.1.0|550 5.5.1", "220|521 5.5.1|CLOSED" };
+    for (size_t i = 0; i < 3; i++)
+        for (int norm = 0; norm < 2; norm++) {
+            hand_t h;
+            hand_init(&h, norm ? CFG_NORMALIZE : CFG_DEFAULT);
+            h.cfg.on_bare_newline = actions[i];
+            smtp_greet(&h.s);
+            hand_flush(&h);
+            hand_pieces(&h, in);
+            assert_true(replies_are(h.d.log.buf, norm ? normalize[i] : reject[i]));
+            assert_int_equal(h.s.violations, SMTP_V_BARE_NEWLINE);
+            hand_free(&h);
+        }
+}
+
 static void test_junk_commands(void **state)
 {
     (void)state;
@@ -3483,6 +3592,9 @@ int main(void)
         cmocka_unit_test(test_smuggling_normalize),
         cmocka_unit_test(test_early_talk),
         cmocka_unit_test(test_junk_commands),
+        cmocka_unit_test(test_pipelining_before_ehlo_reply),
+        cmocka_unit_test(test_non_smtp_command_actions),
+        cmocka_unit_test(test_bare_newline_command_actions),
         cmocka_unit_test(test_bare_newline_command),
         cmocka_unit_test(test_bare_newline_command_normalize),
         cmocka_unit_test(test_nul_in_command),
