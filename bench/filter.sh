@@ -17,7 +17,9 @@
 # FILTER=dnsbl: dnsbl_sites = "bl.example, wl.example*-5" and 127.0.0.1 is
 # on both (TTL 3600): every connection asks both lists (the worker's
 # libunbound answers from its cache after the first), scores 1 - 5 = -4,
-# and is let through; every message's log line carries dnsbl=-4.
+# and is let through; every message's log line carries dnsbl=-4. The pass
+# cache is off (pass_cache_ttl 0), so that every connection asks the lists:
+# with it, a client that passed skips them.
 #
 # FILTER=fleet: the rate limits kept in Redis for a fleet (limits_redis):
 # rate_connections, rate_messages and rate_recipients set far above the
@@ -55,7 +57,8 @@ FILTER=${FILTER:-spf}
 off_args=()
 case $FILTER in
 spf) on_filters="limits, relay, spf"; on_args=(); logged='spf=pass' ;;
-dnsbl) on_filters="limits, relay, dnsbl"; on_args=(--dnsbl-sites "bl.example, wl.example*-5"); logged='dnsbl=-4' ;;
+dnsbl) on_filters="limits, relay, dnsbl"; on_args=(--dnsbl-sites "bl.example, wl.example*-5" --pass-cache-ttl 0)
+    logged='dnsbl=-4' ;;
 fleet) on_filters="limits, relay"; logged='client=127.0.0.1'
     off_args=(--rate-connections 1000000 --rate-messages 1000000 --rate-recipients 1000000)
     on_args=("${off_args[@]}") ;; # and --limits-redis, once its port is known

@@ -12,7 +12,9 @@
  * nothing here is shared between threads and the loop never blocks on DNS.
  * The kept SPF helper was the other choice; it is a separate process for
  * libspf2's sake, and a DNSBL query needs neither its isolation nor a
- * round trip through a socket.
+ * round trip through a socket. In front of libunbound's cache each worker
+ * keeps the answers it got, by query name, for their TTL: a repeat client
+ * costs a hash lookup, not a trip through libunbound's thread.
  *
  * Owner handles, as for the pool and the SPF client: the session is named
  * by (slot, generation), and a session that ends first cancels its lookups
@@ -42,12 +44,15 @@ int dnsblc_init(worker_t *w, dnsblc_done_fn *done, char *err, size_t errlen);
 void dnsblc_destroy(worker_t *w);
 
 /* Ask every site about the client (4 or 16 octets). A handle for
- * dnsblc_cancel, or 0 when nothing could be asked (the session goes on as
- * if unlisted: failing open, counted). `done` comes later, never from
- * inside this call. sites must outlive the lookups (the session's
+ * dnsblc_cancel, with `done` to come later, never from inside this call;
+ * 0 when nothing could be asked (the session goes on as if unlisted:
+ * failing open, counted); or DNSBLC_NOW when every list's answer was in
+ * the worker's cache (kept for the answer's TTL): the result is in *now
+ * and nothing follows. sites must outlive the lookups (the session's
  * configuration generation holds them). */
+#define DNSBLC_NOW UINT64_MAX
 uint64_t dnsblc_start(worker_t *w, const dnsbl_owner_t *o, const dnsbl_list_t *sites, int family,
-                      const uint8_t *addr);
+                      const uint8_t *addr, dnsbl_state_t *now);
 void dnsblc_cancel(worker_t *w, uint64_t handle);
 
 /* The ring: libunbound's descriptor became readable. */

@@ -169,6 +169,8 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
              dnsbl_res, MDL_COUNT, offsetof(metrics_t, dnsbl_lookups), false);
     one(&o, "mxgate_dnsbl_errors_total", "counter", "DNSBL queries that failed (they do not count).",
         SUM(dnsbl_errors));
+    one(&o, "mxgate_dnsbl_cache_hits_total", "counter",
+        "DNSBL list queries answered from the worker's cache (within the answer's TTL).", SUM(dnsbl_cache_hits));
     one(&o, "mxgate_dnsbl_refused_total", "counter", "Commands or connections refused for a DNSBL score.",
         SUM(dnsbl_refused));
     static const char *const ptest[SMTP_V_COUNT] = { "pipelining", "non_smtp_command", "bare_newline" };

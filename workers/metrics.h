@@ -140,6 +140,7 @@ typedef struct metrics {
     mcount_t spool_results[MSR_COUNT];
     mcount_t dnsbl_lookups[MDL_COUNT];
     mcount_t dnsbl_errors;                 /* list queries that failed (not: answered "not listed") */
+    mcount_t dnsbl_cache_hits;             /* list queries answered from the worker's cache */
     mcount_t dnsbl_refused;                /* clients refused for their score (at the greeting or a RCPT) */
     mcount_t protocol_violations[SMTP_V_COUNT]; /* postscreen's tests failed, by SMTP_V_* bit */
     mcount_t fleet_up;                     /* gauge: 1 while the worker's Redis connection is up */

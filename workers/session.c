@@ -1180,6 +1180,8 @@ static int client_addr(const session_t *s, const uint8_t **a)
     return v4 ? AF_INET : AF_INET6;
 }
 
+static void dnsbl_result(session_t *s, int score, uint32_t hit, unsigned unanswered);
+
 /* The DNSBL lookups, every list at once, as soon as the address is known;
  * none for a client in the pass cache. */
 static void dnsbl_begin(worker_t *w, session_t *s)
@@ -1196,9 +1198,13 @@ static void dnsbl_begin(worker_t *w, session_t *s)
         return;
     }
     dnsbl_owner_t o = { s->idx, s->gen };
+    dnsbl_state_t now;
     s->dnsbl.status = DNSBL_PENDING;
-    s->dnsbl_req = dnsblc_start(w, &o, l, family, a);
-    if (!s->dnsbl_req) {
+    s->dnsbl_req = dnsblc_start(w, &o, l, family, a, &now);
+    if (s->dnsbl_req == DNSBLC_NOW) { /* every answer from the worker's cache */
+        s->dnsbl_req = 0;
+        dnsbl_result(s, now.score, now.hit, 0);
+    } else if (!s->dnsbl_req) {
         s->dnsbl.status = DNSBL_DONE; /* nothing could be asked: fail open, counted */
         m_inc(&w->m.dnsbl_errors);
     }
@@ -1600,12 +1606,10 @@ static void spool_committed(worker_t *w, const spool_owner_t *o, bool ok)
 
 const spool_owner_ops_t session_spool_ops = { spool_committed };
 
-void session_dnsbl_done(worker_t *w, const dnsbl_owner_t *o, int score, uint32_t hit, unsigned unanswered)
+/* The lookups are over (or came from the cache): kept, and logged when a
+ * list counted or did not answer. */
+static void dnsbl_result(session_t *s, int score, uint32_t hit, unsigned unanswered)
 {
-    session_t *s = session_get(w, o->idx, o->gen);
-    if (!s || (s->flags & SF_CLOSING))
-        return;
-    s->dnsbl_req = 0;
     s->dnsbl = (dnsbl_state_t){ DNSBL_DONE, score, hit };
     s->dnsbl_unanswered = (uint8_t)(unanswered > 255 ? 255 : unanswered);
     const dnsbl_list_t *l = s->conf->chain.dnsbl;
@@ -1627,6 +1631,15 @@ void session_dnsbl_done(worker_t *w, const dnsbl_owner_t *o, int score, uint32_t
         lb_cstr(&b, "listed", score >= (int)s->conf->cfg.dnsbl_threshold ? "yes" : "no");
         log_emit(hit || unanswered ? LOG_INFO : LOG_DEBUG, &b);
     }
+}
+
+void session_dnsbl_done(worker_t *w, const dnsbl_owner_t *o, int score, uint32_t hit, unsigned unanswered)
+{
+    session_t *s = session_get(w, o->idx, o->gen);
+    if (!s || (s->flags & SF_CLOSING))
+        return;
+    s->dnsbl_req = 0;
+    dnsbl_result(s, score, hit, unanswered);
     if (s->flags & SF_DNSBL_WAIT) {
         s->flags &= (uint32_t)~SF_DNSBL_WAIT;
         connect_stage(w, s);

@@ -34,6 +34,8 @@ ZONE = {
     "bl.example": [("A", "192.0.2.1")],  # the zones exist (an unlisted client is NXDOMAIN)
     "zen.example": [("A", "192.0.2.1")],
     "wl.example": [("A", "192.0.2.1")],
+    "8.0.0.127.short.example": [("A", "127.0.0.2", 1)],  # a TTL of one second
+    "short.example": [("A", "192.0.2.1")],
 }
 
 RCPT = "user@example.com"
@@ -136,6 +138,30 @@ def test_answers_are_cached_no_query_on_repeat(sink, dns, gateway):
         _, (res, _) = session(gw.port, "127.0.0.5", [RCPT])
         assert res.rcpt[0].code == 554
     assert dns.query_count() == first, "a repeat client was asked about again"
+
+
+def test_the_workers_cache_keeps_an_answer_for_its_ttl(sink, dns, gateway):
+    # The worker answers a repeat client from its own cache (no trip through
+    # libunbound), and asks again once the answer's TTL has run out.
+    http = "127.0.0.1:%d" % free_port()
+    gw = dnsbl_gw(gateway, sink, dns, workers=1, dnsbl_sites="short.example", http_listen=http, pass_cache_ttl=0)
+
+    def hits():
+        text = urllib.request.urlopen("http://%s/metrics" % http, timeout=5).read().decode()
+        return int(re.search(r"^mxgate_dnsbl_cache_hits_total (\d+)$", text, re.M).group(1))
+
+    before = dns.query_count()
+    _, (res, _) = session(gw.port, "127.0.0.8", [RCPT])
+    assert res.rcpt[0].code == 554
+    asked = dns.query_count()
+    assert asked == before + 1 and hits() == 0, (before, asked)
+    _, (res, _) = session(gw.port, "127.0.0.8", [RCPT])        # within the TTL
+    assert res.rcpt[0].code == 554 and hits() == 1
+    assert dns.query_count() == asked
+    time.sleep(1.6)                                           # the TTL has run out
+    _, (res, _) = session(gw.port, "127.0.0.8", [RCPT])
+    assert res.rcpt[0].code == 554 and hits() == 1
+    assert dns.query_count() == asked + 1, "an expired answer was not asked again"
 
 
 def test_tag_instead_of_refusing(sink, dns, gateway):
