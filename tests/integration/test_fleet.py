@@ -280,3 +280,32 @@ def test_reload_moves_the_count_to_another_redis(sink, gateway, redis, tmp_path)
         assert _metric(gw, "mxgate_rate_redis_failopen_total") == 0   # not asked, not failed
     finally:
         other.kill()
+
+
+def test_redis_absent_at_start_then_arriving(sink, gateway, tmp_path):
+    port = free_port()
+    gw = gateway(downstream=sink.addr, workers=2, rate_connections=100, limits_redis="%s:%d" % (HOST, port),
+                 http_listen="%s:%d" % (HOST, free_port()))
+    rec = gw.wait_record(lambda r: r.get("event") == "rate_redis_down")
+    assert rec.get("reason") == "connect" and "refused" in rec.get("error", "").lower(), rec
+    with Client(gw.port, source="127.0.0.14") as c:      # greeted at once: nothing to wait for
+        assert c.greet(timeout=2).code == 220
+    assert _metric(gw, "mxgate_rate_redis_failopen_total") >= 1
+    r = Redis(tmp_path, port=port).start()
+    try:
+        _wait(lambda: _metric(gw, "mxgate_rate_redis_up") == 2, "connected once Redis came", timeout=15)
+        with Client(gw.port, source="127.0.0.14") as c:
+            assert c.greet().code == 220
+        _wait(lambda: r.cmd("HGET", "mxgate:rate:127.0.0.14", "t0") is not None, "counted in Redis")
+    finally:
+        r.kill()
+
+
+def test_an_error_reply_fails_open(sink, gateway, redis):
+    a, _ = _fleet(gateway, sink, redis, rate_messages=2)
+    redis.cmd("SET", "mxgate:rate:127.0.0.15", "not a hash")   # the script's HMGET fails: WRONGTYPE
+    assert _mails(a, 3, source="127.0.0.15") == [(250, "2.1.0")] * 2 + [(450, "4.7.1")]   # the local count holds
+    rec = a.wait_record(lambda r: r.get("event") == "rate_redis_error")
+    assert "WRONGTYPE" in rec.get("error", ""), rec
+    assert _metric(a, 'mxgate_rate_redis_replies_total{result="error"}') >= 2
+    assert _metric(a, "mxgate_rate_redis_up") == 2                 # an error is not an outage
