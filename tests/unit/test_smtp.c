@@ -1877,6 +1877,15 @@ static void test_early_talk(void **state)
 
 /* postscreen's protocol tests: each failure is remembered in violations,
  * and acted on as the config says. */
+/* A greeted engine whose config may still be changed (it is read by
+ * pointer at each feed). */
+static void hand_greeted(hand_t *h, enum cfg_kind k)
+{
+    hand_init(h, k);
+    smtp_greet(&h->s);
+    hand_flush(h);
+}
+
 static smtp_status_t hand_pieces(hand_t *h, const char *const *pieces)
 {
     smtp_status_t st = SMTP_AGAIN;
@@ -1896,20 +1905,16 @@ static void test_pipelining_before_ehlo_reply(void **state)
     const char *expect[] = { "220|250|250 2.1.0|250 2.1.5", "220|250|250 2.1.0|550 5.5.1", "220|521 5.5.1|CLOSED" };
     for (size_t i = 0; i < 3; i++) {
         hand_t h;
-        hand_init(&h, CFG_DEFAULT);
+        hand_greeted(&h, CFG_DEFAULT);
         h.cfg.on_pipelining = actions[i];
-        smtp_greet(&h.s);
-        hand_flush(&h);
         hand_pieces(&h, ahead);
         assert_true(replies_are(h.d.log.buf, expect[i]));
         assert_int_equal(h.s.violations, SMTP_V_PIPELINING);
         assert_int_equal(h.s.enforced, actions[i] == SMTP_VA_ENFORCE ? SMTP_V_PIPELINING : 0);
         hand_free(&h);
 
-        hand_init(&h, CFG_DEFAULT);
+        hand_greeted(&h, CFG_DEFAULT);
         h.cfg.on_pipelining = actions[i];
-        smtp_greet(&h.s);
-        hand_flush(&h);
         assert_int_equal(hand_pieces(&h, waited), SMTP_AGAIN);
         assert_true(replies_are(h.d.log.buf, "220|250|250 2.1.0|250 2.1.5"));
         assert_int_equal(h.s.violations, 0);
@@ -1918,18 +1923,14 @@ static void test_pipelining_before_ehlo_reply(void **state)
     /* HELO too; and PIPELINING once offered makes MAIL, RCPT, DATA in one
      * read fine */
     hand_t h;
-    hand_init(&h, CFG_DEFAULT);
+    hand_greeted(&h, CFG_DEFAULT);
     h.cfg.on_pipelining = SMTP_VA_DROP;
-    smtp_greet(&h.s);
-    hand_flush(&h);
     static const char *const helo[] = { "HELO c.example\r\nQUIT\r\n", NULL };
     assert_int_equal(hand_pieces(&h, helo), SMTP_CLOSED);
     assert_true(replies_are(h.d.log.buf, "220|521 5.5.1|CLOSED"));
     hand_free(&h);
-    hand_init(&h, CFG_DEFAULT);
+    hand_greeted(&h, CFG_DEFAULT);
     h.cfg.on_pipelining = SMTP_VA_DROP;
-    smtp_greet(&h.s);
-    hand_flush(&h);
     static const char *const group[] = { "EHLO c.example\r\n",
                                          "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n", NULL };
     hand_pieces(&h, group);
@@ -1948,10 +1949,8 @@ static void test_non_smtp_command_actions(void **state)
                              "220|250|221 2.7.0|CLOSED" };
     for (size_t i = 0; i < 3; i++) {
         hand_t h;
-        hand_init(&h, CFG_DEFAULT);
+        hand_greeted(&h, CFG_DEFAULT);
         h.cfg.on_non_smtp = actions[i];
-        smtp_greet(&h.s);
-        hand_flush(&h);
         hand_pieces(&h, in);
         assert_true(replies_are(h.d.log.buf, expect[i]));
         assert_int_equal(h.s.violations, SMTP_V_NON_SMTP);
@@ -1973,10 +1972,8 @@ static void test_bare_newline_command_actions(void **state)
     for (size_t i = 0; i < 3; i++)
         for (int norm = 0; norm < 2; norm++) {
             hand_t h;
-            hand_init(&h, norm ? CFG_NORMALIZE : CFG_DEFAULT);
+            hand_greeted(&h, norm ? CFG_NORMALIZE : CFG_DEFAULT);
             h.cfg.on_bare_newline = actions[i];
-            smtp_greet(&h.s);
-            hand_flush(&h);
             hand_pieces(&h, in);
             assert_true(replies_are(h.d.log.buf, norm ? normalize[i] : reject[i]));
             assert_int_equal(h.s.violations, SMTP_V_BARE_NEWLINE);
