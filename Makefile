@@ -18,7 +18,7 @@ INIH    := $(shell pkg-config --libs inih 2>/dev/null || echo -linih)
 DEB_PKGS := gcc g++ make pkg-config clang libclang-rt-14-dev \
 	liburing-dev libjemalloc-dev libspf2-dev libinih-dev libcmocka-dev libunbound-dev libhiredis-dev \
 	libbenchmark-dev libmicrohttpd-dev libssl-dev openssl python3 python3-pytest python3-yaml postfix swaks unbound haproxy \
-	redis-server prometheus
+	redis-server prometheus python3-matplotlib
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_HDR := $(wildcard core/*.h)
@@ -40,9 +40,13 @@ SRV_HDR  := $(wildcard workers/*.h workers/spfd/*.h filters/*.h)
 SRV_INC  := -Icore -Iworkers -Iworkers/spfd -Ifilters
 SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lunbound -lhiredis -lmicrohttpd -lssl -lcrypto -lpthread
 
-.PHONY: all deps run test unit fuzz fuzz-test fuzz-wire bench bench-e2e bench-spf bench-dnsbl bench-fleet asan clean
+.PHONY: all deps run test unit fuzz fuzz-test fuzz-wire bench bench-e2e bench-spf bench-dnsbl bench-fleet \
+	bench-compare bench-scale asan clean
 
-all: $(B)/libmxcore.a $(B)/mxgate
+# mxgate-load, the load generator and fault-injecting sink (bench/load/).
+include bench/load/load.mk
+
+all: $(B)/libmxcore.a $(B)/mxgate $(LOAD_BIN)
 
 # jemalloc is linked, not preloaded (DESIGN.md). The ASan build leaves it out:
 # the sanitizer brings its own allocator.
@@ -162,6 +166,17 @@ bench-spf: deps all
 # The same with DNSBL lookups on (two lists, answers cached by libunbound).
 bench-dnsbl: deps all
 	@FILTER=dnsbl bash bench/filter.sh
+
+# mxgate, Postfix and Haraka relaying to mxgate-load's sink, driven by
+# mxgate-load, with the ceiling, in one run: JSON and PNG plots in
+# build/bench-compare/ (bench/bench_compare.py; BENCH_ARGS=... adds options).
+# Debian's python3, which has python3-matplotlib.
+bench-compare: deps all
+	@/usr/bin/python3 bench/bench_compare.py compare --out $(B)/bench-compare $(BENCH_ARGS)
+
+# mxgate's messages/s with 1, 2, 4, ... workers up to the CPUs: build/bench-scale/.
+bench-scale: deps all
+	@/usr/bin/python3 bench/bench_compare.py scale --out $(B)/bench-scale $(BENCH_ARGS)
 
 # The rate limits counted in Redis for a fleet, against counted in-process.
 bench-fleet: deps all
