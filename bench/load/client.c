@@ -18,6 +18,17 @@
  * Per thread, one recv and at most one send in flight per connection, a
  * 100 ms housekeeping tick (reply timeouts, reconnects, the end of the run)
  * and, in open loop, a timer for the next due message.
+ *
+ * --starttls: after the EHLO reply, STARTTLS, its 220, a TLS handshake and
+ * EHLO again; then the session runs in TLS. OpenSSL works on two memory
+ * BIOs and never sees the socket: what a recv brings goes into the read
+ * BIO, and the write BIO is drained into the connection's ciphertext
+ * buffer (obuf), which the ring sends; obuf is not touched while its send
+ * is in flight. Plaintext to send is queued as before (iov/piov) and is
+ * encrypted only when the send slot is free, at most OBUF_SZ ahead, so a
+ * large body is never encrypted whole. One SSL_CTX for the process; per
+ * thread the last session the server gave is resumed by new connections
+ * (--tls-resume on).
  */
 #include "client.h"
 
@@ -36,12 +47,22 @@
 #include <fcntl.h>
 #include <strings.h>
 
-const char *const cerr_names[E_N] = { "refused", "reset", "timeout", "closed", "protocol",
-                                      "connect", "greeting", "other", "aborted" };
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+const char *const cerr_names[E_N] = { "refused",  "reset", "timeout", "closed",      "protocol", "connect",
+                                      "greeting", "other", "aborted", "no_starttls", "tls" };
 
 #define IN_SZ 8192u
 #define NVAR 4u        /* body variants per size class */
 #define RECONNECT_US 100000u
+#define RAW_SZ 16384u    /* TLS: ciphertext per recv */
+#define OBUF_SZ 32768u   /* TLS: ciphertext per send */
+#define TLS_CHUNK 16384u /* TLS: plaintext per SSL_write (one record) */
+
+static SSL_CTX *g_ssl_ctx;
+static atomic_int g_tls_said; /* the first TLS failure's reason went to stderr */
 
 /* ---- bodies: made once, shared read-only by every thread ---- */
 
@@ -108,13 +129,22 @@ static void make_body(body_t *b, size_t len, uint64_t seed)
 
 /* ---- per-thread state ---- */
 
-enum cst { CS_FREE, CS_WAIT, CS_CONNECTING, CS_GREETING, CS_EHLO, CS_HELO, CS_IDLE, CS_TX, CS_RSET, CS_QUIT, CS_CLOSING };
+enum cst { CS_FREE, CS_WAIT, CS_CONNECTING, CS_GREETING, CS_EHLO, CS_HELO, CS_STARTTLS, CS_TLSHS, CS_IDLE, CS_TX, CS_RSET,
+           CS_QUIT, CS_CLOSING };
 
 typedef struct cconn {
     uint32_t slot, gen;
     int fd;
     uint8_t st;
     bool recv_on, send_on, srv_pipe, ehlo_pipe, in_idle, in_tx, counted_open, close_failed;
+    bool ehlo_tls;  /* the EHLO reply offers STARTTLS */
+    bool quit_err;  /* the QUIT ends a failed session: reconnect after a pause */
+    bool send_tls;  /* the send in flight is of obuf */
+    SSL *ssl;       /* from the 220 to STARTTLS to the close; owns rbio and wbio */
+    BIO *rbio, *wbio;
+    char *raw, *obuf; /* TLS buffers, made on the slot's first STARTTLS */
+    uint32_t olen, ooff;
+    uint64_t t_hs;
     int inflight;
     uint64_t t_conn, deadline, wait_until;
     uint32_t inlen;
@@ -147,6 +177,7 @@ typedef struct cthread {
     bool sched_on, stopping;
     uint64_t stop_at;
     recbuf_t *rec;
+    SSL_SESSION *sess; /* the newest session a server gave this thread (--tls-resume on) */
     cstats_t st;
     atomic_int done; /* 1 finished, 2 finished having completed the run */
     uint64_t end_us; /* when it finished (written before done) */
@@ -161,6 +192,8 @@ static uint64_t g_end_us; /* t0 + duration, or UINT64_MAX */
 static void c_close(cthread_t *t, cconn_t *c, int err);
 static void go_idle(cthread_t *t, cconn_t *c);
 static void c_connect(cthread_t *t, cconn_t *c);
+static void tls_flush(cthread_t *t, cconn_t *c);
+static void tls_start(cthread_t *t, cconn_t *c);
 
 /* ---- work ---- */
 
@@ -208,7 +241,10 @@ static void arm_recv(cthread_t *t, cconn_t *c)
     if (c->recv_on || c->st == CS_CLOSING)
         return;
     struct io_uring_sqe *sqe = get_sqe(&t->ring);
-    io_uring_prep_recv(sqe, c->fd, c->in + c->inlen, IN_SZ - c->inlen, 0);
+    if (c->ssl) /* ciphertext: all of it goes into the read BIO at once */
+        io_uring_prep_recv(sqe, c->fd, c->raw, RAW_SZ, 0);
+    else
+        io_uring_prep_recv(sqe, c->fd, c->in + c->inlen, IN_SZ - c->inlen, 0);
     io_uring_sqe_set_data64(sqe, UD(OP_RECV, c->slot, c->gen));
     c->recv_on = true;
     c->inflight++;
@@ -216,6 +252,10 @@ static void arm_recv(cthread_t *t, cconn_t *c)
 
 static void arm_send(cthread_t *t, cconn_t *c)
 {
+    if (c->ssl) {
+        tls_flush(t, c);
+        return;
+    }
     while (c->ioff < c->niov && c->iov[c->ioff].iov_len == 0)
         c->ioff++;
     if (c->ioff == c->niov) {
@@ -239,6 +279,7 @@ static void arm_send(cthread_t *t, cconn_t *c)
     }
     io_uring_sqe_set_data64(sqe, UD(OP_SEND, c->slot, c->gen));
     c->send_on = true;
+    c->send_tls = false;
     c->inflight++;
 }
 
@@ -437,6 +478,16 @@ static void tx_reply(cthread_t *t, cconn_t *c, int code)
     tx_done(t, c);
 }
 
+/* --starttls, and the server did not offer it (or refused it): the session
+ * failed; QUIT, then a new one after a pause. */
+static void no_starttls(cthread_t *t, cconn_t *c)
+{
+    CINC(t->st.err[E_NO_STARTTLS]);
+    c->quit_err = true;
+    c->st = CS_QUIT;
+    send_text(t, c, "QUIT\r\n");
+}
+
 static void on_reply(cthread_t *t, cconn_t *c, int code)
 {
     if (code >= 100 && code < 600)
@@ -453,7 +504,7 @@ static void on_reply(cthread_t *t, cconn_t *c, int code)
             CINC(t->st.greetings);
             hist_record(&t->st.greet, t->now - c->t_conn);
             c->st = CS_EHLO;
-            c->ehlo_pipe = false;
+            c->ehlo_pipe = c->ehlo_tls = false;
             send_text(t, c, "EHLO %s\r\n", g_opt.ehlo);
         } else {
             CINC(t->st.err[E_GREETING]);
@@ -464,6 +515,15 @@ static void on_reply(cthread_t *t, cconn_t *c, int code)
     case CS_EHLO:
         if (code >= 200 && code < 300) {
             c->srv_pipe = c->ehlo_pipe;
+            if (g_opt.starttls && !c->ssl) {
+                if (c->ehlo_tls) {
+                    c->st = CS_STARTTLS;
+                    send_text(t, c, "STARTTLS\r\n");
+                } else {
+                    no_starttls(t, c);
+                }
+                break;
+            }
             go_idle(t, c);
         } else {
             c->st = CS_HELO;
@@ -473,12 +533,22 @@ static void on_reply(cthread_t *t, cconn_t *c, int code)
     case CS_HELO:
         if (code >= 200 && code < 300) {
             c->srv_pipe = false;
+            if (g_opt.starttls && !c->ssl) {
+                no_starttls(t, c);
+                break;
+            }
             go_idle(t, c);
         } else {
             CINC(t->st.err[E_GREETING]);
             c->st = CS_QUIT;
             send_text(t, c, "QUIT\r\n");
         }
+        break;
+    case CS_STARTTLS:
+        if (code == 220)
+            c->st = CS_TLSHS; /* parse_replies starts the handshake once this batch is read */
+        else
+            no_starttls(t, c);
         break;
     case CS_TX:
         tx_reply(t, c, code);
@@ -487,7 +557,7 @@ static void on_reply(cthread_t *t, cconn_t *c, int code)
         go_idle(t, c);
         break;
     case CS_QUIT:
-        c_close(t, c, -1);
+        c_close(t, c, c->quit_err ? E_N : -1);
         break;
     default: /* a reply nobody asked for */
         CINC(t->st.err[E_PROTOCOL]);
@@ -502,7 +572,7 @@ static void parse_replies(cthread_t *t, cconn_t *c)
 {
     uint32_t off = 0;
     uint32_t gen = c->gen;
-    while (off < c->inlen && c->st != CS_CLOSING && c->gen == gen) {
+    while (off < c->inlen && c->st != CS_CLOSING && c->st != CS_TLSHS && c->gen == gen) {
         char *p = c->in + off;
         char *nl = memchr(p, '\n', c->inlen - off);
         if (!nl)
@@ -521,11 +591,24 @@ static void parse_replies(cthread_t *t, cconn_t *c)
         if (c->st == CS_EHLO && len >= 15 && strncasecmp(p + 4, "PIPELINING", 10) == 0 &&
             (p[14] == '\r' || p[14] == '\n' || p[14] == ' '))
             c->ehlo_pipe = true;
+        if (c->st == CS_EHLO && len >= 13 && strncasecmp(p + 4, "STARTTLS", 8) == 0 &&
+            (p[12] == '\r' || p[12] == '\n' || p[12] == ' '))
+            c->ehlo_tls = true;
         if (!more)
             on_reply(t, c, code);
     }
     if (c->st == CS_CLOSING || c->gen != gen)
         return;
+    if (c->st == CS_TLSHS && !c->ssl) { /* the 220 to STARTTLS */
+        if (off < c->inlen) { /* plaintext after it: injected, or a confused server */
+            CINC(t->st.err[E_PROTOCOL]);
+            c_close(t, c, E_PROTOCOL);
+            return;
+        }
+        c->inlen = 0;
+        tls_start(t, c);
+        return;
+    }
     if (off) {
         memmove(c->in, c->in + off, c->inlen - off);
         c->inlen -= off;
@@ -535,6 +618,230 @@ static void parse_replies(cthread_t *t, cconn_t *c)
         end_tx(t, c, 0, E_PROTOCOL);
         c_close(t, c, E_PROTOCOL);
     }
+}
+
+/* ---- TLS (--starttls): OpenSSL on memory BIOs, the ring does the I/O ---- */
+
+static void tls_failed(cthread_t *t, cconn_t *c, const char *what)
+{
+    if (!g_opt.quiet && !atomic_exchange(&g_tls_said, 1)) {
+        char why[256];
+        unsigned long e = ERR_peek_last_error();
+        if (e)
+            ERR_error_string_n(e, why, sizeof why);
+        else
+            snprintf(why, sizeof why, "no reason given");
+        long v = c->ssl ? SSL_get_verify_result(c->ssl) : X509_V_OK;
+        fprintf(stderr, "mxgate-load: TLS %s failed: %s%s%s (counted as error tls; said once)\n", what, why,
+                v != X509_V_OK ? "; certificate: " : "", v != X509_V_OK ? X509_verify_cert_error_string(v) : "");
+    }
+    ERR_clear_error();
+    CINC(t->st.err[E_TLS]);
+    c_close(t, c, E_TLS);
+}
+
+/* A session the server sent: the newest one is what this thread's next
+ * connections resume (TLS 1.3 tickets come after the handshake, on a read). */
+static int new_session_cb(SSL *s, SSL_SESSION *sess)
+{
+    cthread_t *t = SSL_get_app_data(s);
+    if (!t || !g_opt.tls_resume)
+        return 0;
+    SSL_SESSION_free(t->sess);
+    t->sess = sess;
+    return 1; /* the reference is ours */
+}
+
+static int tls_ctx_init(char *err, size_t errlen)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        snprintf(err, errlen, "SSL_CTX_new failed");
+        return -1;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    /* Sessions stay per thread (no lock per handshake), never in the
+     * context's cache. */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
+    if (g_opt.tls_verify) {
+        int ok = g_opt.tls_ca ? SSL_CTX_load_verify_locations(ctx, g_opt.tls_ca, NULL)
+                              : SSL_CTX_set_default_verify_paths(ctx);
+        if (ok != 1) {
+            snprintf(err, errlen, "--tls-ca %s: cannot load the trust anchors", g_opt.tls_ca ? g_opt.tls_ca : "(system)");
+            SSL_CTX_free(ctx);
+            return -1;
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    g_ssl_ctx = ctx;
+    return 0;
+}
+
+/* Sending in TLS: while no send is in flight, encrypt queued plaintext
+ * (up to OBUF_SZ of ciphertext waiting), drain the write BIO into obuf and
+ * send it. obuf is written only here, and only with no send in flight. */
+static void tls_flush(cthread_t *t, cconn_t *c)
+{
+    if (c->send_on || c->st == CS_CLOSING)
+        return;
+    if (c->ooff >= c->olen) {
+        c->ooff = c->olen = 0;
+        while (SSL_is_init_finished(c->ssl) && BIO_ctrl_pending(c->wbio) < OBUF_SZ) {
+            while (c->ioff < c->niov && c->iov[c->ioff].iov_len == 0)
+                c->ioff++;
+            if (c->ioff == c->niov) {
+                c->niov = c->ioff = 0;
+                if (!c->npiov)
+                    break;
+                memcpy(c->iov, c->piov, c->npiov * sizeof c->iov[0]);
+                c->niov = c->npiov;
+                c->npiov = 0;
+                continue;
+            }
+            struct iovec *v = &c->iov[c->ioff];
+            size_t n = v->iov_len < TLS_CHUNK ? v->iov_len : TLS_CHUNK, done = 0;
+            ERR_clear_error();
+            if (SSL_write_ex(c->ssl, v->iov_base, n, &done) != 1) {
+                tls_failed(t, c, "write");
+                return;
+            }
+            v->iov_base = (char *)v->iov_base + done;
+            v->iov_len -= done;
+        }
+        int k = BIO_read(c->wbio, c->obuf, (int)OBUF_SZ);
+        if (k <= 0)
+            return;
+        c->olen = (uint32_t)k;
+    }
+    struct io_uring_sqe *sqe = get_sqe(&t->ring);
+    io_uring_prep_send(sqe, c->fd, c->obuf + c->ooff, c->olen - c->ooff, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, UD(OP_SEND, c->slot, c->gen));
+    c->send_on = true;
+    c->send_tls = true;
+    c->inflight++;
+}
+
+/* The handshake, a step: done (EHLO sent), still going, or failed (closed). */
+static void tls_step(cthread_t *t, cconn_t *c)
+{
+    ERR_clear_error();
+    int rc = SSL_do_handshake(c->ssl);
+    if (rc == 1) {
+        CINC(t->st.tls_handshakes);
+        if (SSL_session_reused(c->ssl))
+            CINC(t->st.tls_resumed);
+        hist_record(&t->st.tls_hs, t->now > c->t_hs ? t->now - c->t_hs : 0);
+        c->st = CS_EHLO; /* RFC 3207 4.2: the session starts over */
+        c->ehlo_pipe = c->ehlo_tls = false;
+        send_text(t, c, "EHLO %s\r\n", g_opt.ehlo); /* goes out with the client's Finished */
+        return;
+    }
+    int e = SSL_get_error(c->ssl, rc);
+    if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+        tls_failed(t, c, "handshake");
+        return;
+    }
+    tls_flush(t, c);
+}
+
+/* After the 220 to STARTTLS: an SSL for the connection, the ClientHello out. */
+static void tls_start(cthread_t *t, cconn_t *c)
+{
+    ERR_clear_error();
+    if (!c->raw) {
+        c->raw = malloc(RAW_SZ);
+        c->obuf = malloc(OBUF_SZ);
+        if (!c->raw || !c->obuf) {
+            free(c->raw);
+            free(c->obuf);
+            c->raw = c->obuf = NULL;
+            CINC(t->st.err[E_OTHER]);
+            c_close(t, c, E_OTHER);
+            return;
+        }
+    }
+    SSL *s = SSL_new(g_ssl_ctx);
+    BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
+    if (!s || !r || !w) {
+        SSL_free(s);
+        BIO_free(r);
+        BIO_free(w);
+        tls_failed(t, c, "setup");
+        return;
+    }
+    BIO_set_mem_eof_return(r, -1); /* empty: "retry", not end of file */
+    BIO_set_mem_eof_return(w, -1);
+    SSL_set_bio(s, r, w); /* the SSL owns both */
+    SSL_set_connect_state(s);
+    SSL_set_app_data(s, t);
+    c->ssl = s;
+    c->rbio = r;
+    c->wbio = w;
+    c->olen = c->ooff = 0;
+    if (g_opt.tls_name && (SSL_set_tlsext_host_name(s, g_opt.tls_name) != 1 ||
+                           (g_opt.tls_verify && SSL_set1_host(s, g_opt.tls_name) != 1))) {
+        tls_failed(t, c, "setup");
+        return;
+    }
+    if (g_opt.tls_resume && t->sess && SSL_SESSION_is_resumable(t->sess)) {
+        /* A copy: at the end of a TLS 1.3 handshake OpenSSL marks the
+         * session it used as not resumable (tickets are meant to be used
+         * once), which would spoil the thread's until the next ticket. */
+        SSL_SESSION *d = SSL_SESSION_dup(t->sess);
+        if (!d || SSL_set_session(s, d) != 1)
+            ERR_clear_error(); /* a full handshake then */
+        SSL_SESSION_free(d);
+    }
+    c->t_hs = t->now;
+    c->deadline = t->now + (uint64_t)(g_opt.reply_timeout * 1e6); /* the handshake's timeout */
+    tls_step(t, c);
+}
+
+/* n octets of ciphertext arrived in raw. */
+static void tls_input(cthread_t *t, cconn_t *c, size_t n)
+{
+    uint32_t gen = c->gen;
+    if (BIO_write(c->rbio, c->raw, (int)n) != (int)n) {
+        tls_failed(t, c, "read");
+        return;
+    }
+    if (c->st == CS_TLSHS) {
+        tls_step(t, c); /* done: EHLO sent (which may have failed and closed it) */
+        if (c->gen != gen || c->st != CS_EHLO || !c->ssl)
+            return;
+    }
+    for (;;) { /* every whole record; a reply may close the connection */
+        size_t got = 0;
+        ERR_clear_error();
+        int rc = SSL_read_ex(c->ssl, c->in + c->inlen, IN_SZ - c->inlen, &got);
+        if (rc == 1) {
+            c->inlen += (uint32_t)got;
+            parse_replies(t, c); /* leaves room in c->in, or closes */
+            if (c->gen != gen || c->st == CS_CLOSING || !c->ssl)
+                return;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, rc);
+        if (e == SSL_ERROR_WANT_READ)
+            break;
+        if (e == SSL_ERROR_ZERO_RETURN) { /* close_notify */
+            ERR_clear_error();
+            if (c->st == CS_QUIT) {
+                c_close(t, c, c->quit_err ? E_N : -1);
+            } else {
+                CINC(t->st.err[E_CLOSED]);
+                c_close(t, c, E_CLOSED);
+            }
+            return;
+        }
+        tls_failed(t, c, "read");
+        return;
+    }
+    tls_flush(t, c); /* what reading made OpenSSL say, if anything */
 }
 
 /* ---- connections ---- */
@@ -622,7 +929,13 @@ static void finish_close(cthread_t *t, cconn_t *c, bool failed)
     c->gen++;
     c->inlen = 0;
     c->niov = c->ioff = c->npiov = 0;
-    c->recv_on = c->send_on = false;
+    c->recv_on = c->send_on = c->send_tls = c->quit_err = false;
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+        c->rbio = c->wbio = NULL;
+    }
+    c->olen = c->ooff = 0;
     c->session_msgs = 0; /* in_idle stays: its entry in the idle list is dropped there */
     c->deadline = 0;
     CINC(t->st.sessions_done);
@@ -645,6 +958,13 @@ static void c_close(cthread_t *t, cconn_t *c, int err)
         return;
     if (c->in_tx)
         end_tx(t, c, 0, err >= 0 && err < E_N ? err : E_CLOSED);
+    if (c->ssl && err < 0 && SSL_is_init_finished(c->ssl)) {
+        /* An orderly end: OpenSSL would mark the session of a connection
+         * freed without a shutdown as not resumable. */
+        SSL_set_quiet_shutdown(c->ssl, 1);
+        SSL_shutdown(c->ssl);
+        ERR_clear_error();
+    }
     c->st = CS_CLOSING;
     c->close_failed = err >= 0; /* reconnect after a pause */
     c->deadline = 0;
@@ -728,13 +1048,17 @@ static void conn_cqe(cthread_t *t, unsigned op, cconn_t *c, int res)
     case OP_RECV:
         if (res > 0) {
             uint32_t gen = c->gen; /* a reply may close it and start a new connection in the slot */
-            c->inlen += (uint32_t)res;
-            parse_replies(t, c);
+            if (c->ssl) {
+                tls_input(t, c, (size_t)res);
+            } else {
+                c->inlen += (uint32_t)res;
+                parse_replies(t, c);
+            }
             if (c->gen == gen && c->st != CS_CLOSING && c->st != CS_WAIT && c->st != CS_FREE)
                 arm_recv(t, c);
         } else if (res == 0) {
             if (c->st == CS_QUIT) {
-                c_close(t, c, -1);
+                c_close(t, c, c->quit_err ? E_N : -1);
             } else {
                 CINC(t->st.err[E_CLOSED]);
                 c_close(t, c, E_CLOSED);
@@ -757,6 +1081,11 @@ static void conn_cqe(cthread_t *t, unsigned op, cconn_t *c, int res)
             CINC(t->st.err[k]);
             c_close(t, c, k);
             return;
+        }
+        if (c->send_tls) {
+            c->ooff += (uint32_t)res;
+            arm_send(t, c);
+            break;
         }
         {
             size_t n = (size_t)res;
@@ -887,11 +1216,12 @@ static void *cthread_main(void *arg)
 
 /* ---- the main thread: start, progress, summary ---- */
 
-static void sum_stats(cstats_t *s, hist_t *lat, hist_t *greet)
+static void sum_stats(cstats_t *s, hist_t *lat, hist_t *greet, hist_t *tls_hs)
 {
     memset(s, 0, sizeof *s);
     hist_init(lat);
     hist_init(greet);
+    hist_init(tls_hs);
     for (int i = 0; i < g_nthr; i++) {
         cstats_t *x = &g_thr[i].st;
         CADD(s->msgs_ok, CGET(x->msgs_ok));
@@ -901,6 +1231,8 @@ static void sum_stats(cstats_t *s, hist_t *lat, hist_t *greet)
         CADD(s->sessions_done, CGET(x->sessions_done));
         CADD(s->open, CGET(x->open));
         CADD(s->bytes_out, CGET(x->bytes_out));
+        CADD(s->tls_handshakes, CGET(x->tls_handshakes));
+        CADD(s->tls_resumed, CGET(x->tls_resumed));
         for (int k = 0; k < 600; k++) {
             CADD(s->replies[k], CGET(x->replies[k]));
             CADD(s->final[k], CGET(x->final[k]));
@@ -909,6 +1241,7 @@ static void sum_stats(cstats_t *s, hist_t *lat, hist_t *greet)
             CADD(s->err[k], CGET(x->err[k]));
         hist_merge(lat, &x->lat);
         hist_merge(greet, &x->greet);
+        hist_merge(tls_hs, &x->tls_hs);
     }
 }
 
@@ -926,14 +1259,19 @@ static void progress(double el, const cstats_t *s, const cstats_t *prev, const h
         errs += CGET(s->err[k]);
     uint64_t done = CGET(s->msgs_ok) + CGET(s->msgs_failed);
     uint64_t pdone = CGET(prev->msgs_ok) + CGET(prev->msgs_failed);
-    fprintf(stderr, "[%7.1fs] %8.0f msg/s  p50 %7.2f ms  p99 %7.2f ms | ok %llu failed %llu |%s | conns %llu | errors %llu\n",
+    char tls[64] = "";
+    if (g_opt.starttls)
+        snprintf(tls, sizeof tls, " | tls %llu (resumed %llu)", (unsigned long long)CGET(s->tls_handshakes),
+                 (unsigned long long)CGET(s->tls_resumed));
+    fprintf(stderr, "[%7.1fs] %8.0f msg/s  p50 %7.2f ms  p99 %7.2f ms | ok %llu failed %llu |%s | conns %llu%s | errors %llu\n",
             el, dt > 0 ? (double)(done - pdone) / dt : 0.0, hist_percentile(dl, 50) / 1000.0,
             hist_percentile(dl, 99) / 1000.0, (unsigned long long)CGET(s->msgs_ok),
             (unsigned long long)CGET(s->msgs_failed), codes[0] ? codes : " -", (unsigned long long)CGET(s->open),
-            (unsigned long long)errs);
+            tls, (unsigned long long)errs);
 }
 
-static void summary(FILE *f, double el, bool completed, const cstats_t *s, const hist_t *lat, const hist_t *greet)
+static void summary(FILE *f, double el, bool completed, const cstats_t *s, const hist_t *lat, const hist_t *greet,
+                    const hist_t *tls_hs)
 {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -958,6 +1296,9 @@ static void summary(FILE *f, double el, bool completed, const cstats_t *s, const
     j_bool(&j, "pipelining", g_opt.pipelining);
     j_str(&j, "session", g_opt.per_message ? "per-message" : "persistent");
     j_dbl(&j, "rate", g_opt.rate);
+    j_bool(&j, "starttls", g_opt.starttls);
+    j_bool(&j, "tls_resume", g_opt.tls_resume);
+    j_bool(&j, "tls_verify", g_opt.tls_verify);
     j_str(&j, "run_id", g_run_id);
     j_close(&j);
     j_bool(&j, "completed", completed);
@@ -970,6 +1311,9 @@ static void summary(FILE *f, double el, bool completed, const cstats_t *s, const
     j_u64(&j, "connects", CGET(s->connects));
     j_u64(&j, "greetings", CGET(s->greetings));
     j_u64(&j, "bytes_out", CGET(s->bytes_out));
+    j_u64(&j, "tls_handshakes", CGET(s->tls_handshakes));
+    j_u64(&j, "tls_resumed", CGET(s->tls_resumed));
+    j_u64(&j, "tls_full", CGET(s->tls_handshakes) - CGET(s->tls_resumed));
     j_open(&j, "replies");
     char k3[16];
     for (int k = 100; k < 600; k++)
@@ -1000,6 +1344,7 @@ static void summary(FILE *f, double el, bool completed, const cstats_t *s, const
     j_close(&j);
     j_hist(&j, "latency", lat);
     j_hist(&j, "connect_to_greeting", greet);
+    j_hist(&j, "tls_handshake", tls_hs);
     j_dbl(&j, "cpu_user_s", cu);
     j_dbl(&j, "cpu_sys_s", cs);
     j_dbl(&j, "cpu_s_per_1000_msgs", ok + failed ? (cu + cs) * 1000.0 / (double)(ok + failed) : 0.0);
@@ -1034,6 +1379,11 @@ int client_main(void)
     }
     if (!g_weight_total)
         fatal("--size-dist: the weights add up to 0");
+    if (g_opt.starttls) {
+        char why[256];
+        if (tls_ctx_init(why, sizeof why))
+            fatal("%s", why);
+    }
 
     int recfd = -1;
     if (g_opt.record_file) {
@@ -1083,6 +1433,7 @@ int client_main(void)
         t->rng = g_opt.seed ^ (0x9E3779B97F4A7C15ull * (uint64_t)(i + 1));
         hist_init(&t->st.lat);
         hist_init(&t->st.greet);
+        hist_init(&t->st.tls_hs);
         if (recfd >= 0) {
             t->rec = malloc(sizeof *t->rec);
             if (!t->rec)
@@ -1103,8 +1454,8 @@ int client_main(void)
 
     cstats_t *cur = malloc(sizeof *cur), *prev = calloc(1, sizeof *prev);
     hist_t *lat = malloc(sizeof *lat), *greet = malloc(sizeof *greet), *plat = malloc(sizeof *plat),
-           *dl = malloc(sizeof *dl);
-    if (!cur || !prev || !lat || !greet || !plat || !dl)
+           *dl = malloc(sizeof *dl), *tls_hs = malloc(sizeof *tls_hs);
+    if (!cur || !prev || !lat || !greet || !plat || !dl || !tls_hs)
         fatal("out of memory");
     hist_init(plat);
     uint64_t hard = g_t0_us + (uint64_t)(g_opt.timeout * 1e6);
@@ -1130,7 +1481,7 @@ int client_main(void)
             atomic_store(&g_stop, 1);
         }
         if (now >= next_progress) {
-            sum_stats(cur, lat, greet);
+            sum_stats(cur, lat, greet, tls_hs);
             hist_diff(dl, lat, plat);
             if (!g_opt.quiet)
                 progress((double)(now - g_t0_us) / 1e6, cur, prev, dl, (double)(now - last_progress) / 1e6);
@@ -1155,14 +1506,14 @@ int client_main(void)
         if (g_thr[i].end_us > end)
             end = g_thr[i].end_us;
     double el = (double)(end - g_t0_us) / 1e6;
-    sum_stats(cur, lat, greet);
+    sum_stats(cur, lat, greet, tls_hs);
     for (int i = 0; i < g_nthr; i++) {
         if (g_thr[i].rec)
             rec_flush(g_thr[i].rec);
     }
     if (recfd >= 0)
         close(recfd);
-    summary(jf, el, completed, cur, lat, greet);
+    summary(jf, el, completed, cur, lat, greet, tls_hs);
     if (jf != stdout)
         fclose(jf);
     else
@@ -1181,8 +1532,12 @@ int client_main(void)
         for (uint32_t k = 0; k < t->nconns; k++) {
             if (t->conns[k].fd >= 0)
                 close(t->conns[k].fd);
+            SSL_free(t->conns[k].ssl);
             free(t->conns[k].cmd);
+            free(t->conns[k].raw);
+            free(t->conns[k].obuf);
         }
+        SSL_SESSION_free(t->sess);
         free(t->conns);
         free(t->idle);
         free(t->rec);
@@ -1197,5 +1552,7 @@ int client_main(void)
     free(greet);
     free(plat);
     free(dl);
+    free(tls_hs);
+    SSL_CTX_free(g_ssl_ctx);
     return completed ? 0 : 1;
 }

@@ -68,6 +68,8 @@ typedef struct opts {
     const char *rcpt_domain, *from, *ehlo, *run_id;
     bool pipelining, per_message;
     double rate; /* msgs/s; 0: closed loop */
+    bool starttls, tls_resume, tls_verify;
+    const char *tls_ca, *tls_name;
     /* sink */
     const char *count_file, *hostname;
     bool check;

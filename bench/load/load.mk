@@ -9,7 +9,7 @@ LOAD_BIN := $(B)/mxgate-load
 
 $(B)/mxgate-load: $(LOAD_SRC) $(LOAD_HDR)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LOAD_SRC) -luring -lpthread -lm -o $@
+	$(CC) $(CFLAGS) $(LOAD_SRC) -luring -lssl -lcrypto -lpthread -lm -o $@
 
 # The histogram's unit test (tests/unit/test_hist.c includes hist.c).
 $(B)/tests/test_hist: bench/load/hist.c bench/load/hist.h

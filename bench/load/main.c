@@ -45,6 +45,11 @@ static void usage(FILE *f)
         "  --session persistent|per-message   default persistent\n"
         "  --rate R                open loop at R messages/s in all (latency from the scheduled start)\n"
         "  --run-id ID             in the Message-IDs (default random)\n"
+        "  --starttls              STARTTLS after EHLO (not offered: error no_starttls), then EHLO again\n"
+        "  --tls-resume on|off     resume the thread's last TLS session on new connections, default on\n"
+        "  --tls-verify            verify the server's certificate (default: not verified)\n"
+        "  --tls-ca FILE           trust anchors for --tls-verify (default: the system's)\n"
+        "  --tls-name NAME         SNI, and the name --tls-verify checks\n"
         "sink:\n"
         "  --count-file FILE       counters as JSON, rewritten atomically at most every 100 ms\n"
         "  --check                 verify X-Load-Checksum; a mismatch is refused 554 5.6.0 (corrupt)\n"
@@ -139,6 +144,7 @@ int main(int argc, char **argv)
     g_opt.from = "loadgen@example.org";
     g_opt.ehlo = "mxgate-load.test";
     g_opt.pipelining = true;
+    g_opt.tls_resume = true;
     g_opt.hostname = "sink.test";
     g_opt.seed = 1;
     g_opt.max_connections = 10000;
@@ -168,6 +174,14 @@ int main(int argc, char **argv)
         }
         if (FLAG("--check")) {
             g_opt.check = true;
+            continue;
+        }
+        if (g_opt.mode == 'c' && FLAG("--starttls")) {
+            g_opt.starttls = true;
+            continue;
+        }
+        if (g_opt.mode == 'c' && FLAG("--tls-verify")) {
+            g_opt.tls_verify = true;
             continue;
         }
         if (FLAG("--help")) {
@@ -239,6 +253,17 @@ int main(int argc, char **argv)
             g_opt.rate = parse_num(name, val, 0.001, 1e8);
         else if (g_opt.mode == 'c' && FLAG("--run-id"))
             g_opt.run_id = val;
+        else if (g_opt.mode == 'c' && FLAG("--tls-resume")) {
+            if (!strcasecmp(val, "on"))
+                g_opt.tls_resume = true;
+            else if (!strcasecmp(val, "off"))
+                g_opt.tls_resume = false;
+            else
+                fatal("--tls-resume: on or off");
+        } else if (g_opt.mode == 'c' && FLAG("--tls-ca"))
+            g_opt.tls_ca = val;
+        else if (g_opt.mode == 'c' && FLAG("--tls-name"))
+            g_opt.tls_name = val;
         else if (g_opt.mode == 's' && FLAG("--count-file"))
             g_opt.count_file = val;
         else if (g_opt.mode == 's' && FLAG("--hostname"))

@@ -258,3 +258,57 @@ def test_through_the_gateway_spool_exactly_once(tmp_path, load_sink, gateway):
     assert final["tempfail"] > 0 and final["closed_mid_data"] > 0, final
     retried = {mid for mid, what, _ in recs if what in ("tempfail", "closed")}
     assert retried and retried <= acc
+
+
+def test_starttls_through_the_gateway(tmp_path, load_sink, gateway):
+    """client --starttls -> mxgate (tls = may) -> sink: 300 messages over 10
+    persistent TLS sessions (one full handshake each), then 100 messages in
+    per-message sessions that resume the thread's last TLS session; every
+    client 250 is one acceptance at the sink. Against the sink itself, which
+    offers no STARTTLS, every session fails with no_starttls."""
+    if subprocess.run(["which", "openssl"], capture_output=True).returncode != 0:
+        pytest.skip("openssl is not installed (make deps)")
+    key, pem = str(tmp_path / "gw.key"), str(tmp_path / "gw.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", pem, "-days", "2", "-subj", "/CN=mx.test"],
+                   check=True, capture_output=True, timeout=60)
+    sink = load_sink(args=["--check"])
+    gw = gateway(downstream=sink.addr, workers=2, tls="may", tls_cert_file=pem, tls_key_file=key)
+    target = "%s:%d" % (HOST, gw.port)
+
+    pers, pout = run_client(tmp_path, target, [
+        "--starttls", "--connections", 10, "--messages", 300, "--run-id", "tlspersist"], timeout=90,
+        name="persistent")
+    assert pers["completed"] is True and pers["config"]["starttls"] is True
+    assert pers["messages_ok"] == 300 and pers["outcomes"] == {"250": 300}, pers["outcomes"]
+    assert not any(pers["errors"].values()), pers["errors"]
+    assert pers["connects"] == 10 and pers["greetings"] == 10
+    assert pers["tls_handshakes"] == pers["connects"] == 10
+    assert pers["tls_full"] + pers["tls_resumed"] == 10
+    assert pers["replies"]["220"] == 20  # the greeting and the 220 to STARTTLS
+    check_latency(pers["tls_handshake"], 10)
+    check_latency(pers["connect_to_greeting"], 10)
+    check_latency(pers["latency"], 300)
+
+    per, mout = run_client(tmp_path, target, [
+        "--starttls", "--connections", 10, "--messages", 100, "--session", "per-message",
+        "--run-id", "tlspermsg"], timeout=90, name="permessage")
+    assert per["completed"] is True and per["config"]["tls_resume"] is True
+    assert per["messages_ok"] == 100 and per["outcomes"] == {"250": 100}, per["outcomes"]
+    assert not any(per["errors"].values()), per["errors"]
+    # a session that connects once the last messages are taken only quits
+    assert per["tls_handshakes"] == per["connects"] >= 100, per
+    assert per["tls_resumed"] > 0 and per["tls_full"] + per["tls_resumed"] == per["tls_handshakes"], per
+    check_latency(per["tls_handshake"], per["tls_handshakes"])
+
+    # the sink offers no STARTTLS: each session is counted and fails
+    nos, nout = run_client(tmp_path, sink.addr, [
+        "--starttls", "--connections", 2, "--duration", 1], timeout=30, name="nostarttls")
+    assert nos["messages_ok"] == 0 and not nout
+    assert nos["errors"]["no_starttls"] >= 2 and nos["tls_handshakes"] == 0, nos["errors"]
+
+    final = sink.stop()
+    ok = {m for m, o in list(pout.items()) + list(mout.items()) if o == 250}
+    assert len(ok) == 400
+    assert accepted_ids(sink.records()) == ok
+    assert final["messages_accepted"] == 400 and final["corrupt"] == 0 and final["checksum_ok"] == 400
