@@ -31,7 +31,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%) $(B)/tests/test_scan_portabl
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
 FUZZ_TIME ?= 600
-FUZZ_TEST_TIME ?= 15
+FUZZ_TEST_TIME ?= 12
 
 BENCH_SRC := $(wildcard bench/*.cc)
 
