@@ -42,8 +42,7 @@ static bool is_atext(unsigned char c, bool utf8)
     return atext_table[c];
 }
 
-/* Length of a valid UTF-8 sequence starting at p, or 0. */
-static size_t utf8_seq(const unsigned char *p, size_t n)
+size_t addr_utf8_seq(const unsigned char *p, size_t n)
 {
     unsigned char c = p[0];
     if (c < 0x80)
@@ -76,7 +75,7 @@ bool addr_utf8_valid(slice_t s)
     const unsigned char *p = (const unsigned char *)s.ptr;
     size_t i = 0;
     while (i < s.len) {
-        size_t n = utf8_seq(p + i, s.len - i);
+        size_t n = addr_utf8_seq(p + i, s.len - i);
         if (n == 0)
             return false;
         i += n;

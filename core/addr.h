@@ -46,6 +46,10 @@ enum addr_status addr_parse_path(slice_t s, enum addr_kind kind, bool allow_utf8
 /* Is s a well-formed UTF-8 sequence (no overlongs, surrogates, > U+10FFFF)? */
 bool addr_utf8_valid(slice_t s);
 
+/* The length of the UTF-8 character at p[0..n), n > 0 (RFC 3629: no
+ * overlong form, no surrogate, nothing over U+10FFFF; ASCII is 1), or 0. */
+size_t addr_utf8_seq(const unsigned char *p, size_t n);
+
 /* Is s a syntactically valid domain or address literal (for HELO/EHLO)? */
 bool addr_domain_valid(slice_t s, bool allow_utf8);
 

@@ -29,6 +29,8 @@
  */
 #include "rspamd.h"
 
+#include "addr.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -517,33 +519,6 @@ enum rspamd_status rspamd_resp_feed(rspamd_resp_t *r, const char *in, size_t len
 
 /* ---- header names and values ---- */
 
-/* The length of the UTF-8 character at p[0..n) (RFC 3629: no overlong
- * form, no surrogate, nothing over U+10FFFF), or 0. */
-static size_t utf8_char(const unsigned char *p, size_t n)
-{
-    unsigned char c = p[0];
-    size_t len;
-    uint32_t min, u;
-    if (c >= 0xc2 && c <= 0xdf)
-        len = 2, min = 0x80, u = c & 0x1fu;
-    else if (c >= 0xe0 && c <= 0xef)
-        len = 3, min = 0x800, u = c & 0x0fu;
-    else if (c >= 0xf0 && c <= 0xf4)
-        len = 4, min = 0x10000, u = c & 0x07u;
-    else
-        return 0;
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        u = u << 6 | (p[i] & 0x3fu);
-    }
-    if (u < min || u > 0x10ffff || (u >= 0xd800 && u <= 0xdfff))
-        return 0;
-    return len;
-}
-
 static bool name_ok(slice_t name)
 {
     if (name.len == 0 || name.len > RSPAMD_NAME_MAX)
@@ -578,7 +553,7 @@ static bool value_ok(slice_t v)
                 return false;
             i = j;
         } else if (c >= 0x80) {
-            size_t k = utf8_char(p + i, v.len - i);
+            size_t k = addr_utf8_seq(p + i, v.len - i);
             if (k == 0)
                 return false;
             i += k;
@@ -1436,8 +1411,7 @@ static void encoded_words(wr_t *w, slice_t s)
             continue;
         }
         if (i < s.len) {
-            unsigned char c = (unsigned char)s.ptr[i];
-            cl = c < 0x80 ? 1 : utf8_char((const unsigned char *)s.ptr + i, s.len - i);
+            cl = addr_utf8_seq((const unsigned char *)s.ptr + i, s.len - i);
             if (cl == 0)
                 cl = 1; /* not reached: the subject was checked */
         }

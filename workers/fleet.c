@@ -538,17 +538,6 @@ void fleet_cqe(worker_t *w, struct io_uring_cqe *cqe)
 
 /* ---- the API ---- */
 
-/* An IPv4 client on an IPv6 socket counts as IPv4, as everywhere else. */
-static int plain_addr(int family, const uint8_t **addr)
-{
-    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-    if (family == AF_INET6 && !memcmp(*addr, mapped, sizeof mapped)) {
-        *addr += 12;
-        return AF_INET;
-    }
-    return family;
-}
-
 static bool limited(const struct mx_config *cfg, int family, const uint8_t *addr)
 {
     return (cfg->rate_connections || cfg->rate_messages || cfg->rate_recipients) &&
@@ -558,7 +547,7 @@ static bool limited(const struct mx_config *cfg, int family, const uint8_t *addr
 enum fleet_verdict fleet_connect(worker_t *w, const fleet_owner_t *o, const struct mx_config *cfg, int family,
                                  const uint8_t *addr)
 {
-    family = plain_addr(family, &addr);
+    family = rate_plain_addr(family, &addr);
     if (rate_exceeded(w->limits->rate, cfg, RATE_CONN, family, addr, w->now))
         return FLEET_OVER;
     if (!cfg->limits_redis[0] || !limited(cfg, family, addr))
@@ -573,7 +562,7 @@ enum fleet_verdict fleet_connect(worker_t *w, const fleet_owner_t *o, const stru
 
 bool fleet_rate_over(worker_t *w, const struct mx_config *cfg, enum rate_kind k, int family, const uint8_t *addr)
 {
-    family = plain_addr(family, &addr);
+    family = rate_plain_addr(family, &addr);
     if (rate_exceeded(w->limits->rate, cfg, k, family, addr, w->now))
         return true;
     if (cfg->limits_redis[0] && rate_per_min(cfg, k) && limited(cfg, family, addr) &&

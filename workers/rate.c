@@ -169,6 +169,16 @@ bool rate_passed(rate_t *r, int family, const uint8_t *addr, uint64_t now_ms)
     return ok;
 }
 
+int rate_plain_addr(int family, const uint8_t **addr)
+{
+    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+    if (family == AF_INET6 && !memcmp(*addr, mapped, sizeof mapped)) {
+        *addr += 12;
+        return AF_INET;
+    }
+    return family;
+}
+
 uint32_t rate_per_min(const mx_config_t *cfg, enum rate_kind k)
 {
     return k == RATE_CONN ? cfg->rate_connections : k == RATE_MSG ? cfg->rate_messages : cfg->rate_recipients;

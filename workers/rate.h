@@ -49,6 +49,11 @@ bool rate_passed(rate_t *r, int family, const uint8_t *addr, uint64_t now_ms);
 /* The configuration's rate for k (rate_connections, rate_messages,
  * rate_recipients), unless the address is in rate_allow: true when this
  * event is over it. */
+/* The address as the table (and the DNSBL lists) know it: an IPv4 client
+ * on an IPv6 socket (::ffff:a.b.c.d) is IPv4. Returns the family and moves
+ * *addr to the octets. */
+int rate_plain_addr(int family, const uint8_t **addr);
+
 struct mx_config;
 uint32_t rate_per_min(const struct mx_config *cfg, enum rate_kind k);
 bool rate_exceeded(rate_t *r, const struct mx_config *cfg, enum rate_kind k, int family, const uint8_t *addr,

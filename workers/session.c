@@ -1174,10 +1174,8 @@ static void on_timer(worker_t *w, timer_node_t *t)
  * client on an IPv6 socket is IPv4. */
 static int client_addr(const session_t *s, const uint8_t **a)
 {
-    static const uint8_t mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-    bool v4 = s->family == AF_INET || !memcmp(s->addr, mapped, sizeof mapped);
-    *a = s->family == AF_INET6 && v4 ? s->addr + 12 : s->addr;
-    return v4 ? AF_INET : AF_INET6;
+    *a = s->addr;
+    return rate_plain_addr(s->family, a);
 }
 
 static void dnsbl_result(session_t *s, int score, uint32_t hit, unsigned unanswered);
