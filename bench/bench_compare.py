@@ -47,6 +47,17 @@ MXGATE = os.path.join(ROOT, "build", "mxgate")
 HZ = os.sysconf("SC_CLK_TCK")
 HOST = "127.0.0.1"
 PIPELINING = ["on"]   # --pipelining
+LOAD_THREADS = [1]    # --load-threads: the client's and the sink's io_uring loops
+# --pin: CPU sets (scale mode): the server's, and the client's and sink's
+PIN = {"server": None, "load": None}
+
+
+def pinned(which):
+    """preexec_fn that keeps the process (and its threads) on PIN[which]."""
+    cpus = PIN[which]
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
 
 
 def log(*a):
@@ -113,8 +124,10 @@ class Sink:
         self.port = free_port()
         self.count_file = os.path.join(work, "sink-%s.json" % name)
         self.proc = subprocess.Popen(
-            [LOAD, "sink", "--listen", "%s:%d" % (HOST, self.port), "--count-file", self.count_file, "--quiet"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "sink-%s.log" % name), "w"))
+            [LOAD, "sink", "--listen", "%s:%d" % (HOST, self.port), "--count-file", self.count_file, "--quiet",
+             "--threads", str(LOAD_THREADS[0])],
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "sink-%s.log" % name), "w"),
+            preexec_fn=pinned("load"))
         if not greets(self.port, 10):
             raise RuntimeError("the sink did not start")
 
@@ -174,7 +187,8 @@ class Mxgate(Server):
              "--downstream", "%s:%d" % (HOST, sink_port), "--relay-domains", "example.com",
              "--log-level", "warn", "--http-listen", "", "--max-connections-per-ip", "100000",
              "--downstream-connections", "16"],
-            stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "mxgate.log"), "w"))
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "mxgate.log"), "w"),
+            preexec_fn=pinned("server"))
         self.roots = (self.proc.pid,)
         if not greets(port, 10):
             raise RuntimeError("mxgate did not start")
@@ -280,8 +294,8 @@ def client(work, port, messages, seconds, conns, session, size, tag):
     cmd = [LOAD, "client", "--target", "%s:%d" % (HOST, port), "--connections", str(conns),
            "--messages", str(messages), "--duration", str(seconds), "--session", session, "--size", str(size),
            "--timeout", str(timeout), "--pipelining", PIPELINING[0],
-           "--json", out, "--quiet", "--run-id", tag]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
+           "--json", out, "--quiet", "--run-id", tag, "--threads", str(LOAD_THREADS[0])]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30, preexec_fn=pinned("load"))
     try:
         with open(out) as f:
             res = json.load(f)
@@ -499,8 +513,13 @@ def main():
     ap.add_argument("--haraka-dir", default=os.path.join(ROOT, "bench", ".haraka"))
     ap.add_argument("--pipelining", choices=("on", "off"), default="on",
                     help="the client pipelines MAIL, RCPT and DATA where offered (as Postfix's smtp client does)")
+    ap.add_argument("--load-threads", type=int, default=1, help="io_uring loops of the client and of the sink")
+    ap.add_argument("--pin", action="store_true",
+                    help="scale: the client and sink on the upper half of the CPUs, mxgate with W workers on the "
+                         "first W (or on all when W is more than half)")
     args = ap.parse_args()
     PIPELINING[0] = args.pipelining
+    LOAD_THREADS[0] = args.load_threads
     for b in (LOAD, MXGATE):
         if not os.access(b, os.X_OK):
             sys.exit("bench: %s not built (make all)" % b)
@@ -526,9 +545,14 @@ def main():
                 w *= 2
             ws.append(cpus)
             conns = int(args.connections.split()[-1])
+            half = cpus // 2
             for w in ws:
+                if args.pin and cpus >= 4:
+                    PIN["load"] = set(range(half, cpus)) if w <= half else None
+                    PIN["server"] = set(range(w)) if w <= half else None
                 r = run_path(work, Mxgate(w), [("persistent", conns)], args)[0]
                 r["workers"] = w
+                r["pinned"] = bool(PIN["server"])
                 results.append(r)
             doc = {"mode": "scale", "machine": machine(), "results": results}
             files = plot_scale(results, args.out, "mxgate messages/s by workers (%d CPUs)" % cpus)
