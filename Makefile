@@ -18,7 +18,7 @@ INIH    := $(shell pkg-config --libs inih 2>/dev/null || echo -linih)
 DEB_PKGS := gcc g++ make pkg-config clang libclang-rt-14-dev \
 	liburing-dev libjemalloc-dev libspf2-dev libinih-dev libcmocka-dev libunbound-dev libhiredis-dev \
 	libbenchmark-dev libmicrohttpd-dev libssl-dev openssl python3 python3-pytest python3-yaml postfix swaks unbound haproxy \
-	redis-server prometheus python3-matplotlib
+	redis-server prometheus python3-matplotlib rspamd python3-dkim curl
 
 CORE_SRC := $(wildcard core/*.c)
 CORE_HDR := $(wildcard core/*.h)
@@ -31,7 +31,7 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%) $(B)/tests/test_scan_portabl
 FUZZ_SRC := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
 FUZZ_TIME ?= 600
-FUZZ_TEST_TIME ?= 12
+FUZZ_TEST_TIME ?= 10
 
 BENCH_SRC := $(wildcard bench/*.cc)
 

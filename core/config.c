@@ -87,6 +87,8 @@ static const char *const ds_tls_names[] = {"off", "may", "encrypt", "verify", NU
 static const char *const dnsbl_action_names[] = {"reject", "tag", "ignore", NULL};
 static const char *const dnsbl_stage_names[] = {"rcpt", "greeting", NULL};
 static const char *const delivery_names[] = {"relay", "spool", "relay-then-spool", NULL};
+static const char *const content_names[] = {"none", "rspamd", NULL};
+static const char *const content_fallback_names[] = {"tempfail", "accept", NULL};
 
 _Static_assert(SCAN_BARE_REJECT == 0 && SCAN_BARE_NORMALIZE == 1, "bare_names follows enum scan_bare");
 _Static_assert(SMTP_VA_IGNORE == 0 && SMTP_VA_ENFORCE == 1 && SMTP_VA_DROP == 2, "va_names follows enum smtp_va");
@@ -101,6 +103,9 @@ _Static_assert(CONFIG_DNSBL_REJECT == 0 && CONFIG_DNSBL_IGNORE == 2, "dnsbl_acti
 _Static_assert(CONFIG_DNSBL_AT_RCPT == 0 && CONFIG_DNSBL_AT_GREETING == 1, "dnsbl_stage_names follows its enum");
 _Static_assert(CONFIG_DELIVERY_RELAY == 0 && CONFIG_DELIVERY_RELAY_THEN_SPOOL == 2,
                "delivery_names follows enum config_delivery");
+_Static_assert(CONFIG_CONTENT_NONE == 0 && CONFIG_CONTENT_RSPAMD == 1, "content_names follows enum config_content");
+_Static_assert(CONFIG_CONTENT_TEMPFAIL == 0 && CONFIG_CONTENT_ACCEPT == 1,
+               "content_fallback_names follows enum config_content_fallback");
 _Static_assert(CONFIG_RELAY_MAX < UINT16_MAX, "relay_index holds domain index + 1 in a uint16_t");
 
 static const key_row_t rows[] = {
@@ -187,6 +192,17 @@ static const key_row_t rows[] = {
         "each instance counts alone"),
     ROW(limits_redis_timeout, "250", K_MSECS, uint32_t, 10, 10000, NULL,
         "milliseconds Redis may take to answer; past it the gateway goes on without it (fail open, counted)"),
+    ENUM(content_scanner, "none", content_names,
+         "content stage at the end of data: none, or rspamd (each message is held and scanned before the "
+         "downstream sees it; rspamd's reject gives 554 5.7.1, soft reject and greylist 451 4.7.1)"),
+    ROW(rspamd_url, "http://127.0.0.1:11333", K_HOSTPORT, char[CONFIG_ADDR_MAX], 0, 0, NULL,
+        "rspamd's normal worker, http://IPv4:port or http://[IPv6]:port (POST /checkv2)"),
+    SECS(rspamd_timeout, "15", 1, 600, "seconds a scan may take, connect to verdict; then content_fallback"),
+    ENUM(content_fallback, "tempfail", content_fallback_names,
+         "when the scanner fails or is slower than rspamd_timeout: tempfail (451 4.3.0) or accept (the "
+         "message goes on unscanned); counted and logged either way"),
+    ROW(content_memory_limit, "128m", K_SIZE, uint64_t, 1024, SIZE_MAX_OCTETS, NULL,
+        "octets of messages held for the content scanner, per worker; past it new mail gets 452 4.3.1"),
     ENUM(spf_fail, "reject", spf_action_names, "SPF fail: accept, reject (550 5.7.23) or tempfail (451 4.7.24)"),
     ENUM(spf_softfail, "accept", spf_action_names, "SPF softfail: accept, reject or tempfail"),
     ENUM(spf_neutral, "accept", spf_action_names, "SPF neutral: accept, reject or tempfail"),
@@ -668,6 +684,18 @@ static int set_hostport(mx_config_t *c, const key_row_t *k, slice_t v, char *why
     if (v.len == 0) {
         out[0] = '\0';
         return 0;
+    }
+    if (k->off == offsetof(mx_config_t, rspamd_url)) {
+        /* A URL with nothing but the scheme and the authority (the path
+         * is rspamd's own: /checkv2); the bare host:port that config_dump
+         * writes back is taken too. */
+        char sv[72];
+        if (v.len >= 7 && !strncasecmp(v.ptr, "http://", 7))
+            v = slice_make(v.ptr + 7, v.len - 7);
+        else if (memmem(v.ptr, v.len, "://", 3))
+            return fail(why, n, "expected http://IPv4:port or http://[IPv6]:port: %s", shown(v, sv));
+        if (v.len && v.ptr[v.len - 1] == '/')
+            v.len--;
     }
     return parse_hostport(v, k->off == offsetof(mx_config_t, downstream), out, why, n);
 }

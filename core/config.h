@@ -55,6 +55,11 @@ enum config_ds_tls { CONFIG_DS_TLS_OFF = 0, CONFIG_DS_TLS_MAY, CONFIG_DS_TLS_ENC
  * downstream's 250 while it answers and the spool's when it does not
  * (relay-then-spool). */
 enum config_delivery { CONFIG_DELIVERY_RELAY = 0, CONFIG_DELIVERY_SPOOL, CONFIG_DELIVERY_RELAY_THEN_SPOOL };
+/* The content stage at the end of data (workers/scanner.h): none, or
+ * rspamd's HTTP protocol. What a scanner that fails or is slow means:
+ * 451 4.3.0 (tempfail), or the message goes on unscanned (accept). */
+enum config_content { CONFIG_CONTENT_NONE = 0, CONFIG_CONTENT_RSPAMD };
+enum config_content_fallback { CONFIG_CONTENT_TEMPFAIL = 0, CONFIG_CONTENT_ACCEPT };
 
 /* What a DNSBL score at or over the threshold does: refuse, add a header,
  * only log. Where the refusal is given: at RCPT (postmaster still gets
@@ -149,6 +154,12 @@ typedef struct mx_config {
     config_cidrs_t rate_allow;               /* networks the rates do not apply to */
     char limits_redis[CONFIG_ADDR_MAX];      /* the fleet's counts (workers/fleet.h); "": this instance's only */
     uint32_t limits_redis_timeout;           /* milliseconds for a Redis answer, then fail open */
+    uint8_t content_scanner;                 /* enum config_content */
+    char rspamd_url[CONFIG_ADDR_MAX];        /* rspamd's normal worker, IPv4:port or [IPv6]:port
+                                              * (given as http://...; kept without the scheme) */
+    uint32_t rspamd_timeout;                 /* seconds for a whole scan, connect to verdict */
+    uint8_t content_fallback;                /* enum config_content_fallback */
+    uint64_t content_memory_limit;           /* octets of messages held for the scanner, per worker */
 
     uint8_t spf_fail, spf_softfail, spf_neutral, spf_none, spf_temperror, spf_permerror; /* config_spf_action */
     uint8_t spf_stage;                       /* enum config_spf_stage */

@@ -188,6 +188,32 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
         SUM(fleet_failopen));
     one(&o, "mxgate_rate_redis_disconnects_total", "counter",
         "Redis connections that failed, closed or timed out (each is retried with backoff).", SUM(fleet_disconnects));
+    static const char *const content_res[MCS_COUNT] = { "no_action",   "greylist", "add_header", "rewrite_subject",
+                                                        "soft_reject", "reject",   "error" };
+    static const char *const content_err[MCE_COUNT] = { "connect", "timeout", "io", "http", "response", "request" };
+    static const char *const content_fb[2] = { "tempfail", "accept" };
+    labelled(&o, w, n, "mxgate_content_scans_total",
+             "Messages scanned by the content stage, by rspamd's action, or error (the fallback decided).", "result",
+             content_res, MCS_COUNT, offsetof(metrics_t, content_scans), false);
+    labelled(&o, w, n, "mxgate_content_errors_total",
+             "Scans that failed: connect, timeout, io, http (an error status), response (unreadable), request "
+             "(a value that cannot be sent).",
+             "reason", content_err, MCE_COUNT, offsetof(metrics_t, content_errors), false);
+    labelled(&o, w, n, "mxgate_content_fallback_total", "Failed scans, by what content_fallback did with the message.",
+             "action", content_fb, 2, offsetof(metrics_t, content_fallback), false);
+    static const char *const auth_m[M_AUTH_METHODS] = { "dkim", "dmarc", "arc" };
+    static const char *const auth_r[M_AUTH_RESULTS] = { "pass", "fail", "temperror", "permerror", "none" };
+    head(&o, "mxgate_content_auth_total", "counter", "DKIM, DMARC and ARC results rspamd reported, by method and result.");
+    for (size_t i = 0; i < M_AUTH_METHODS; i++)
+        for (size_t j = 0; j < M_AUTH_RESULTS; j++)
+            put(&o, "mxgate_content_auth_total{method=\"%s\",result=\"%s\"} %llu\n", auth_m[i], auth_r[j],
+                (unsigned long long)sum(w, n, offsetof(metrics_t, content_auth) + (i * M_AUTH_RESULTS + j) * sizeof(mcount_t)));
+    one(&o, "mxgate_content_held_bytes", "gauge", "Octets of messages held for the content scanner.",
+        SUM(content_held));
+    one(&o, "mxgate_content_memory_full_total", "counter",
+        "Messages refused 452 4.3.1 because content_memory_limit was reached.", SUM(content_memory_full));
+    histogram(&o, w, n, "mxgate_content_scan_seconds", "Content scans, from the request's start to the verdict.",
+              offsetof(metrics_t, content_latency), m_latency_bounds);
     static const char *const spool_res[MSR_COUNT] = { "delivered", "deferred", "bounced", "expired", "dsn" };
     one(&o, "mxgate_spool_messages", "gauge", "Messages in the spool not yet delivered or returned.",
         SUM(spool_messages));

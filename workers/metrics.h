@@ -108,6 +108,15 @@ void m_observe(mhist_t *h, const double *bounds, uint64_t us);
 /* Redis's answers to the fleet's rate updates (fleet.h). */
 enum m_fleet { MFL_TAKEN = 0, MFL_OVER, MFL_ERROR, MFL_COUNT };
 
+/* The content stage (scanner.h): a scan's result, rspamd's action or a
+ * failure; why a scan failed; what the fallback did. */
+enum m_content { MCS_NO_ACTION = 0, MCS_GREYLIST, MCS_ADD_HEADER, MCS_REWRITE_SUBJECT, MCS_SOFT_REJECT, MCS_REJECT,
+                 MCS_ERROR, MCS_COUNT };
+enum m_content_err { MCE_CONNECT = 0, MCE_TIMEOUT, MCE_IO, MCE_HTTP, MCE_RESPONSE, MCE_REQUEST, MCE_COUNT };
+/* rspamd's DKIM, DMARC and ARC results (rspamd_auth_t without "absent"). */
+#define M_AUTH_METHODS 3
+#define M_AUTH_RESULTS 5
+
 typedef struct metrics {
     mcount_t connections_accepted;
     mcount_t connections_open;             /* gauge */
@@ -147,6 +156,13 @@ typedef struct metrics {
     mcount_t fleet_replies[MFL_COUNT];
     mcount_t fleet_failopen;               /* rate events decided without the fleet (Redis down, slow, full) */
     mcount_t fleet_disconnects;            /* Redis connections lost or given up (timeout, error, refused) */
+    mcount_t content_scans[MCS_COUNT];
+    mcount_t content_errors[MCE_COUNT];
+    mcount_t content_fallback[2];          /* by enum config_content_fallback */
+    mcount_t content_auth[M_AUTH_METHODS][M_AUTH_RESULTS];
+    mcount_t content_held;                 /* gauge: octets of messages held for the scanner */
+    mcount_t content_memory_full;          /* messages refused 452 4.3.1 for content_memory_limit */
+    mhist_t content_latency;               /* a scan, from its start to rspamd's verdict */
     mcount_t heartbeat_ms;                 /* the loop's last turn, CLOCK_MONOTONIC ms */
     mhist_t relay_latency;                 /* end of data sent to the downstream's reply */
     mhist_t session_duration;

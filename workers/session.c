@@ -1587,8 +1587,15 @@ static void pool_event(worker_t *w, const pool_owner_t *o, const relay_event_t *
 static void pool_writable(worker_t *w, const pool_owner_t *o)
 {
     session_t *s = owner(w, o->idx, o->gen, o->seq);
-    if (s && (s->flags & SF_DS_BLOCKED))
+    if (!s)
+        return;
+    if (s->flags & SF_DS_BLOCKED)
         post(w, s); /* the next pass looks at the room again */
+    if (tx_pushing(s->tx)) { /* a scanned message going downstream as it drains */
+        engine_begin(w, s);
+        tx_writable(s->tx);
+        leave(w, s);
+    }
 }
 
 const pool_owner_ops_t session_pool_ops = { pool_ready, pool_failed, pool_event, pool_writable };
@@ -1659,6 +1666,18 @@ void session_fleet_done(worker_t *w, const fleet_owner_t *o, bool over)
     if (over)
         s->flags |= SF_RATE_CONN;
     connect_stage(w, s);
+}
+
+void session_scan_done(worker_t *w, const scanner_owner_t *o, scanner_result_t *r)
+{
+    session_t *s = enter(w, o->idx, o->gen, o->seq);
+    if (!s) { /* cannot happen (a transaction that ends cancels its scan), but the buffer must not leak */
+        free(r->buf);
+        scanner_unhold(w, r->held);
+        return;
+    }
+    tx_scan_done(s->tx, r);
+    leave(w, s);
 }
 
 void session_spf_done(worker_t *w, const spf_owner_t *o, unsigned result, slice_t received, slice_t comment)

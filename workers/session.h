@@ -22,6 +22,7 @@
 #include "pool.h"
 #include "dnsbl_client.h"
 #include "fleet.h"
+#include "scanner.h"
 #include "spf_client.h"
 #include "spooler.h"
 
@@ -56,6 +57,7 @@ uint32_t sessions_count(const worker_t *w);
 extern const pool_owner_ops_t session_pool_ops;
 extern const spool_owner_ops_t session_spool_ops;
 void session_spf_done(worker_t *w, const spf_owner_t *o, unsigned result, slice_t received, slice_t comment);
+void session_scan_done(worker_t *w, const scanner_owner_t *o, scanner_result_t *r);
 void session_dnsbl_done(worker_t *w, const dnsbl_owner_t *o, int score, uint32_t hit, unsigned unanswered);
 void session_fleet_done(worker_t *w, const fleet_owner_t *o, bool over);
 

@@ -20,7 +20,9 @@
 #include "grow.h"
 #include "maildir.h"
 #include "fleet.h"
+#include "msgedit.h"
 #include "rate.h"
+#include "scanner.h"
 #include "spf.h"
 #include "spf_client.h"
 #include "tls.h"
@@ -45,7 +47,13 @@ enum dstate { D_NONE = 0, D_FILTER, D_QUEUED, D_SENT, D_BODY, D_ENDED, D_DONE };
 enum lstate { L_NONE = 0, L_WAIT, L_READY, L_GONE };
 
 /* A latched failure of the data phase: answered at the final dot. */
-enum txerr { ERR_NONE = 0, ERR_DOWNSTREAM, ERR_MEMORY };
+enum txerr { ERR_NONE = 0, ERR_DOWNSTREAM, ERR_MEMORY, ERR_FULL /* content_memory_limit */ };
+
+/* The content stage, after the end of data: rspamd scans the held
+ * message; then, when it passes, DATA goes downstream (its 354 awaited),
+ * the message is pushed as the downstream takes it, and the end marker
+ * follows. */
+enum cphase { CP_NONE = 0, CP_SCAN, CP_DATA, CP_PUSH, CP_EOD };
 
 typedef struct tx_rcpt {
     uint32_t slot;
@@ -102,6 +110,19 @@ struct tx {
     size_t mlen, mcap;
     size_t mhead;              /* spool: room left at the start of mbuf for the record's head */
     bool local;                /* relay-then-spool: the downstream failed this transaction; answered here */
+    /* the content stage (content_scanner) */
+    bool content;              /* this message is held and scanned before anything goes downstream */
+    uint8_t cphase;            /* enum cphase */
+    uint64_t scan_id;          /* the scan in flight (mbuf is the scanner's meanwhile) */
+    size_t held;               /* octets of mbuf counted against content_memory_limit */
+    uint8_t c_result;          /* enum m_content + 1; 0: not scanned */
+    uint8_t c_error;           /* enum scanner_status of a failed scan */
+    bool c_accepted;           /* a failed scan whose message went on (content_fallback = accept) */
+    double c_score;
+    uint8_t dkim, dmarc, arc, dmarc_policy; /* rspamd's, rspamd_auth_t and its policy */
+    char *xhdr;                /* headers to put above the message (rspamd's), wire form */
+    size_t xhdr_len;
+    size_t push_off;           /* octets of xhdr and the message given to the downstream */
     uint64_t arrival_ms;       /* spool: the wall clock at DATA */
     /* strings that outlive the receive buffer */
     char *arena;
@@ -121,6 +142,30 @@ static const smtp_reply_t spool_full_reply = { 452, "4.3.1", SLICE_INIT("Error: 
                                                SMTP_R_PEER };
 static const smtp_reply_t spool_failed_reply = { 451, "4.3.0", SLICE_INIT("Error: queue file write error"),
                                                  SMTP_R_PEER };
+static const smtp_reply_t scanner_down_reply = {
+    451, "4.3.0", SLICE_INIT("Error: content scanner unavailable, try again later"), SMTP_R_PEER
+};
+
+/* Is the content stage on for this transaction? (Not with the spool's
+ * modes: refused at start-up.) */
+static bool content_on(const tx_t *t)
+{
+    return t->env.cfg->content_scanner != CONFIG_CONTENT_NONE && !config_spooling(t->env.cfg);
+}
+
+/* content: mbuf's capacity is counted against content_memory_limit; false
+ * when the budget cannot take cap octets (counted, and refused 452 4.3.1). */
+static bool count_mbuf(tx_t *t, size_t cap)
+{
+    if (!t->content || cap <= t->held)
+        return true;
+    if (!scanner_hold(t->env.w, t->env.cfg, cap - t->held)) {
+        m_inc(&t->env.w->m.content_memory_full);
+        return false;
+    }
+    t->held = cap;
+    return true;
+}
 
 /* Relay-through: each command goes to a leased downstream connection. The
  * other modes answer here and keep the message: the Maildir (no
@@ -558,6 +603,10 @@ static bool start_record(tx_t *t)
     size_t cap = t->mcap >= MAILDIR_FIRST ? t->mcap : MAILDIR_FIRST;
     if (cap < 2 * (t->hdr_len + t->mhead))
         cap = 2 * (t->hdr_len + t->mhead);
+    if (!count_mbuf(t, cap)) {
+        t->error = ERR_FULL;
+        return false;
+    }
     if (cap > t->mcap) {
         char *m = realloc(t->mbuf, cap);
         if (!m)
@@ -583,9 +632,13 @@ static void send_data(tx_t *t)
     } else if (!any_forwarded(t)) {
         smtp_reply_t r = { 554, "5.5.1", SLICE_LIT("Error: no valid recipients"), 0 };
         answer_data(t, &r);
-    } else if (!relay_mode(t)) {
+    } else if (!relay_mode(t) || (content_on(t) && t->lstate == L_READY)) {
+        /* Held here: the Maildir, the spool, or the content stage (whose
+         * DATA goes downstream only once the message passed). */
+        t->content = content_on(t);
         if (!start_local_body(t)) {
-            answer_data(t, &oom_reply);
+            answer_data(t, t->error == ERR_FULL ? &spool_full_reply : &oom_reply);
+            t->error = ERR_NONE;
             return;
         }
         t->dstate = D_BODY;
@@ -704,6 +757,12 @@ tx_t *tx_begin(const tx_env_t *env, const smtp_event_t *mail)
         answer_mail(t, &spool_full_reply);
         return t;
     }
+    if (content_on(t) && t->params.size &&
+        m_get(&env->w->m.content_held) + t->params.size > env->cfg->content_memory_limit) {
+        m_inc(&env->w->m.content_memory_full);
+        answer_mail(t, &spool_full_reply);
+        return t;
+    }
     if (relay_mode(t)) {
         pool_owner_t o = { env->ops, env->owner_idx, env->owner_gen, env->number };
         smtp_reply_t refusal;
@@ -778,11 +837,15 @@ void tx_body(tx_t *t, slice_t b)
     t->size += b.len;
     if (t->dstate != D_BODY || t->error)
         return; /* drained: the failure is answered at the final dot */
-    if (!relay_mode(t) || recording(t)) {
+    if (!relay_mode(t) || recording(t) || t->content) {
         if (t->mlen + b.len + SPOOL_ALIGN > t->mcap) { /* the spool record's padding: room kept at its end */
             size_t cap = t->mcap ? t->mcap : MAILDIR_FIRST;
             while (cap < t->mlen + b.len + SPOOL_ALIGN)
-                cap *= 2;
+                cap = t->content ? cap + cap / 2 : cap * 2; /* held while scanned: less slack */
+            if (!count_mbuf(t, cap)) {
+                t->error = ERR_FULL; /* the rest is read and dropped; 452 at the final dot */
+                return;
+            }
             char *m = realloc(t->mbuf, cap);
             if (!m) {
                 t->error = ERR_MEMORY;
@@ -793,7 +856,7 @@ void tx_body(tx_t *t, slice_t b)
         }
         memcpy(t->mbuf + t->mlen, b.ptr, b.len);
         t->mlen += b.len;
-        if (!relay_mode(t))
+        if (!relay_mode(t) || t->content)
             return;
     }
     if (t->lstate != L_READY || !pool_body(t->env.w, t->lease, b.ptr, b.len)) {
@@ -810,7 +873,7 @@ void tx_body(tx_t *t, slice_t b)
 
 size_t tx_room(tx_t *t)
 {
-    if (t->dstate != D_BODY || t->error || t->lstate != L_READY)
+    if (t->dstate != D_BODY || t->error || t->lstate != L_READY || t->content)
         return SIZE_MAX;
     return pool_room(t->env.w, t->lease);
 }
@@ -819,7 +882,7 @@ static void deliver_local(tx_t *t)
 {
     char name[512], text[600];
     if (t->error || !t->mbuf ||
-        maildir_deliver(t->env.cfg->maildir, t->env.cfg->hostname, t->id, NULL, 0, t->mbuf + t->mhead,
+        maildir_deliver(t->env.cfg->maildir, t->env.cfg->hostname, t->id, t->xhdr, t->xhdr_len, t->mbuf + t->mhead,
                         t->mlen - t->mhead, name, sizeof name)) {
         smtp_reply_t r = { 451, "4.3.0", SLICE_LIT("Error: local delivery failed"), SMTP_R_PEER };
         answer_eod(t, &r);
@@ -828,6 +891,300 @@ static void deliver_local(tx_t *t)
     int n = snprintf(text, sizeof text, "Ok: delivered as %s", name);
     smtp_reply_t r = { 250, "2.0.0", slice_make(text, n > 0 ? (size_t)n : 0), 0 };
     answer_eod(t, &r);
+}
+
+/* ---- the content stage ---- */
+
+/* The accepted recipients as slices (valid until the next call in this
+ * thread). */
+static const slice_t *accepted_rcpts(tx_t *t, size_t *n)
+{
+    spool_msg_t m;
+    const slice_t *r;
+    if (!spool_envelope(t, &m, &r))
+        return NULL;
+    *n = 0;
+    for (uint32_t i = 0; i < t->nrcpt; i++) {
+        tx_rcpt_t *rc = &t->rcpt[i];
+        if (rc->state == R_DONE && rc->reply_len && t->arena[rc->reply_off] == '2')
+            (*n)++;
+    }
+    return r;
+}
+
+static void forward_content(tx_t *t);
+
+/* The scan failed (rspamd down, slow, or unreadable): content_fallback. */
+static void content_failed(tx_t *t, enum scanner_status st)
+{
+    worker_t *w = t->env.w;
+    t->c_error = (uint8_t)st;
+    t->c_result = MCS_ERROR + 1;
+    m_inc(&w->m.content_scans[MCS_ERROR]);
+    bool accept = t->env.cfg->content_fallback == CONFIG_CONTENT_ACCEPT;
+    m_inc(&w->m.content_fallback[accept ? CONFIG_CONTENT_ACCEPT : CONFIG_CONTENT_TEMPFAIL]);
+    if (!accept) {
+        release(t);
+        answer_eod(t, &scanner_down_reply);
+        return;
+    }
+    t->c_accepted = true;
+    forward_content(t);
+}
+
+static void start_scan(tx_t *t)
+{
+    size_t n = 0;
+    const slice_t *rcpts = accepted_rcpts(t, &n);
+    if (!rcpts) {
+        release(t);
+        answer_eod(t, &oom_reply);
+        return;
+    }
+    slice_t from = kept(t, t->from_off, t->from_len);
+    rspamd_env_t env = {
+        .ip = slice_make(t->env.ip, strlen(t->env.ip)),
+        .helo = t->env.helo,
+        .sender = from,
+        .rcpts = rcpts,
+        .nrcpts = n,
+        .queue_id = slice_make(t->id, strlen(t->id)),
+        .mta_name = slice_make(t->env.cfg->hostname, strlen(t->env.cfg->hostname)),
+    };
+    scanner_owner_t o = { t->env.owner_idx, t->env.owner_gen, t->env.number };
+    enum scanner_status st;
+    t->scan_id = scanner_start(t->env.w, &o, t->env.cfg, &env, t->mbuf, t->mcap, t->held, t->mhead,
+                               t->mlen - t->mhead, &st);
+    if (!t->scan_id) {
+        content_failed(t, st);
+        return;
+    }
+    /* The buffer and its count are the scanner's until the verdict. */
+    t->mbuf = NULL;
+    t->mcap = 0;
+    t->held = 0;
+    t->cphase = CP_SCAN;
+}
+
+/* Header edits that rspamd asked for, applied to the held message: its
+ * headers to prepend (with mxgate's Authentication-Results merged into
+ * rspamd's, RFC 8601's one field per authserv-id... and per message here),
+ * the fields it removes, and the Subject it rewrites. The trace block
+ * (mxgate's own headers) is mbuf[mhead, mhead + hdr_len); the client's
+ * message follows it. */
+#define EDIT_CUTS 64
+#define XHDR_CAP (RSPAMD_ARENA_MAX + 16384)
+
+static _Thread_local char *scratch, *merged; /* freed with the cache, at the thread's end */
+
+static bool apply_edits(tx_t *t, rspamd_verdict_t *v)
+{
+    if (!scratch && !(scratch = malloc(XHDR_CAP)))
+        return false;
+    if (!merged && !(merged = malloc(RSPAMD_WIRE_LINE_MAX * 8)))
+        return false;
+    msgedit_cut_t cuts[EDIT_CUTS];
+    size_t ncuts = 0;
+    const char *trace = t->mbuf + t->mhead;
+    size_t trace_len = t->hdr_len <= t->mlen - t->mhead ? t->hdr_len : 0;
+    /* One Authentication-Results: mxgate's (SPF) merged into rspamd's. */
+    static const msgedit_del_t ar_del = { SLICE_INIT("Authentication-Results"), 0 };
+    for (size_t i = 0; i < v->nadd; i++) {
+        if (!slice_ieq(v->add[i].name, "Authentication-Results"))
+            continue;
+        msgedit_cut_t ours;
+        if (msgedit_cuts(trace, trace_len, &ar_del, 1, &ours, 1) != 1)
+            break;
+        const char *colon = memchr(trace + ours.off, ':', ours.len);
+        if (!colon || ours.len < 2)
+            break;
+        size_t vlen = ours.len - (size_t)(colon + 1 - (trace + ours.off)) - 2; /* without its CRLF */
+        size_t mlen;
+        if (msgedit_ar_merge(slice_make(colon + 1, vlen), v->add[i].value, merged, RSPAMD_WIRE_LINE_MAX * 8,
+                             &mlen) == 0) {
+            v->add[i].value = slice_make(merged, mlen);
+            cuts[ncuts++] = (msgedit_cut_t){ t->mhead + ours.off, ours.len };
+        }
+        break;
+    }
+    /* What rspamd removes, and a rewritten Subject, in the client's part. */
+    msgedit_del_t dels[RSPAMD_REMOVE_MAX + 1];
+    size_t ndels = 0;
+    for (size_t i = 0; i < v->nremove; i++)
+        dels[ndels++] = (msgedit_del_t){ v->remove[i].name, v->remove[i].index };
+    size_t sublen = 0, hlen = 0;
+    if (v->action == RSPAMD_REWRITE_SUBJECT && v->subject.len)
+        dels[ndels++] = (msgedit_del_t){ SLICE_LIT("Subject"), 0 };
+    if (rspamd_render_headers(v, scratch, XHDR_CAP, &hlen) != RSPAMD_ERR_NONE)
+        return false;
+    if (v->action == RSPAMD_REWRITE_SUBJECT && v->subject.len &&
+        rspamd_render_subject(v, t->params.smtputf8, scratch + hlen, XHDR_CAP - hlen, &sublen) != RSPAMD_ERR_NONE)
+        return false;
+    hlen += sublen;
+    size_t body_off = t->mhead + trace_len;
+    if (ndels) {
+        size_t k = msgedit_cuts(t->mbuf + body_off, t->mlen - body_off, dels, ndels, cuts + ncuts,
+                                EDIT_CUTS - ncuts);
+        if (k > EDIT_CUTS - ncuts)
+            return false;
+        for (size_t i = 0; i < k; i++)
+            cuts[ncuts + i].off += body_off;
+        ncuts += k;
+    }
+    /* Cut in place, front to back: the cuts are sorted and apart. */
+    size_t out = ncuts ? cuts[0].off : t->mlen, in = out;
+    for (size_t i = 0; i < ncuts; i++) {
+        size_t keep_to = i + 1 < ncuts ? cuts[i + 1].off : t->mlen;
+        in = cuts[i].off + cuts[i].len;
+        memmove(t->mbuf + out, t->mbuf + in, keep_to - in);
+        out += keep_to - in;
+    }
+    t->mlen = out;
+    /* The headers lead the message in wire form: a line that begins with
+     * '.' is stuffed (a field name may hold one); for the Maildir they are
+     * written as they are. */
+    free(t->xhdr);
+    t->xhdr = NULL;
+    t->xhdr_len = 0;
+    if (!hlen)
+        return true;
+    bool wire = relay_mode(t);
+    size_t dots = 0;
+    for (size_t i = 0; wire && i < hlen; i++)
+        dots += scratch[i] == '.' && (i == 0 || scratch[i - 1] == '\n');
+    if (!(t->xhdr = malloc(hlen + dots)))
+        return false;
+    for (size_t i = 0; i < hlen; i++) {
+        if (wire && scratch[i] == '.' && (i == 0 || scratch[i - 1] == '\n'))
+            t->xhdr[t->xhdr_len++] = '.';
+        t->xhdr[t->xhdr_len++] = scratch[i];
+    }
+    return true;
+}
+
+/* Give the downstream as much of the message as it takes now; then the
+ * end marker. Called again when its connection drains (tx_writable). */
+static void push_content(tx_t *t)
+{
+    worker_t *w = t->env.w;
+    size_t body = t->mlen - t->mhead, total = t->xhdr_len + body;
+    while (t->push_off < total) {
+        size_t room = pool_room(w, t->lease);
+        if (room == 0)
+            return;
+        const char *p;
+        size_t n;
+        if (t->push_off < t->xhdr_len) {
+            p = t->xhdr + t->push_off;
+            n = t->xhdr_len - t->push_off;
+        } else {
+            p = t->mbuf + t->mhead + (t->push_off - t->xhdr_len);
+            n = total - t->push_off;
+        }
+        if (n > room)
+            n = room;
+        if (!pool_body(w, t->lease, p, n)) {
+            t->cphase = CP_NONE;
+            release(t);
+            answer_eod(t, &down_reply);
+            return;
+        }
+        m_add(&w->m.relayed_bytes, n);
+        t->push_off += n;
+    }
+    t->cphase = CP_EOD;
+    t->eod_sent_ms = w->now;
+    smtp_reply_t refusal;
+    if (!pool_eod(w, t->lease, t->eod_slot, &refusal)) {
+        t->cphase = CP_NONE;
+        release(t);
+        answer_eod(t, &refusal);
+    }
+}
+
+/* The message passed (or goes on unscanned): to the Maildir, or DATA to
+ * the downstream, whose 354 starts the push. */
+static void forward_content(tx_t *t)
+{
+    if (!relay_mode(t)) {
+        deliver_local(t);
+        return;
+    }
+    if (t->lstate != L_READY) {
+        answer_eod(t, t->lstate == L_GONE ? &t->gone : &down_reply);
+        return;
+    }
+    smtp_reply_t refusal;
+    t->cphase = CP_DATA;
+    if (!pool_data(t->env.w, t->lease, t->data_slot, &refusal)) {
+        t->cphase = CP_NONE;
+        release(t);
+        answer_eod(t, &refusal);
+    }
+}
+
+void tx_scan_done(tx_t *t, scanner_result_t *r)
+{
+    worker_t *w = t->env.w;
+    t->scan_id = 0;
+    t->mbuf = r->buf;
+    t->mcap = r->cap;
+    t->held = r->held;
+    t->cphase = CP_NONE;
+    if (t->dstate != D_ENDED)
+        return;
+    if (r->status != SCANNER_OK) {
+        content_failed(t, r->status);
+        return;
+    }
+    rspamd_verdict_t *v = r->v;
+    t->c_result = (uint8_t)(v->action + 1);
+    t->c_score = v->score;
+    m_inc(&w->m.content_scans[v->action]);
+    t->dkim = (uint8_t)v->dkim;
+    t->dmarc = (uint8_t)v->dmarc;
+    t->arc = (uint8_t)v->arc;
+    t->dmarc_policy = (uint8_t)v->dmarc_policy;
+    const uint8_t auth[M_AUTH_METHODS] = { t->dkim, t->dmarc, t->arc };
+    for (int i = 0; i < M_AUTH_METHODS; i++)
+        if (auth[i] != RSPAMD_AUTH_ABSENT)
+            m_inc(&w->m.content_auth[i][auth[i] - 1]);
+    switch (v->action) {
+    case RSPAMD_REJECT: {
+        smtp_reply_t rr = { 554, "5.7.1",
+                            v->smtp_message.len ? v->smtp_message : SLICE_LIT("Error: message content rejected"), 0 };
+        release(t); /* the downstream never sees DATA: RSET */
+        answer_eod(t, &rr);
+        return;
+    }
+    case RSPAMD_SOFT_REJECT:
+    case RSPAMD_GREYLIST: {
+        smtp_reply_t rr = { 451, "4.7.1", v->smtp_message.len ? v->smtp_message : SLICE_LIT("Error: try again later"),
+                            0 };
+        release(t);
+        answer_eod(t, &rr);
+        return;
+    }
+    default:
+        break;
+    }
+    if (!apply_edits(t, v)) {
+        release(t);
+        answer_eod(t, &oom_reply);
+        return;
+    }
+    forward_content(t);
+}
+
+bool tx_pushing(const tx_t *t)
+{
+    return t->cphase == CP_PUSH;
+}
+
+void tx_writable(tx_t *t)
+{
+    if (t->cphase == CP_PUSH)
+        push_content(t);
 }
 
 /* Hand the record over to the spool; the reply comes with its commit. */
@@ -891,7 +1248,11 @@ void tx_data_end(tx_t *t, const smtp_event_t *ev)
     }
     if (t->error) {
         release(t);
-        answer_eod(t, t->error == ERR_MEMORY ? &oom_reply : &down_reply);
+        answer_eod(t, t->error == ERR_MEMORY ? &oom_reply : t->error == ERR_FULL ? &spool_full_reply : &down_reply);
+        return;
+    }
+    if (t->content) {
+        start_scan(t);
         return;
     }
     if (spool_mode(t)) {
@@ -994,6 +1355,10 @@ static void data_accepted(tx_t *t, const smtp_reply_t *r)
 void tx_relay_event(tx_t *t, const relay_event_t *ev)
 {
     if (ev->type == RELAY_EV_LOST) {
+        if (t->cphase == CP_PUSH) { /* nothing was owed a reply: the message is answered here */
+            t->cphase = CP_NONE;
+            answer_eod(t, &down_reply);
+        }
         if (fallback(t)) {
             t->lstate = L_GONE;
             t->lease = 0;
@@ -1024,6 +1389,18 @@ void tx_relay_event(tx_t *t, const relay_event_t *ev)
         break;
     }
     case RK_DATA:
+        if (t->cphase == CP_DATA && ev->token == t->data_slot) {
+            if (r->code == 354) {
+                t->cphase = CP_PUSH;
+                t->push_off = 0;
+                push_content(t);
+            } else {
+                t->cphase = CP_NONE;
+                answer_eod(t, r); /* the downstream's refusal of DATA is the message's answer */
+                release(t);
+            }
+            break;
+        }
         if (t->dstate != D_SENT || ev->token != t->data_slot)
             break;
         if (r->code == 354)
@@ -1132,6 +1509,28 @@ static void log_tx(tx_t *t, enum tx_end how)
     if (t->local)
         lb_cstr(&b, "fallback", "spool"); /* relay-then-spool: the downstream could not take it */
     lb_cstr(&b, "spf", t->spf.status == SPF_DONE ? spf_result_name(t->spf.result) : t->spf.status ? "pending" : "-");
+    if (t->c_result) {
+        static const char *const names[MCS_COUNT] = { "no_action",   "greylist", "add_header", "rewrite_subject",
+                                                      "soft_reject", "reject",   "error" };
+        lb_cstr(&b, "content", names[t->c_result - 1]);
+        if (t->c_result - 1 == MCS_ERROR) {
+            lb_cstr(&b, "content.error", scanner_status_name((enum scanner_status)t->c_error));
+            lb_cstr(&b, "content.fallback", t->c_accepted ? "accept" : "tempfail");
+        } else {
+            char score[32];
+            snprintf(score, sizeof score, "%.2f", t->c_score);
+            lb_cstr(&b, "content.score", score);
+            const uint8_t auth[3] = { t->dkim, t->dmarc, t->arc };
+            static const char *const keys[3] = { "dkim", "dmarc", "arc" };
+            for (int i = 0; i < 3; i++)
+                if (auth[i] != RSPAMD_AUTH_ABSENT)
+                    lb_cstr(&b, keys[i], rspamd_auth_name((rspamd_auth_t)auth[i]));
+            if (t->dmarc == RSPAMD_AUTH_FAIL && t->dmarc_policy != RSPAMD_DMARC_POLICY_UNKNOWN) {
+                static const char *const pol[] = { "-", "none", "quarantine", "reject" };
+                lb_cstr(&b, "dmarc.policy", pol[t->dmarc_policy & 3]);
+            }
+        }
+    }
     if (t->env.dnsbl && t->env.dnsbl->status == DNSBL_DONE)
         lb_i64(&b, "dnsbl", t->env.dnsbl->score);
     lb_cstr(&b, "tls", t->env.tls ? tls_version(t->env.tls) : "-");
@@ -1150,6 +1549,14 @@ void tx_end(tx_t *t, enum tx_end how)
     if (t->spf_req)
         spfc_cancel(t->env.w, t->spf_req);
     t->spf_req = 0;
+    if (t->scan_id)
+        scanner_cancel(t->env.w, t->scan_id); /* the buffer is the scanner's to free */
+    t->scan_id = 0;
+    if (t->held)
+        scanner_unhold(t->env.w, t->held);
+    t->held = 0;
+    free(t->xhdr);
+    t->xhdr = NULL;
     /* Back to the cache, memory kept unless it grew past reason. */
     if (ncache >= TX_CACHE_KEEP || t->arena_cap > TX_ARENA_KEEP || t->mcap > 4 * MAILDIR_FIRST) {
         free(t->arena);
@@ -1174,6 +1581,9 @@ void tx_end(tx_t *t, enum tx_end how)
 
 void tx_cache_free(void)
 {
+    free(scratch);
+    free(merged);
+    scratch = merged = NULL;
     free(env_rcpts);
     env_rcpts = NULL;
     env_rcap = 0;

@@ -30,6 +30,7 @@
 #include "config.h"
 #include "filter.h"
 #include "pool.h"
+#include "scanner.h"
 #include "smtp.h"
 #include "spooler.h"
 
@@ -107,6 +108,13 @@ void tx_rerun(tx_t *t);
 /* delivery = spool: the message handed over at its end of data is durable
  * (ok: 250), or could not be written (451 4.3.0). */
 void tx_spool_committed(tx_t *t, bool ok);
+
+/* content_scanner: the scan of the message ended (scanner.h); the buffer
+ * comes back with it. */
+void tx_scan_done(tx_t *t, scanner_result_t *r);
+/* The lease's connection drained: a held message being pushed goes on. */
+bool tx_pushing(const tx_t *t);
+void tx_writable(tx_t *t);
 
 /* The worker thread's cache of free transactions, freed at its exit. */
 void tx_cache_free(void);

@@ -23,6 +23,7 @@
 #include "spooler.h"
 #include "dnsbl_client.h"
 #include "fleet.h"
+#include "scanner.h"
 #include "tx.h"
 
 #include <errno.h>
@@ -440,7 +441,8 @@ int worker_init(worker_t *w, int id, conf_t *_Atomic *pub, conn_limits_t *limits
     sem_init(&w->ready, 0, 0);
     if (sessions_init(w, err, errlen) || spfc_init(w, session_spf_done, err, errlen) ||
         listen_setup(w, err, errlen) || pool_init(w, err, errlen) || spooler_init(w, limits->spool, err, errlen) ||
-        dnsblc_init(w, session_dnsbl_done, err, errlen) || fleet_init(w, session_fleet_done, err, errlen))
+        dnsblc_init(w, session_dnsbl_done, err, errlen) || fleet_init(w, session_fleet_done, err, errlen) ||
+        scanner_init(w, session_scan_done, err, errlen))
         return -1;
     return 0;
 }
@@ -508,6 +510,11 @@ static void handle_cqe(worker_t *w, struct io_uring_cqe *cqe)
         break;
     case OP_FLEET:
         fleet_cqe(w, cqe);
+        break;
+    case OP_SCAN:
+        scanner_cqe(w, cqe);
+        break;
+    case OP_SCAN_CANCEL:
         break;
     case OP_CALL:
         run_call(w);
@@ -602,7 +609,7 @@ void *worker_main(void *arg)
         end_of_turn(w);
         conf_turn(w);
         m_set(&w->m.heartbeat_ms, w->now);
-        if (w->draining && sessions_count(w) == 0 && spooler_drained(w) && pool_drain(w))
+        if (w->draining && sessions_count(w) == 0 && spooler_drained(w) && pool_drain(w) && scanner_idle(w))
             break;
     }
     w->stopped = true;
@@ -618,6 +625,7 @@ void worker_destroy(worker_t *w)
     spooler_destroy(w);
     dnsblc_destroy(w);
     fleet_destroy(w);
+    scanner_destroy(w);
     spfc_destroy(w);
     if (w->br && w->br != MAP_FAILED) {
         io_uring_queue_exit(&w->ring);

@@ -59,6 +59,8 @@ enum op {
     OP_CALL,
     OP_DNSBL,
     OP_FLEET,
+    OP_SCAN,         /* the content scanner's requests (scanner.c) */
+    OP_SCAN_CANCEL,  /* its cancellations' own completions: nothing to do */
 };
 
 static inline uint64_t ud_make(enum op op, uint32_t idx, uint32_t gen)
@@ -87,6 +89,7 @@ typedef struct spfc spfc_t;
 typedef struct spooler spooler_t;
 typedef struct dnsblc dnsblc_t;
 typedef struct fleet fleet_t;
+typedef struct scanner scanner_t;
 typedef void worker_call_fn(worker_t *w, void *arg);
 
 struct worker {
@@ -123,6 +126,7 @@ struct worker {
     spooler_t *spool;             /* delivery = spool (spooler.h); NULL otherwise */
     dnsblc_t *dnsbl;              /* DNSBL lookups (dnsbl_client.h) */
     fleet_t *fleet;               /* the fleet's rate limits in Redis (fleet.h) */
+    scanner_t *scanner;           /* the content stage's rspamd requests (scanner.h) */
     struct resolve *resolver;     /* the downstream's address (resolve.h); set by main, read at connect */
     metrics_t m;                  /* written by this worker only; read when scraped */
     /* the loop's own */

@@ -149,6 +149,11 @@ static void test_defaults(void **state)
     assert_int_equal(c.pipelining_action, SMTP_VA_IGNORE);
     assert_int_equal(c.non_smtp_command_action, SMTP_VA_DROP);
     assert_int_equal(c.limits_redis_timeout, 250);
+    assert_int_equal(c.content_scanner, CONFIG_CONTENT_NONE);
+    assert_string_equal(c.rspamd_url, "127.0.0.1:11333");
+    assert_int_equal(c.rspamd_timeout, 15);
+    assert_int_equal(c.content_fallback, CONFIG_CONTENT_TEMPFAIL);
+    assert_int_equal(c.content_memory_limit, 128ull << 20);
     assert_int_equal(c.delivery, CONFIG_DELIVERY_RELAY);
     assert_string_equal(c.spool_dir, "./spool");
     assert_int_equal(c.spool_max_bytes, 1ull << 30);
@@ -164,7 +169,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 84);
+    assert_int_equal(nkeys, 89);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -234,6 +239,11 @@ static const kv_case_t kv_cases[] = {
     {"non_smtp_command_action", "ignore", "block", "expected ignore, enforce or drop: block"},
     {"limits_redis", "[::1]:6379", "redis.internal:6379", "not an IPv4 address: redis.internal:6379"},
     {"limits_redis_timeout", "2s", "5ms", "expected milliseconds from 10 to 10000"},
+    {"content_scanner", "rspamd", "spamassassin", "expected none or rspamd: spamassassin"},
+    {"rspamd_url", "http://[::1]:11333/", "https://127.0.0.1:11333", "expected http://IPv4:port or http://[IPv6]:port"},
+    {"rspamd_timeout", "30", "0", "expected seconds from 1 to 600"},
+    {"content_fallback", "accept", "discard", "expected tempfail or accept: discard"},
+    {"content_memory_limit", "1g", "512", "too small (at least 1024 octets): 512"},
     {"spf_fail", "tempfail", "bounce", "expected accept, reject or tempfail: bounce"},
     {"spf_softfail", "reject", "tag", "expected accept, reject or tempfail: tag"},
     {"spf_neutral", "reject", "", "expected accept, reject or tempfail"},
