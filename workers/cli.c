@@ -282,11 +282,6 @@ static int cli_fill(mx_config_t *c, cli_src_t *src, char *err, size_t errlen)
         snprintf(err, errlen, "content_scanner: rspamd needs rspamd_url");
         return -1;
     }
-    if (c->content_scanner != CONFIG_CONTENT_NONE && config_spooling(c)) {
-        snprintf(err, errlen, "content_scanner: works with delivery = relay or the Maildir; delivery = %s does not "
-                 "hold messages for it yet", c->delivery == CONFIG_DELIVERY_SPOOL ? "spool" : "relay-then-spool");
-        return -1;
-    }
     if (c->relay_count == 0) {
         cli_note(src, "relay_domains", NULL, 0, 0);
         char list[CONFIG_DOMAIN_MAX + 16];

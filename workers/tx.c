@@ -146,11 +146,10 @@ static const smtp_reply_t scanner_down_reply = {
     451, "4.3.0", SLICE_INIT("Error: content scanner unavailable, try again later"), SMTP_R_PEER
 };
 
-/* Is the content stage on for this transaction? (Not with the spool's
- * modes: refused at start-up.) */
+/* Is the content stage on for this transaction? */
 static bool content_on(const tx_t *t)
 {
-    return t->env.cfg->content_scanner != CONFIG_CONTENT_NONE && !config_spooling(t->env.cfg);
+    return t->env.cfg->content_scanner != CONFIG_CONTENT_NONE;
 }
 
 /* content: mbuf's capacity is counted against content_memory_limit; false
@@ -330,7 +329,9 @@ static void go_local(tx_t *t)
             t->rcpt[i].state = R_QUEUED;
     if (t->dstate == D_SENT)
         t->dstate = D_QUEUED;
-    if (t->dstate == D_ENDED)
+    if (t->cphase != CP_SCAN)
+        t->cphase = CP_NONE; /* what was on its way downstream goes to the spool instead */
+    if (t->dstate == D_ENDED && t->cphase != CP_SCAN) /* a scan in flight: spooled at its verdict */
         deliver_spool(t);
 }
 
@@ -1048,7 +1049,7 @@ static bool apply_edits(tx_t *t, rspamd_verdict_t *v)
     t->xhdr_len = 0;
     if (!hlen)
         return true;
-    bool wire = relay_mode(t);
+    bool wire = relay_mode(t) || recording(t); /* the downstream and the spool's record take wire form */
     size_t dots = 0;
     for (size_t i = 0; wire && i < hlen; i++)
         dots += scratch[i] == '.' && (i == 0 || scratch[i - 1] == '\n');
@@ -1085,6 +1086,10 @@ static void push_content(tx_t *t)
             n = room;
         if (!pool_body(w, t->lease, p, n)) {
             t->cphase = CP_NONE;
+            if (fallback(t)) {
+                go_local(t); /* relay-then-spool: the scanned message is spooled */
+                return;
+            }
             release(t);
             answer_eod(t, &down_reply);
             return;
@@ -1097,6 +1102,10 @@ static void push_content(tx_t *t)
     smtp_reply_t refusal;
     if (!pool_eod(w, t->lease, t->eod_slot, &refusal)) {
         t->cphase = CP_NONE;
+        if (fallback(t) && refusal.code < 500) {
+            go_local(t);
+            return;
+        }
         release(t);
         answer_eod(t, &refusal);
     }
@@ -1106,18 +1115,29 @@ static void push_content(tx_t *t)
  * the downstream, whose 354 starts the push. */
 static void forward_content(tx_t *t)
 {
+    if (spool_mode(t)) {
+        deliver_spool(t);
+        return;
+    }
     if (!relay_mode(t)) {
         deliver_local(t);
         return;
     }
     if (t->lstate != L_READY) {
-        answer_eod(t, t->lstate == L_GONE ? &t->gone : &down_reply);
+        if (fallback(t))
+            go_local(t);
+        else
+            answer_eod(t, t->lstate == L_GONE ? &t->gone : &down_reply);
         return;
     }
     smtp_reply_t refusal;
     t->cphase = CP_DATA;
     if (!pool_data(t->env.w, t->lease, t->data_slot, &refusal)) {
         t->cphase = CP_NONE;
+        if (fallback(t) && refusal.code < 500) {
+            go_local(t);
+            return;
+        }
         release(t);
         answer_eod(t, &refusal);
     }
@@ -1188,8 +1208,38 @@ void tx_writable(tx_t *t)
 }
 
 /* Hand the record over to the spool; the reply comes with its commit. */
+/* The content stage's headers go into the spool's record: above the
+ * message, below the room for the record's head (one move of the message;
+ * the scan that came before costs far more). */
+static bool insert_xhdr(tx_t *t)
+{
+    if (!t->xhdr_len)
+        return true;
+    size_t need = t->mlen + t->xhdr_len + SPOOL_ALIGN;
+    if (need > t->mcap) {
+        if (!count_mbuf(t, need))
+            return false;
+        char *m = realloc(t->mbuf, need);
+        if (!m)
+            return false;
+        t->mbuf = m;
+        t->mcap = need;
+    }
+    memmove(t->mbuf + t->mhead + t->xhdr_len, t->mbuf + t->mhead, t->mlen - t->mhead);
+    memcpy(t->mbuf + t->mhead, t->xhdr, t->xhdr_len);
+    t->mlen += t->xhdr_len;
+    free(t->xhdr);
+    t->xhdr = NULL;
+    t->xhdr_len = 0;
+    return true;
+}
+
 static void deliver_spool(tx_t *t)
 {
+    if (t->mbuf && !insert_xhdr(t)) {
+        answer_eod(t, t->error == ERR_FULL ? &spool_full_reply : &oom_reply);
+        return;
+    }
     if (t->error || !t->mbuf) {
         answer_eod(t, t->error == ERR_MEMORY || !t->mbuf ? &oom_reply : &spool_failed_reply);
         return;
@@ -1209,8 +1259,11 @@ static void deliver_spool(tx_t *t)
         answer_eod(t, &oom_reply);
         return;
     }
-    t->mbuf = NULL; /* the spool's now */
+    t->mbuf = NULL; /* the spool's now, outside the content stage's budget */
     t->mcap = t->mlen = 0;
+    if (t->held)
+        scanner_unhold(t->env.w, t->held);
+    t->held = 0;
     t->eod_sent_ms = t->env.w->now;
 }
 
@@ -1355,7 +1408,7 @@ static void data_accepted(tx_t *t, const smtp_reply_t *r)
 void tx_relay_event(tx_t *t, const relay_event_t *ev)
 {
     if (ev->type == RELAY_EV_LOST) {
-        if (t->cphase == CP_PUSH) { /* nothing was owed a reply: the message is answered here */
+        if (t->cphase == CP_PUSH && !fallback(t)) { /* nothing was owed a reply: answered here */
             t->cphase = CP_NONE;
             answer_eod(t, &down_reply);
         }

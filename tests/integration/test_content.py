@@ -300,10 +300,9 @@ def test_config_keys():
     assert rc != 0 and "rspamd_url" in out, out
     rc, out = _print_config("--content-scanner", "rspamd", "--rspamd-url", "https://127.0.0.1:11333")
     assert rc != 0 and "rspamd-url" in out and "http://" in out, out
-    # the spool's modes do not hold messages for the scanner (yet): refused, not ignored
     for mode in ("spool", "relay-then-spool"):
         rc, out = _print_config(*on, "--downstream", "127.0.0.1:25", "--delivery", mode)
-        assert rc != 0 and "content_scanner" in out and mode in out, (mode, rc, out)
+        assert rc == 0 and "content_scanner = rspamd" in out.splitlines(), (mode, rc, out)
 
 
 # ---------------------------------------------------------------- rspamd itself
@@ -863,3 +862,55 @@ def test_memory_budget(sink, gateway, rspamd):
     assert_scanned_headers(m)
     assert m.data.endswith(ok)
     assert wait_metrics(gw, {"mxgate_content_held_bytes": 0})["mxgate_content_held_bytes"] == 0
+
+
+# ---------------------------------------------------------------- with the spool
+
+
+def test_spool_mode_scans_before_the_250(sink, gateway, rspamd, tmp_path):
+    """delivery = spool: the 250 comes once the scanned message, with rspamd's
+    headers in its record, is durable; a refused one never enters the spool."""
+    gw = content_gw(gateway, sink, rspamd.url, delivery="spool", spool_dir=str(tmp_path / "spool"))
+    s = new_sender("spool-gtube")
+    msg, mid = mail(s, body=b"Spam follows.\r\n" + GTUBE + b"\r\n")
+    res = deliver(gw, s, msg)
+    assert res.final.code == 554 and res.final.esc == "5.7.1", res
+    assert tx_record(gw, s)["content"] == "reject"
+    s2 = new_sender("spool-clean")
+    msg2, mid2 = mail(s2, body=b"line one\r\n.a line with a leading dot\r\nlast\r\n")
+    res = deliver(gw, s2, msg2)
+    assert res.delivered and "queued as" in res.final.text, res
+    rec = tx_record(gw, s2)
+    assert rec["content"] in ("no_action", "add_header"), rec
+    m = sink.wait_message(mid2, timeout=15)
+    assert m is not None, "the spooled message was never delivered:\n%s" % gw.log_tail(20)
+    assert_scanned_headers(m)
+    assert m.data.endswith(msg2), m.data[-300:]
+    assert values(m.data, "X-Rspamd-Queue-Id") == [rec["tx"]]
+    assert not sink.find(mid, accepted_only=False)
+    mt = wait_metrics(gw, {"mxgate_content_held_bytes": 0})
+    assert mt["mxgate_content_held_bytes"] == 0, mt
+
+
+def test_relay_then_spool_scanned_message_spooled_when_the_downstream_is_down(sink, gateway, rspamd, tmp_path):
+    """relay-then-spool with the downstream unreachable: scanned, then spooled
+    with rspamd's headers (the spool's 250); GTUBE still gets 554."""
+    dead = "%s:%d" % (HOST, free_port())
+    gw = content_gw(gateway, sink, rspamd.url, downstream=dead, delivery="relay-then-spool",
+                    spool_dir=str(tmp_path / "spool"), retry_max_interval=600)
+    s = new_sender("rts-gtube")
+    msg, _ = mail(s, body=b"Spam follows.\r\n" + GTUBE + b"\r\n")
+    res = deliver(gw, s, msg)
+    assert res.final.code == 554 and res.final.esc == "5.7.1", res
+    s2 = new_sender("rts-clean")
+    msg2, _ = mail(s2)
+    res = deliver(gw, s2, msg2)
+    assert res.delivered and "queued as" in res.final.text, res
+    rec = tx_record(gw, s2)
+    assert rec["content"] in ("no_action", "add_header") and rec.get("fallback") == "spool", rec
+    # the record holds the scanned message: rspamd's headers above ours
+    spooled = b"".join(p.read_bytes() for p in (tmp_path / "spool").iterdir() if p.name.startswith("w"))
+    at = spooled.find(msg2)
+    assert at > 0, "the message is not in the spool"
+    head = spooled[max(0, at - 8192):at]
+    assert b"X-Spamd-Result:" in head and head.rfind(b"X-Spamd-Result:") < head.rfind(b"Received: from"), head[-3000:]
