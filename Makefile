@@ -41,7 +41,7 @@ SRV_INC  := -Icore -Iworkers -Iworkers/spfd -Ifilters
 SRV_LIBS := -luring $(INIH) -lspf2 -lresolv -lunbound -lhiredis -lmicrohttpd -lssl -lcrypto -lpthread
 
 .PHONY: all deps run test unit fuzz fuzz-test fuzz-wire bench bench-e2e bench-spf bench-dnsbl bench-fleet \
-	bench-compare bench-scale asan clean
+	bench-compare bench-scale bench-content asan clean
 
 # mxgate-load, the load generator and fault-injecting sink (bench/load/).
 include bench/load/load.mk
@@ -181,6 +181,12 @@ bench-scale: deps all
 # The rate limits counted in Redis for a fleet, against counted in-process.
 bench-fleet: deps all
 	@FILTER=fleet bash bench/filter.sh
+
+# The content stage (content_scanner = rspamd) on and off, rspamd's CPU apart;
+# and its memory with 200 concurrent 2 MiB messages (bench/content_memory.sh).
+bench-content: deps all
+	@FILTER=content bash bench/filter.sh
+	@bash bench/content_memory.sh
 
 # The STARTTLS load client (smtp-source has no TLS); built for bench-tls.
 $(B)/bench/tls_load: bench/tls_load.c

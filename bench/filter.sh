@@ -28,7 +28,15 @@
 # redis-server started here on 127.0.0.1 (one round trip before each
 # greeting, the others pipelined without waiting).
 #
-# Ends with lines for scripts (F is spf, dnsbl or fleet):
+# FILTER=content: the content stage (content_scanner = rspamd), with
+# Debian's rspamd started here (its DNS pointed at the unbound above, one
+# normal worker unless RSPAMD_WORKERS says more). "off" relays straight
+# through; "on" holds each message, POSTs it to rspamd and relays it with
+# rspamd's headers once it passes. rspamd's own CPU is reported apart from
+# mxgate's. Fewer messages by default (MESSAGES=2000): rspamd scans a few
+# hundred per second per worker here.
+#
+# Ends with lines for scripts (F is spf, dnsbl, fleet or content):
 #   F_on_vs_off_ratio: R        msgs/s with the filter on / off
 #                               (medians over ROUNDS rounds each)
 #   F_cpu_per_msg_ratio: R      mxgate CPU per message, on / off (medians):
@@ -40,6 +48,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 MXGATE=${MXGATE:-build/mxgate}
+MESSAGES_SET=${MESSAGES:-}
 MESSAGES=${MESSAGES:-20000}
 SESSIONS=${SESSIONS:-50}
 SIZE=${SIZE:-4096}
@@ -59,10 +68,12 @@ case $FILTER in
 spf) on_filters="limits, relay, spf"; on_args=(); logged='spf=pass' ;;
 dnsbl) on_filters="limits, relay, dnsbl"; on_args=(--dnsbl-sites "bl.example, wl.example*-5" --pass-cache-ttl 0)
     logged='dnsbl=-4' ;;
+content) on_filters="limits, relay"; logged='content='; MESSAGES=${MESSAGES_SET:-2000}
+    on_args=() ;; # --content-scanner and --rspamd-url, once its port is known
 fleet) on_filters="limits, relay"; logged='client=127.0.0.1'
     off_args=(--rate-connections 1000000 --rate-messages 1000000 --rate-recipients 1000000)
     on_args=("${off_args[@]}") ;; # and --limits-redis, once its port is known
-*) echo "filter: FILTER is spf, dnsbl or fleet, not $FILTER" >&2; exit 2 ;;
+*) echo "filter: FILTER is spf, dnsbl, fleet or content, not $FILTER" >&2; exit 2 ;;
 esac
 
 for b in "$MXGATE" "$SOURCE" "$SINK" "$UNBOUND"; do
@@ -79,28 +90,8 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { prin
 
 # ---- the DNS server: unbound on 127.0.0.1, nothing resolved beyond it
 dp=$(free_port)
-cat > "$work/unbound.conf" <<CONF
-server:
-    interface: 127.0.0.1
-    port: $dp
-    do-daemonize: no
-    username: ""
-    chroot: ""
-    directory: "$work"
-    pidfile: ""
-    use-syslog: no
-    logfile: ""
-    verbosity: 0
-    access-control: 127.0.0.0/8 allow
-    do-ip6: no
-    local-zone: "." static
-    local-data: 'src.test. 3600 IN TXT "v=spf1 ip4:127.0.0.1 -all"'
-    local-data: '1.0.0.127.bl.example. 3600 IN A 127.0.0.2'
-    local-data: '1.0.0.127.wl.example. 3600 IN A 127.0.0.2'
-CONF
-"$UNBOUND" -d -c "$work/unbound.conf" > "$work/unbound.log" 2>&1 &
-pids="$pids $!"
-sleep 0.5
+start_unbound "$dp" "$work" 'src.test. 3600 IN TXT "v=spf1 ip4:127.0.0.1 -all"' \
+    '1.0.0.127.bl.example. 3600 IN A 127.0.0.2' '1.0.0.127.wl.example. 3600 IN A 127.0.0.2'
 
 # ---- Redis, for FILTER=fleet
 if [ "$FILTER" = fleet ]; then
@@ -110,6 +101,21 @@ if [ "$FILTER" = fleet ]; then
     pids="$pids $!"
     for _ in $(seq 100); do redis-cli -p "$rp" ping > /dev/null 2>&1 && break; sleep 0.1; done
     on_args+=(--limits-redis "127.0.0.1:$rp")
+fi
+
+# ---- rspamd, for FILTER=content
+if [ "$FILTER" = content ]; then
+    command -v rspamd > /dev/null || { echo "content: rspamd not found" >&2; exit 2; }
+    rsp=$(free_port)
+    mkdir -p build/rspamd-bench-db
+    start_rspamd "$rsp" "$dp" "$work/rspamd" "$(pwd)/build/rspamd-bench-db" || exit 1
+    # the hs_helper compiles on after the first answer: let it finish
+    for _ in $(seq 120); do
+        pgrep -f "rspamd: hs_helper" > /dev/null || break
+        [ "$(ps -o etimes= -p "$rspamd_pid")" -gt 30 ] && break
+        sleep 1
+    done
+    on_args+=(--content-scanner rspamd --rspamd-url "http://127.0.0.1:$rsp")
 fi
 
 # ---- the downstream
@@ -126,14 +132,16 @@ run() { # name filters [flags] -> "msgs/s cpu-ticks"
     local pid=$!
     pids="$pids $pid"
     wait_port "$mp" 10 || { tail -20 "$log" >&2; exit 1; }
-    local t0 t1 c0 c1
+    local t0 t1 c0 c1 r0=0 r1=0
     c0=$(ticks "$pid")
+    [ "$FILTER" = content ] && r0=$(tree_ticks "$rspamd_pid")
     t0=$(now)
     timeout "$RUN_LIMIT" "$SOURCE" $keep -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" \
         -f sender@src.test -t user@example.com -M client.bench "127.0.0.1:$mp" \
         || { echo "$FILTER: smtp-source failed" >&2; tail -20 "$log" >&2; exit 1; }
     t1=$(now)
     c1=$(ticks "$pid")
+    [ "$FILTER" = content ] && r1=$(tree_ticks "$rspamd_pid")
     kill -TERM "$pid"
     wait "$pid" || true
     local passed
@@ -143,15 +151,17 @@ run() { # name filters [flags] -> "msgs/s cpu-ticks"
         tail -5 "$log" >&2
         exit 1
     fi
-    echo "$(calc "$MESSAGES / ($t1 - $t0)" 0) $((c1 - c0))"
+    echo "$(calc "$MESSAGES / ($t1 - $t0)" 0) $((c1 - c0)) $((r1 - r0))"
 }
 
 echo "$FILTER: $MESSAGES messages of $SIZE bytes, $SESSIONS sessions (per message: $PER_MESSAGE), workers=$WORKERS, $ROUNDS rounds"
 off_all="" on_all="" offc_all="" onc_all=""
 for r in $(seq "$ROUNDS"); do
-    read -r off offc < <(run off "limits, relay" "${off_args[@]}")
-    read -r on onc < <(run on "$on_filters" "${on_args[@]}")
-    echo "round $r: $FILTER off $off msg/s ($offc cpu ticks), $FILTER on $on msg/s ($onc cpu ticks)"
+    read -r off offc _ < <(run off "limits, relay" "${off_args[@]}")
+    read -r on onc onr < <(run on "$on_filters" "${on_args[@]}")
+    echo "round $r: $FILTER off $off msg/s ($offc cpu ticks), $FILTER on $on msg/s ($onc cpu ticks)" \
+        "$([ "$FILTER" = content ] && echo "; rspamd $onr ticks: $(calc "$onr * 1000 / $HZ / $MESSAGES" 3) ms/msg")"
+    onr_all="${onr_all:-} $onr"
     off_all="$off_all $off" on_all="$on_all $on" offc_all="$offc_all $offc" onc_all="$onc_all $onc"
 done
 if [ "$FILTER" = fleet ]; then # every connection, MAIL and RCPT of the "on" runs reached Redis
@@ -169,3 +179,7 @@ echo "median: $FILTER off $off_m msg/s, $offc_m ticks; $FILTER on $on_m msg/s, $
 echo
 echo "${FILTER}_on_vs_off_ratio: $(calc "$on_m / $off_m" 3)"
 echo "${FILTER}_cpu_per_msg_ratio: $(calc "$onc_m / $offc_m" 3)"
+if [ "$FILTER" = content ]; then # CPU per message in ms: mxgate off and on, rspamd (medians)
+    echo "content_mxgate_cpu_ms_per_msg: off $(calc "$offc_m * 1000 / $HZ / $MESSAGES" 3) on $(calc "$onc_m * 1000 / $HZ / $MESSAGES" 3)"
+    echo "content_rspamd_cpu_ms_per_msg: $(calc "$(echo "$onr_all" | median) * 1000 / $HZ / $MESSAGES" 3)"
+fi
