@@ -407,15 +407,20 @@ void scanner_cqe(worker_t *w, struct io_uring_cqe *cqe)
 /* The iovecs of the plain message: wire[0, len) with the stuffing dot of
  * each line left out (a line that begins with '.' was sent with one more).
  * iov[0] is left for the head. The plain length is returned in *plain. */
+static const char *next_dot(const char *p, const char *end)
+{
+    const char *d = memmem(p, (size_t)(end - p), "\r\n.", 3);
+    return d ? d + 2 : end;
+}
+
 static bool build_iov(scan_req_t *r, const char *wire, size_t len, size_t *plain)
 {
+    /* Line starts that hold a '.': the first octet, and after each CRLF
+     * (one search for the rare stuffed line, not one per line). */
+    const char *end = wire + len;
     size_t dots = 0;
-    for (const char *p = wire, *end = wire + len; p < end;) {
-        if (*p == '.')
-            dots++;
-        const char *nl = memmem(p, (size_t)(end - p), "\r\n", 2);
-        p = nl ? nl + 2 : end;
-    }
+    for (const char *d = len && *wire == '.' ? wire : next_dot(wire, end); d < end; d = next_dot(d + 1, end))
+        dots++;
     size_t need = dots + 2;
     if (need > r->iov_cap) {
         struct iovec *v = realloc(r->iov, need * sizeof *v);
@@ -425,15 +430,11 @@ static bool build_iov(scan_req_t *r, const char *wire, size_t len, size_t *plain
         r->iov_cap = need;
     }
     r->niov = 1;
-    const char *seg = wire, *end = wire + len;
-    for (const char *p = wire; p < end;) {
-        if (*p == '.') {
-            if (p > seg)
-                r->iov[r->niov++] = (struct iovec){ (void *)seg, (size_t)(p - seg) };
-            seg = p + 1;
-        }
-        const char *nl = memmem(p, (size_t)(end - p), "\r\n", 2);
-        p = nl ? nl + 2 : end;
+    const char *seg = wire;
+    for (const char *d = len && *wire == '.' ? wire : next_dot(wire, end); d < end; d = next_dot(d + 1, end)) {
+        if (d > seg)
+            r->iov[r->niov++] = (struct iovec){ (void *)seg, (size_t)(d - seg) };
+        seg = d + 1;
     }
     if (end > seg)
         r->iov[r->niov++] = (struct iovec){ (void *)seg, (size_t)(end - seg) };
