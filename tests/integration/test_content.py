@@ -914,3 +914,52 @@ def test_relay_then_spool_scanned_message_spooled_when_the_downstream_is_down(si
     assert at > 0, "the message is not in the spool"
     head = spooled[max(0, at - 8192):at]
     assert b"X-Spamd-Result:" in head and head.rfind(b"X-Spamd-Result:") < head.rfind(b"Received: from"), head[-3000:]
+
+
+# ---------------------------------------------------------------- the downstream failing after a pass
+
+
+def _fault(sink, fault):
+    if fault == "close_at_data":
+        sink.fail_at = {"DATA": "close"}
+    elif fault == "drop_mid_body":
+        sink.drop_after_data_bytes = 1000
+    elif fault == "close_at_eod":
+        sink.drop_at_eod = True
+    elif fault == "451_at_eod":
+        sink.data_reply = "451 4.3.0 downstream busy"
+
+
+@pytest.mark.parametrize("fault", ["close_at_data", "drop_mid_body", "close_at_eod", "451_at_eod"])
+def test_downstream_fails_after_the_scan(sink, gateway, rspamd, tmp_path, fault):
+    """The message passed rspamd; then the downstream fails at DATA, in the
+    middle of the pushed message, or at its end. delivery = relay: the
+    client gets a 4xx (never a 250 the downstream did not give);
+    relay-then-spool: the scanned message is spooled with rspamd's headers
+    and the client gets the spool's 250."""
+    # ~480 KiB: more than the 128 KiB the pool queues for a connection, so
+    # the message is pushed in pieces as the downstream drains
+    body = b"".join(b"line %05d of a message long enough to be pushed in pieces\r\n" % i for i in range(8000))
+    _fault(sink, fault)
+    gw = content_gw(gateway, sink, rspamd.url)
+    s = new_sender("ds-" + fault)
+    msg, mid = mail(s, body=body)
+    res = deliver(gw, s, msg)
+    assert res.stage == "eod" and 400 <= res.final.code < 500, res
+    rec = tx_record(gw, s)
+    assert rec["content"] in ("no_action", "add_header"), rec
+    assert not sink.find(mid), "a message the client was refused is in the downstream"
+
+    spool = tmp_path / "spool"
+    gw2 = content_gw(gateway, sink, rspamd.url, delivery="relay-then-spool", spool_dir=str(spool),
+                     retry_max_interval=600)
+    s2 = new_sender("rts-" + fault)
+    msg2, _ = mail(s2, body=body)
+    res = deliver(gw2, s2, msg2)
+    assert res.delivered and "queued as" in res.final.text, res
+    rec = tx_record(gw2, s2)
+    assert rec["content"] in ("no_action", "add_header") and rec.get("fallback") == "spool", rec
+    spooled = b"".join(p.read_bytes() for p in spool.iterdir() if p.name.startswith("w"))
+    at = spooled.find(dot_stuff(msg2)[:200])
+    assert at > 0, "the scanned message is not in the spool"
+    assert b"X-Spamd-Result:" in spooled[max(0, at - 8192):at], spooled[max(0, at - 3000):at]
