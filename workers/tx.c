@@ -1063,6 +1063,21 @@ static bool apply_edits(tx_t *t, rspamd_verdict_t *v)
     return true;
 }
 
+/* A command of the scanned message's delivery refused before it went out
+ * (the lease died, the relay is full, a 5xx of the relay's own):
+ * relay-then-spool spools the message on a 4xx; otherwise the refusal is
+ * the client's answer. */
+static void content_refused(tx_t *t, const smtp_reply_t *refusal)
+{
+    t->cphase = CP_NONE;
+    if (fallback(t) && refusal->code < 500) {
+        go_local(t);
+        return;
+    }
+    release(t);
+    answer_eod(t, refusal);
+}
+
 /* Give the downstream as much of the message as it takes now; then the
  * end marker. Called again when its connection drains (tx_writable). */
 static void push_content(tx_t *t)
@@ -1085,13 +1100,7 @@ static void push_content(tx_t *t)
         if (n > room)
             n = room;
         if (!pool_body(w, t->lease, p, n)) {
-            t->cphase = CP_NONE;
-            if (fallback(t)) {
-                go_local(t); /* relay-then-spool: the scanned message is spooled */
-                return;
-            }
-            release(t);
-            answer_eod(t, &down_reply);
+            content_refused(t, &down_reply);
             return;
         }
         m_add(&w->m.relayed_bytes, n);
@@ -1100,15 +1109,8 @@ static void push_content(tx_t *t)
     t->cphase = CP_EOD;
     t->eod_sent_ms = w->now;
     smtp_reply_t refusal;
-    if (!pool_eod(w, t->lease, t->eod_slot, &refusal)) {
-        t->cphase = CP_NONE;
-        if (fallback(t) && refusal.code < 500) {
-            go_local(t);
-            return;
-        }
-        release(t);
-        answer_eod(t, &refusal);
-    }
+    if (!pool_eod(w, t->lease, t->eod_slot, &refusal))
+        content_refused(t, &refusal);
 }
 
 /* The message passed (or goes on unscanned): to the Maildir, or DATA to
@@ -1124,23 +1126,13 @@ static void forward_content(tx_t *t)
         return;
     }
     if (t->lstate != L_READY) {
-        if (fallback(t))
-            go_local(t);
-        else
-            answer_eod(t, t->lstate == L_GONE ? &t->gone : &down_reply);
+        content_refused(t, t->lstate == L_GONE ? &t->gone : &down_reply);
         return;
     }
     smtp_reply_t refusal;
     t->cphase = CP_DATA;
-    if (!pool_data(t->env.w, t->lease, t->data_slot, &refusal)) {
-        t->cphase = CP_NONE;
-        if (fallback(t) && refusal.code < 500) {
-            go_local(t);
-            return;
-        }
-        release(t);
-        answer_eod(t, &refusal);
-    }
+    if (!pool_data(t->env.w, t->lease, t->data_slot, &refusal))
+        content_refused(t, &refusal);
 }
 
 void tx_scan_done(tx_t *t, scanner_result_t *r)
