@@ -10,7 +10,7 @@ set -u
 pass=0; fail=0; skip=0
 add() { pass=$((pass + $1)); fail=$((fail + $2)); }
 mkdir -p build
-rm -f build/unit.counts build/fuzz.counts build/integration.log build/wirefuzz.log
+rm -f build/unit.counts build/fuzz.counts build/integration.log build/wirefuzz.log build/wirefuzz-content.log
 
 # Unit tests: make builds what it can (-k); a binary that did not build is
 # counted as failed by run-unit.sh.
@@ -54,13 +54,20 @@ else
     echo "fuzz: no counts (the pass did not run)"; add 0 1
 fi
 
-# The wire fuzzer: mutated SMTP over TCP against the ASan server.
-if [ -x build/asan/mxgate ] && $PY tests/fuzz/wirefuzz.py --seconds "${WIRE_TEST_TIME:-30}" \
-    > build/wirefuzz.log 2>&1; then
-    tail -1 build/wirefuzz.log; add 1 0
-else
-    tail -30 build/wirefuzz.log 2>/dev/null; echo "wirefuzz: FAILED (build/wirefuzz.log)"; add 0 1
-fi
+# The wire fuzzer: mutated SMTP over TCP against the ASan server, relaying
+# through (20 s), then with every message held and scanned (content_scanner
+# against a fake rspamd that passes it, 10 s).
+wire() { # name seconds [args...]
+    local name=$1 secs=$2
+    shift 2
+    if [ -x build/asan/mxgate ] && $PY tests/fuzz/wirefuzz.py --seconds "$secs" "$@" > "build/$name.log" 2>&1; then
+        echo "$name: $(tail -1 "build/$name.log")"; add 1 0
+    else
+        tail -30 "build/$name.log" 2>/dev/null; echo "$name: FAILED (build/$name.log)"; add 0 1
+    fi
+}
+wire wirefuzz "${WIRE_TEST_TIME:-20}"
+wire wirefuzz-content "${WIRE_CONTENT_TIME:-10}" --content --out build/wirefuzz-content
 
 [ "$skip" -eq 0 ] || echo "mxgate: $skip skipped (see the lines above)"
 echo "mxgate: $pass passed, $fail failed"

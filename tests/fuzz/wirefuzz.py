@@ -15,8 +15,9 @@ Run from the repository root, after `make build/asan/mxgate`:
 
 Other options: --mxgate PATH (default build/asan/mxgate), --workers 1|2
 (default 2), --delivery relay|spool|relay-then-spool (default relay; the
-spool modes write under OUT/spool), --concurrency N (default 48),
---downstream python|smtp-sink,
+spool modes write under OUT/spool), --content (content_scanner = rspamd
+against a fake rspamd that passes every message with headers to add and a
+field to remove), --concurrency N (default 48), --downstream python|smtp-sink,
 --out DIR (default build/wirefuzz), --stop-on-failure, -v; see --help.
 Exit status: 0 no failures, 1 failures, 2 could not start, 130 interrupted.
 It prints a progress line every 10 s; the last line is the summary:
@@ -97,6 +98,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import mxtest  # noqa: E402  (free ports, SmtpSink, Gateway)
+from rspamdserver import FakeRspamd  # noqa: E402  (--content: a scanner that passes every message)
 
 HOST = "127.0.0.1"
 HOSTNAME = "mx.wirefuzz.test"        # fixed: the system host name could look like anything
@@ -1507,6 +1509,16 @@ class Fuzzer:
             "log_level": self.a.log_level, "http_listen": "",
             "user": "root",  # as root, keep it: the output directory may be unreachable for nobody
         }
+        if self.a.content:
+            # every message held, scanned by a fake rspamd that passes it with
+            # headers to add and a sender's field to remove, then relayed
+            self.scanner = FakeRspamd()
+            self.scanner.verdict["milter"] = {
+                "add_headers": {"X-Spamd-Result": {"value": "default: False [0.50 / 15.00]", "order": 0},
+                                "X-Spam-Status": {"value": "No, score=0.50", "order": -1}},
+                "remove_headers": {"X-Spam-Status": 0}}
+            self.scanner.start()
+            opts.update(content_scanner="rspamd", rspamd_url=self.scanner.url)
         if self.a.delivery != "relay":
             spool = os.path.join(self.out, "spool")
             shutil.rmtree(spool, ignore_errors=True)
@@ -1533,6 +1545,9 @@ class Fuzzer:
             self.gw.kill()
         if self.ds is not None:
             self.ds.stop()
+        if getattr(self, "scanner", None) is not None:
+            self.scanner.stop()
+            self.scanner = None
         return rc
 
     # ---- sessions
@@ -1788,6 +1803,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=1, help="with --replay: how many times (default 1)")
     ap.add_argument("--delivery", choices=["relay", "spool", "relay-then-spool"], default="relay",
                     help="the gateway's delivery mode (spool modes write under OUT/spool)")
+    ap.add_argument("--content", action="store_true",
+                    help="content_scanner = rspamd, against a fake rspamd that passes every message with headers")
     ap.add_argument("--downstream", choices=["python", "smtp-sink"], default="python",
                     help="the recording SmtpSink in a child process (default; checks delivery and mixing) "
                          "or Postfix's /usr/sbin/smtp-sink")
