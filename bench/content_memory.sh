@@ -15,8 +15,13 @@
 # downstream_connections is set to CONNECTIONS here: with the default 8 per
 # worker the rest would wait in the pool's queue.
 #
+# With SPILL (content_spill_limit, per worker) set, messages past the
+# memory budget go to files under a spool_dir made here instead of being
+# refused; the report adds the octets spilled at most and the process's
+# anonymous and file-backed RSS at the end.
+#
 # Usage: bash bench/content_memory.sh   (env: CONNECTIONS=200 SIZE=2m
-#        WORKERS=2 LIMITS="128m 1g" MXGATE=build/mxgate)
+#        WORKERS=2 LIMITS="128m 1g" SPILL=0 MXGATE=build/mxgate)
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -26,6 +31,7 @@ CONNECTIONS=${CONNECTIONS:-200}
 SIZE=${SIZE:-2m}
 WORKERS=${WORKERS:-2}
 LIMITS=${LIMITS:-128m 1g}
+SPILL=${SPILL:-0}     # content_spill_limit: 0, messages past the memory budget are refused
 UNBOUND=${UNBOUND:-/usr/sbin/unbound}
 for b in "$MXGATE" "$LOAD" "$UNBOUND"; do
     [ -x "$b" ] || { echo "content_memory: $b not found (make all)" >&2; exit 2; }
@@ -62,6 +68,7 @@ for limit in $LIMITS; do
         --hostname mx.bench --workers "$WORKERS" --max-connections-per-ip 100000 --message-size-limit 64m \
         --downstream-connections "$CONNECTIONS" --downstream-queue-timeout 300 \
         --content-scanner rspamd --rspamd-url "http://127.0.0.1:$rsp" --rspamd-timeout 120 \
+        --spool-dir "$work/spill" --content-spill-limit "$SPILL" \
         --content-memory-limit "$limit" --http-listen "127.0.0.1:$hp" --log-level info 2> "$work/mxgate-$limit.log" &
     pid=$!
     pids="$pids $pid"
@@ -72,10 +79,14 @@ for limit in $LIMITS; do
         --session per-message --size "$SIZE" --timeout 600 --reply-timeout 300 --quiet \
         --record "$work/client-$limit.txt" --json "$work/client-$limit.json" > /dev/null 2>&1 &
     cpid=$!
-    peak_held=0
+    peak_held=0 peak_spilled=0 peak_anon=0
     while kill -0 "$cpid" 2>/dev/null; do
         h=$(metric "$hp" mxgate_content_held_bytes)
         [ -n "$h" ] && [ "$h" -gt "$peak_held" ] && peak_held=$h
+        h=$(metric "$hp" mxgate_content_spilled_bytes)
+        [ -n "$h" ] && [ "$h" -gt "$peak_spilled" ] && peak_spilled=$h
+        h=$(kib RssAnon "$pid")
+        [ -n "$h" ] && [ "$h" -gt "$peak_anon" ] && peak_anon=$h
         sleep 0.1
     done
     wait "$cpid" || true
@@ -96,5 +107,6 @@ for limit in $LIMITS; do
         printf "%d", n * w }')
     echo "limit $limit per worker (budget $((budget / 1048576)) MiB): $ok accepted, $r452 refused 452 4.3.1," \
         "$other other; peak held $((peak_held / 1048576)) MiB; mxgate RSS $((rss0 / 1024)) MiB before," \
-        "peak $((hwm / 1024)) MiB; memory_full_total ${full:-?}; $(calc "$t1 - $t0" 1) s"
+        "peak $((hwm / 1024)) MiB (anonymous $((peak_anon / 1024)) MiB at most); spilled $((peak_spilled / 1048576)) MiB" \
+        "at most; memory_full_total ${full:-?}; $(calc "$t1 - $t0" 1) s"
 done

@@ -115,7 +115,7 @@ if [ "$FILTER" = content ]; then
         [ "$(ps -o etimes= -p "$rspamd_pid")" -gt 30 ] && break
         sleep 1
     done
-    on_args+=(--content-scanner rspamd --rspamd-url "http://127.0.0.1:$rsp")
+    on_args+=(--content-scanner rspamd --rspamd-url "http://127.0.0.1:$rsp" --spool-dir "$work/spill")
 fi
 
 # ---- the downstream

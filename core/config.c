@@ -202,7 +202,11 @@ static const key_row_t rows[] = {
          "when the scanner fails or is slower than rspamd_timeout: tempfail (451 4.3.0) or accept (the "
          "message goes on unscanned); counted and logged either way"),
     ROW(content_memory_limit, "128m", K_SIZE, uint64_t, 1024, SIZE_MAX_OCTETS, NULL,
-        "octets of messages held for the content scanner, per worker; past it new mail gets 452 4.3.1"),
+        "octets of messages held in memory for the content scanner, per worker; past it they go to files in "
+        "spool_dir (content_spill_limit)"),
+    ROW(content_spill_limit, "1g", K_SIZE, uint64_t, 0, SIZE_MAX_OCTETS, NULL,
+        "octets of messages held for the content scanner in files under spool_dir once content_memory_limit is "
+        "reached, per worker; past both new mail gets 452 4.3.1; 0: none"),
     ENUM(spf_fail, "reject", spf_action_names, "SPF fail: accept, reject (550 5.7.23) or tempfail (451 4.7.24)"),
     ENUM(spf_softfail, "accept", spf_action_names, "SPF softfail: accept, reject or tempfail"),
     ENUM(spf_neutral, "accept", spf_action_names, "SPF neutral: accept, reject or tempfail"),

@@ -160,6 +160,7 @@ typedef struct mx_config {
     uint32_t rspamd_timeout;                 /* seconds for a whole scan, connect to verdict */
     uint8_t content_fallback;                /* enum config_content_fallback */
     uint64_t content_memory_limit;           /* octets of messages held for the scanner, per worker */
+    uint64_t content_spill_limit;            /* octets beyond it held in files in spool_dir, per worker; 0: none */
 
     uint8_t spf_fail, spf_softfail, spf_neutral, spf_none, spf_temperror, spf_permerror; /* config_spf_action */
     uint8_t spf_stage;                       /* enum config_spf_stage */

@@ -389,6 +389,16 @@ int main(int argc, char **argv, char **envp)
         }
         limits->spool = &spool;
     }
+    limits->spill_dirfd = -1;
+    if (cfg->content_scanner != CONFIG_CONTENT_NONE && cfg->content_spill_limit && !config_spooling(cfg)) {
+        bool made;
+        limits->spill_dirfd = spool_dir_open(cfg->spool_dir, privs.drop ? privs.uid : (uid_t)-1,
+                                             privs.drop ? privs.gid : (gid_t)-1, &made, err, sizeof err);
+        if (limits->spill_dirfd < 0) {
+            fprintf(stderr, "mxgate: %s\n", err);
+            return 1;
+        }
+    }
     for (int i = 0; i < n; i++) {
         if (worker_init(&w[i], i, &current, limits, err, sizeof err)) {
             fprintf(stderr, "mxgate: %s\n", err);

@@ -211,7 +211,12 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
     one(&o, "mxgate_content_held_bytes", "gauge", "Octets of messages held for the content scanner.",
         SUM(content_held));
     one(&o, "mxgate_content_memory_full_total", "counter",
-        "Messages refused 452 4.3.1 because content_memory_limit was reached.", SUM(content_memory_full));
+        "Messages refused 452 4.3.1 because content_memory_limit and content_spill_limit were reached.",
+        SUM(content_memory_full));
+    one(&o, "mxgate_content_spilled_bytes", "gauge",
+        "Octets of messages held for the content scanner in files under spool_dir.", SUM(content_spilled));
+    one(&o, "mxgate_content_spills_total", "counter",
+        "Messages moved to a file under spool_dir because content_memory_limit was reached.", SUM(content_spills));
     histogram(&o, w, n, "mxgate_content_scan_seconds", "Content scans, from the request's start to the verdict.",
               offsetof(metrics_t, content_latency), m_latency_bounds);
     static const char *const spool_res[MSR_COUNT] = { "delivered", "deferred", "bounced", "expired", "dsn" };

@@ -161,7 +161,9 @@ typedef struct metrics {
     mcount_t content_fallback[2];          /* by enum config_content_fallback */
     mcount_t content_auth[M_AUTH_METHODS][M_AUTH_RESULTS];
     mcount_t content_held;                 /* gauge: octets of messages held for the scanner */
-    mcount_t content_memory_full;          /* messages refused 452 4.3.1 for content_memory_limit */
+    mcount_t content_memory_full;          /* messages refused 452 4.3.1: both budgets full */
+    mcount_t content_spilled;              /* gauge: octets of held messages in files (content_spill_limit) */
+    mcount_t content_spills;               /* messages moved to a file past content_memory_limit */
     mhist_t content_latency;               /* a scan, from its start to rspamd's verdict */
     mcount_t heartbeat_ms;                 /* the loop's last turn, CLOCK_MONOTONIC ms */
     mhist_t relay_latency;                 /* end of data sent to the downstream's reply */

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -47,6 +48,7 @@ struct scan_req {
     /* the lent message */
     char *buf;
     size_t cap, held;
+    int buf_fd;             /* its file when spilled; -1 */
     /* the request: iov[0] the head, then the message around its stuffing dots */
     char *head;
     struct iovec *iov;
@@ -106,7 +108,7 @@ void scanner_destroy(worker_t *w)
             if (r->fd >= 0)
                 close(r->fd);
             RECLAIM(r->buf, r->cap);
-            free(r->buf);
+            scanner_buf_free(w, r->buf, r->cap, r->held, r->buf_fd);
             req_free(r);
         }
     while (s->spare) {
@@ -140,6 +142,34 @@ void scanner_unhold(worker_t *w, size_t n)
 {
     uint64_t held = m_get(&w->m.content_held);
     m_set(&w->m.content_held, held > n ? held - n : 0);
+}
+
+bool scanner_spill_hold(worker_t *w, const mx_config_t *cfg, size_t want)
+{
+    uint64_t held = m_get(&w->m.content_spilled);
+    if (w->limits->spill_dirfd < 0 || held + want > cfg->content_spill_limit)
+        return false;
+    m_set(&w->m.content_spilled, held + want);
+    return true;
+}
+
+void scanner_spill_unhold(worker_t *w, size_t n)
+{
+    uint64_t spilled = m_get(&w->m.content_spilled);
+    m_set(&w->m.content_spilled, spilled > n ? spilled - n : 0);
+}
+
+void scanner_buf_free(worker_t *w, char *buf, size_t cap, size_t held, int fd)
+{
+    if (fd < 0) {
+        free(buf);
+        scanner_unhold(w, held);
+        return;
+    }
+    if (buf)
+        munmap(buf, cap);
+    close(fd);
+    scanner_spill_unhold(w, cap);
 }
 
 /* ---- slots ---- */
@@ -189,6 +219,7 @@ static scan_req_t *req_new(scanner_t *s)
     }
     r->idx = s->free_idx[--s->nfree_idx];
     r->fd = -1;
+    r->buf_fd = -1;
     s->gen[r->idx] = (s->gen[r->idx] + 1) & GEN_MASK;
     s->slot[r->idx] = r;
     s->live++;
@@ -204,8 +235,7 @@ static void req_release(worker_t *w, scan_req_t *r)
     r->fd = -1;
     if (r->buf) { /* the owner is gone: nobody takes the message back */
         RECLAIM(r->buf, r->cap);
-        free(r->buf);
-        scanner_unhold(w, r->held);
+        scanner_buf_free(w, r->buf, r->cap, r->held, r->buf_fd);
         r->buf = NULL;
     }
     s->slot[r->idx] = NULL;
@@ -243,6 +273,7 @@ static void finish(worker_t *w, scan_req_t *r)
             .buf = r->buf,
             .cap = r->cap,
             .held = r->held,
+            .fd = r->buf_fd,
             .ms = w->now - r->start_ms,
         };
         r->buf = NULL; /* the owner's again, and its count */
@@ -451,7 +482,8 @@ static size_t head_cap(const rspamd_env_t *env)
 }
 
 uint64_t scanner_start(worker_t *w, const scanner_owner_t *o, const mx_config_t *cfg, const rspamd_env_t *env,
-                       char *buf, size_t cap, size_t held, size_t off, size_t len, enum scanner_status *status)
+                       char *buf, size_t cap, size_t held, int fd, size_t off, size_t len,
+                       enum scanner_status *status)
 {
     scanner_t *s = w->scanner;
     scan_req_t *r = req_new(s);
@@ -483,6 +515,7 @@ uint64_t scanner_start(worker_t *w, const scanner_owner_t *o, const mx_config_t 
     r->buf = buf;
     r->cap = cap;
     r->held = held;
+    r->buf_fd = fd;
     LEND(buf, cap); /* read by the kernel's sends until the request ends */
     r->phase = P_CONNECT;
     struct io_uring_sqe *sqe = worker_sqe(w);

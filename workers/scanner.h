@@ -20,6 +20,10 @@
  * The memory held for the content stage (messages being received or
  * scanned) is counted per worker against content_memory_limit: the holder
  * of a buffer counts it (scanner_hold), and whoever frees it uncounts it.
+ * Past that budget a message is held in a file under spool_dir instead (an
+ * unlinked file, mapped: the rest of the stage reads and edits it as
+ * memory, and the kernel's page cache, not the gateway, decides what stays
+ * in RAM), counted against content_spill_limit (scanner_spill_hold).
  */
 #ifndef MXGATE_SCANNER_H
 #define MXGATE_SCANNER_H
@@ -58,6 +62,7 @@ typedef struct scanner_result {
     const char *why;            /* a static detail for the log (rspamd's error name, errno's text) */
     char *buf;                  /* the message buffer, back to its owner, and what is counted for it */
     size_t cap, held;
+    int fd;                     /* a spilled buffer's file (buf is its mapping); -1: memory */
     uint64_t ms;                /* the scan's duration */
 } scanner_result_t;
 
@@ -74,7 +79,8 @@ void scanner_destroy(worker_t *w);
  * why: SCANNER_REQUEST, SCANNER_CONNECT); the buffer stays the caller's.
  */
 uint64_t scanner_start(worker_t *w, const scanner_owner_t *o, const struct mx_config *cfg, const rspamd_env_t *env,
-                       char *buf, size_t cap, size_t held, size_t off, size_t len, enum scanner_status *status);
+                       char *buf, size_t cap, size_t held, int fd, size_t off, size_t len,
+                       enum scanner_status *status);
 
 /* The owner is gone: no callback; the buffer is freed (and uncounted) once
  * the kernel is done with it. */
@@ -90,5 +96,14 @@ bool scanner_idle(const worker_t *w);
  * Counting them when so. */
 bool scanner_hold(worker_t *w, const struct mx_config *cfg, size_t want);
 void scanner_unhold(worker_t *w, size_t n);
+
+/* The same for the files (content_spill_limit); false also when no spill
+ * directory is open. */
+bool scanner_spill_hold(worker_t *w, const struct mx_config *cfg, size_t want);
+void scanner_spill_unhold(worker_t *w, size_t n);
+
+/* Gives back a held buffer and its count: memory (fd -1: free, held octets
+ * uncounted) or a spilled file (munmap, close, cap octets uncounted). */
+void scanner_buf_free(worker_t *w, char *buf, size_t cap, size_t held, int fd);
 
 #endif

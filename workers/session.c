@@ -1672,8 +1672,7 @@ void session_scan_done(worker_t *w, const scanner_owner_t *o, scanner_result_t *
 {
     session_t *s = enter(w, o->idx, o->gen, o->seq);
     if (!s) { /* cannot happen (a transaction that ends cancels its scan), but the buffer must not leak */
-        free(r->buf);
-        scanner_unhold(w, r->held);
+        scanner_buf_free(w, r->buf, r->cap, r->held, r->fd);
         return;
     }
     tx_scan_done(s->tx, r);

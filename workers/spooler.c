@@ -188,26 +188,36 @@ static void gauges(worker_t *w)
 
 /* ---- the directory ---- */
 
+int spool_dir_open(const char *dir, uid_t uid, gid_t gid, bool *made, char *err, size_t errlen)
+{
+    *made = mkdir(dir, 0700) == 0;
+    if (!*made && errno != EEXIST) {
+        snprintf(err, errlen, "spool_dir: cannot create %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "spool_dir: cannot open %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if (*made && uid != (uid_t)-1 && fchown(fd, uid, gid) != 0) {
+        snprintf(err, errlen, "spool_dir: cannot give %s to uid %u: %s", dir, (unsigned)uid, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int spool_shared_open(spool_shared_t *sh, const char *dir, uid_t uid, gid_t gid, uint32_t workers, char *err,
                       size_t errlen)
 {
     memset(sh, 0, sizeof *sh);
     sh->dirfd = sh->lockfd = -1;
     sh->workers = workers;
-    bool made = mkdir(dir, 0700) == 0;
-    if (!made && errno != EEXIST) {
-        snprintf(err, errlen, "spool_dir: cannot create %s: %s", dir, strerror(errno));
+    bool made;
+    sh->dirfd = spool_dir_open(dir, uid, gid, &made, err, errlen);
+    if (sh->dirfd < 0)
         return -1;
-    }
-    sh->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (sh->dirfd < 0) {
-        snprintf(err, errlen, "spool_dir: cannot open %s: %s", dir, strerror(errno));
-        return -1;
-    }
-    if (made && uid != (uid_t)-1 && fchown(sh->dirfd, uid, gid) != 0) {
-        snprintf(err, errlen, "spool_dir: cannot give %s to uid %u: %s", dir, (unsigned)uid, strerror(errno));
-        return -1;
-    }
     sh->lockfd = openat(sh->dirfd, "lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (sh->lockfd < 0) {
         snprintf(err, errlen, "spool_dir: cannot open %s/lock: %s", dir, strerror(errno));

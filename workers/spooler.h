@@ -62,6 +62,11 @@ typedef struct spool_shared {
     uint32_t workers;
 } spool_shared_t;
 
+/* The spool's directory, made when missing (owned by uid/gid when they are
+ * not -1; *made says whether it was): a descriptor, or -1 with err. Also
+ * where the content stage keeps messages past its memory budget. */
+int spool_dir_open(const char *dir, uid_t uid, gid_t gid, bool *made, char *err, size_t errlen);
+
 /* Main, before the workers and as the user that starts: make the directory
  * (owned by uid/gid when they are not -1) and take its lock. */
 int spool_shared_open(spool_shared_t *sh, const char *dir, uid_t uid, gid_t gid, uint32_t workers, char *err,

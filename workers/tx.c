@@ -29,10 +29,13 @@
 #include "worker.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
+#include <unistd.h>
 
 #define TX_CACHE_KEEP 64       /* free transactions a worker thread keeps */
 #define TX_ARENA_FIRST 1024u   /* a sender and a few recipients */
@@ -40,6 +43,7 @@
 #define HDR_CAP 8192u          /* trace headers: filters' tags and Received */
 #define LOG_REPLY_MAX 200u     /* reply text kept per command for the log */
 #define MAILDIR_FIRST 16384u
+#define SPILL_STEP (1u << 20) /* a spilled message's file grows by this much */
 
 enum mstate { M_LEASE = 1, M_SENT, M_DONE };
 enum rstate { R_FILTER = 1, R_QUEUED, R_SENT, R_DONE };
@@ -115,6 +119,7 @@ struct tx {
     uint8_t cphase;            /* enum cphase */
     uint64_t scan_id;          /* the scan in flight (mbuf is the scanner's meanwhile) */
     size_t held;               /* octets of mbuf counted against content_memory_limit */
+    int spill_fd;              /* mbuf is this file's mapping (past the memory budget); -1: memory */
     uint8_t c_result;          /* enum m_content + 1; 0: not scanned */
     uint8_t c_error;           /* enum scanner_status of a failed scan */
     bool c_accepted;           /* a failed scan whose message went on (content_fallback = accept) */
@@ -153,17 +158,105 @@ static bool content_on(const tx_t *t)
 }
 
 /* content: mbuf's capacity is counted against content_memory_limit; false
- * when the budget cannot take cap octets (counted, and refused 452 4.3.1). */
+ * when the budget cannot take cap octets. */
 static bool count_mbuf(tx_t *t, size_t cap)
 {
     if (!t->content || cap <= t->held)
         return true;
-    if (!scanner_hold(t->env.w, t->env.cfg, cap - t->held)) {
-        m_inc(&t->env.w->m.content_memory_full);
+    if (!scanner_hold(t->env.w, t->env.cfg, cap - t->held))
         return false;
-    }
     t->held = cap;
     return true;
+}
+
+static bool recording(const tx_t *t);
+
+/* A failure to spill, logged at most once a second per worker. */
+static void spill_failed(tx_t *t, const char *what)
+{
+    static _Thread_local uint64_t last;
+    if (t->env.w->now - last < 1000 && last)
+        return;
+    last = t->env.w->now;
+    log_line(LOG_WARN, "event=content_spill_failed worker=%d dir=%s op=%s error=\"%s\"", t->env.w->id,
+             t->env.cfg->spool_dir, what, strerror(errno));
+}
+
+/* Past content_memory_limit: the held message moves to an unlinked file
+ * under spool_dir, mapped in mbuf's place (the spool's own modes hold it in
+ * their record instead: not here). */
+static bool spill_start(tx_t *t, size_t cap)
+{
+    worker_t *w = t->env.w;
+    int dirfd = w->limits->spill_dirfd;
+    if (!t->content || recording(t) || !scanner_spill_hold(w, t->env.cfg, cap))
+        return false;
+    char name[64];
+    snprintf(name, sizeof name, "content-%s.tmp", t->id);
+    int fd = openat(dirfd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        spill_failed(t, "open");
+        scanner_spill_unhold(w, cap);
+        return false;
+    }
+    unlinkat(dirfd, name, 0);
+    char *p = ftruncate(fd, (off_t)cap) == 0 ? mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+    if (p == MAP_FAILED) {
+        spill_failed(t, "map");
+        scanner_buf_free(w, NULL, cap, 0, fd);
+        return false;
+    }
+    memcpy(p, t->mbuf, t->mlen);
+    free(t->mbuf);
+    scanner_unhold(w, t->held);
+    t->held = 0;
+    t->mbuf = p;
+    t->mcap = cap;
+    t->spill_fd = fd;
+    m_inc(&w->m.content_spills);
+    return true;
+}
+
+static bool spill_grow(tx_t *t, size_t cap)
+{
+    worker_t *w = t->env.w;
+    if (!scanner_spill_hold(w, t->env.cfg, cap - t->mcap))
+        return false;
+    char *p = ftruncate(t->spill_fd, (off_t)cap) == 0 ? mremap(t->mbuf, t->mcap, cap, MREMAP_MAYMOVE) : MAP_FAILED;
+    if (p == MAP_FAILED) {
+        spill_failed(t, "grow");
+        scanner_spill_unhold(w, cap - t->mcap);
+        return false;
+    }
+    t->mbuf = p;
+    t->mcap = cap;
+    return true;
+}
+
+/* mbuf holds at least cap octets, its first mlen kept, counted against the
+ * content stage's budgets (memory, then a file). false: t->error says why. */
+static bool grow_mbuf(tx_t *t, size_t cap)
+{
+    if (t->spill_fd >= 0) {
+        if (cap <= t->mcap || spill_grow(t, cap))
+            return true;
+    } else if (count_mbuf(t, cap)) {
+        if (cap <= t->mcap)
+            return true;
+        char *m = realloc(t->mbuf, cap);
+        if (m) {
+            t->mbuf = m;
+            t->mcap = cap;
+            return true;
+        }
+        t->error = ERR_MEMORY;
+        return false;
+    } else if (spill_start(t, cap)) {
+        return true;
+    }
+    m_inc(&t->env.w->m.content_memory_full);
+    t->error = ERR_FULL;
+    return false;
 }
 
 /* Relay-through: each command goes to a leased downstream connection. The
@@ -604,17 +697,8 @@ static bool start_record(tx_t *t)
     size_t cap = t->mcap >= MAILDIR_FIRST ? t->mcap : MAILDIR_FIRST;
     if (cap < 2 * (t->hdr_len + t->mhead))
         cap = 2 * (t->hdr_len + t->mhead);
-    if (!count_mbuf(t, cap)) {
-        t->error = ERR_FULL;
+    if (!grow_mbuf(t, cap))
         return false;
-    }
-    if (cap > t->mcap) {
-        char *m = realloc(t->mbuf, cap);
-        if (!m)
-            return false;
-        t->mbuf = m;
-        t->mcap = cap;
-    }
     memcpy(t->mbuf + t->mhead, t->hdr, t->hdr_len);
     t->mlen = t->mhead + t->hdr_len;
     return true;
@@ -705,9 +789,13 @@ static tx_t *tx_new(void)
         t->rcpt = rcpt, t->rcpt_cap = rcap;
         t->spf = spf;
         t->spf.status = SPF_IDLE;
+        t->spill_fd = -1;
         return t;
     }
-    return calloc(1, sizeof *t);
+    t = calloc(1, sizeof *t);
+    if (t)
+        t->spill_fd = -1;
+    return t;
 }
 
 tx_t *tx_begin(const tx_env_t *env, const smtp_event_t *mail)
@@ -759,7 +847,9 @@ tx_t *tx_begin(const tx_env_t *env, const smtp_event_t *mail)
         return t;
     }
     if (content_on(t) && t->params.size &&
-        m_get(&env->w->m.content_held) + t->params.size > env->cfg->content_memory_limit) {
+        m_get(&env->w->m.content_held) + t->params.size > env->cfg->content_memory_limit &&
+        (spool_mode(t) || fallback(t) || env->w->limits->spill_dirfd < 0 ||
+         m_get(&env->w->m.content_spilled) + t->params.size > env->cfg->content_spill_limit)) {
         m_inc(&env->w->m.content_memory_full);
         answer_mail(t, &spool_full_reply);
         return t;
@@ -843,17 +933,10 @@ void tx_body(tx_t *t, slice_t b)
             size_t cap = t->mcap ? t->mcap : MAILDIR_FIRST;
             while (cap < t->mlen + b.len + SPOOL_ALIGN)
                 cap = t->content ? cap + cap / 2 : cap * 2; /* held while scanned: less slack */
-            if (!count_mbuf(t, cap)) {
-                t->error = ERR_FULL; /* the rest is read and dropped; 452 at the final dot */
-                return;
-            }
-            char *m = realloc(t->mbuf, cap);
-            if (!m) {
-                t->error = ERR_MEMORY;
-                return;
-            }
-            t->mbuf = m;
-            t->mcap = cap;
+            if (t->spill_fd >= 0) /* a file grows in place (mremap): by the megabyte */
+                cap = (t->mlen + b.len + SPOOL_ALIGN + SPILL_STEP - 1) / SPILL_STEP * SPILL_STEP;
+            if (!grow_mbuf(t, cap))
+                return; /* the rest is read and dropped; 452 4.3.1 (or 451) at the final dot */
         }
         memcpy(t->mbuf + t->mlen, b.ptr, b.len);
         t->mlen += b.len;
@@ -954,7 +1037,7 @@ static void start_scan(tx_t *t)
     };
     scanner_owner_t o = { t->env.owner_idx, t->env.owner_gen, t->env.number };
     enum scanner_status st;
-    t->scan_id = scanner_start(t->env.w, &o, t->env.cfg, &env, t->mbuf, t->mcap, t->held, t->mhead,
+    t->scan_id = scanner_start(t->env.w, &o, t->env.cfg, &env, t->mbuf, t->mcap, t->held, t->spill_fd, t->mhead,
                                t->mlen - t->mhead, &st);
     if (!t->scan_id) {
         content_failed(t, st);
@@ -964,6 +1047,7 @@ static void start_scan(tx_t *t)
     t->mbuf = NULL;
     t->mcap = 0;
     t->held = 0;
+    t->spill_fd = -1;
     t->cphase = CP_SCAN;
 }
 
@@ -1142,6 +1226,7 @@ void tx_scan_done(tx_t *t, scanner_result_t *r)
     t->mbuf = r->buf;
     t->mcap = r->cap;
     t->held = r->held;
+    t->spill_fd = r->fd;
     t->cphase = CP_NONE;
     if (t->dstate != D_ENDED)
         return;
@@ -1207,16 +1292,8 @@ static bool insert_xhdr(tx_t *t)
 {
     if (!t->xhdr_len)
         return true;
-    size_t need = t->mlen + t->xhdr_len + SPOOL_ALIGN;
-    if (need > t->mcap) {
-        if (!count_mbuf(t, need))
-            return false;
-        char *m = realloc(t->mbuf, need);
-        if (!m)
-            return false;
-        t->mbuf = m;
-        t->mcap = need;
-    }
+    if (!grow_mbuf(t, t->mlen + t->xhdr_len + SPOOL_ALIGN))
+        return false;
     memmove(t->mbuf + t->mhead + t->xhdr_len, t->mbuf + t->mhead, t->mlen - t->mhead);
     memcpy(t->mbuf + t->mhead, t->xhdr, t->xhdr_len);
     t->mlen += t->xhdr_len;
@@ -1550,7 +1627,9 @@ static void log_tx(tx_t *t, enum tx_end how)
         lb_str(&b, "result", t->arena + t->final_off, t->final_len);
     lb_cstr(&b, "end", end_name(how));
     if (t->error)
-        lb_cstr(&b, "error", t->error == ERR_DOWNSTREAM ? "downstream_lost" : "out_of_memory");
+        lb_cstr(&b, "error", t->error == ERR_DOWNSTREAM ? "downstream_lost"
+                             : t->error == ERR_FULL   ? "content_memory_full"
+                                                      : "out_of_memory");
     if (t->local)
         lb_cstr(&b, "fallback", "spool"); /* relay-then-spool: the downstream could not take it */
     lb_cstr(&b, "spf", t->spf.status == SPF_DONE ? spf_result_name(t->spf.result) : t->spf.status ? "pending" : "-");
@@ -1597,6 +1676,12 @@ void tx_end(tx_t *t, enum tx_end how)
     if (t->scan_id)
         scanner_cancel(t->env.w, t->scan_id); /* the buffer is the scanner's to free */
     t->scan_id = 0;
+    if (t->spill_fd >= 0) { /* a mapping, not the cache's to keep */
+        scanner_buf_free(t->env.w, t->mbuf, t->mcap, 0, t->spill_fd);
+        t->mbuf = NULL;
+        t->mcap = t->mlen = 0;
+        t->spill_fd = -1;
+    }
     if (t->held)
         scanner_unhold(t->env.w, t->held);
     t->held = 0;

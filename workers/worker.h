@@ -80,6 +80,7 @@ typedef struct conn_limits {
     atomic_ushort per_ip[65536];
     struct rate *rate; /* per address rates, all workers (rate.h) */
     struct spool_shared *spool; /* delivery = spool: the directory and its octets (spooler.h) */
+    int spill_dirfd;            /* content_scanner: where held messages past the memory budget go; -1: none */
 } conn_limits_t;
 
 typedef struct worker worker_t;

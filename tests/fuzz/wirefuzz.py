@@ -1518,7 +1518,8 @@ class Fuzzer:
                                 "X-Spam-Status": {"value": "No, score=0.50", "order": -1}},
                 "remove_headers": {"X-Spam-Status": 0}}
             self.scanner.start()
-            opts.update(content_scanner="rspamd", rspamd_url=self.scanner.url)
+            opts.update(content_scanner="rspamd", rspamd_url=self.scanner.url,
+                        spool_dir=os.path.join(self.out, "spill"))  # held past the memory budget
         if self.a.delivery != "relay":
             spool = os.path.join(self.out, "spool")
             shutil.rmtree(spool, ignore_errors=True)

@@ -20,11 +20,15 @@ One rspamd serves the module (~1 s to start with build/rspamd-db warm,
 the fault tests. A small fake (rspamdserver.FakeRspamd) plays an rspamd that
 answers garbage, an error status, or nothing, and records what mxgate sent.
 """
+import atexit
 import base64
 import email.utils
+import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -165,9 +169,17 @@ def mail(sender, subject="hello", body="Hello, this is a short and clean message
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body, mid
 
 
+_SPILL_DIRS = []
+atexit.register(lambda: [shutil.rmtree(d, ignore_errors=True) for d in _SPILL_DIRS])
+
+
 def content_gw(gateway, sink, url, **opts):
+    # spool_dir: where held messages past content_memory_limit go (a fresh
+    # directory, never the working directory's ./spool)
+    spill = tempfile.mkdtemp(prefix="mxgate-spill.")
+    _SPILL_DIRS.append(spill)
     o = dict(downstream=sink.addr, workers=1, content_scanner="rspamd", rspamd_url=url, rspamd_timeout=10,
-             http_listen="%s:%d" % (HOST, free_port()))
+             http_listen="%s:%d" % (HOST, free_port()), spool_dir=spill)
     o.update(opts)
     return gateway(**o)
 
@@ -837,7 +849,7 @@ def test_rspamd_killed_while_scanning(sink, gateway, victim):
 
 
 def test_memory_budget(sink, gateway, rspamd):
-    gw = content_gw(gateway, sink, rspamd.url, content_memory_limit="1m")
+    gw = content_gw(gateway, sink, rspamd.url, content_memory_limit="1m", content_spill_limit=0)
     # over the budget: 452 4.3.1 at the final dot, nothing downstream
     s = new_sender("big")
     big, big_id = mail(s, body=(b"x" * 76 + b"\r\n") * (2 * 1024 * 1024 // 78))
@@ -963,3 +975,40 @@ def test_downstream_fails_after_the_scan(sink, gateway, rspamd, tmp_path, fault)
     at = spooled.find(dot_stuff(msg2)[:200])
     assert at > 0, "the scanned message is not in the spool"
     assert b"X-Spamd-Result:" in spooled[max(0, at - 8192):at], spooled[max(0, at - 3000):at]
+
+
+def test_spill_past_the_memory_budget(sink, gateway, rspamd):
+    """Past content_memory_limit a held message goes to an unlinked file under
+    spool_dir (content_spill_limit): scanned and delivered all the same,
+    edits included; past both budgets 452 4.3.1."""
+    gw = content_gw(gateway, sink, rspamd.url, content_memory_limit="1m", content_spill_limit="3m")
+    spill = gw.opts["spool_dir"]
+    s = new_sender("spill")
+    body = b"".join(b".line %06d, some with a leading dot to unstuff\r\n" % i if i % 7 == 0 else
+                    b"line %06d of a message larger than the memory budget\r\n" % i for i in range(40000))
+    big, big_id = mail(s, body=body, headers=("X-Spam-Status: Yes, forged by the sender",))
+    res = deliver(gw, s, big, timeout=60)
+    assert res.delivered, res
+    m = sink.wait_message(big_id, timeout=20)
+    assert m is not None
+    assert_scanned_headers(m)
+    assert values(m.data, "X-Spam-Status") and "forged" not in " ".join(values(m.data, "X-Spam-Status")), fields(m.data)
+    assert m.data.endswith(body), m.data[-300:]
+    rec = tx_record(gw, s)
+    assert rec["content"] in ("no_action", "add_header"), rec
+    mt = wait_metrics(gw, {"mxgate_content_spilled_bytes": 0, "mxgate_content_held_bytes": 0})
+    assert mt["mxgate_content_spills_total"] == 1, mt
+    assert mt["mxgate_content_spilled_bytes"] == 0 and mt["mxgate_content_held_bytes"] == 0, mt
+    assert os.listdir(spill) == [], os.listdir(spill)   # the file was never visible
+    # announced larger than both budgets: refused at MAIL; sent without SIZE: at the final dot
+    s = new_sender("spill-size")
+    msg, _ = mail(s)
+    res = deliver(gw, s, msg, mail_params="SIZE=%d" % (5 * 1024 * 1024))
+    assert res.stage == "mail" and (res.final.code, res.final.esc) == (452, "4.3.1"), res
+    s = new_sender("spill-full")
+    huge, huge_id = mail(s, body=(b"z" * 76 + b"\r\n") * (5 * 1024 * 1024 // 78))
+    res = deliver(gw, s, huge, timeout=60)
+    assert res.stage == "eod" and (res.final.code, res.final.esc) == (452, "4.3.1"), res
+    assert not sink.find(huge_id, accepted_only=False)
+    mt = wait_metrics(gw, {"mxgate_content_spilled_bytes": 0})
+    assert mt["mxgate_content_spilled_bytes"] == 0 and mt["mxgate_content_memory_full_total"] == 2, mt

@@ -154,6 +154,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.rspamd_timeout, 15);
     assert_int_equal(c.content_fallback, CONFIG_CONTENT_TEMPFAIL);
     assert_int_equal(c.content_memory_limit, 128ull << 20);
+    assert_int_equal(c.content_spill_limit, 1ull << 30);
     assert_int_equal(c.delivery, CONFIG_DELIVERY_RELAY);
     assert_string_equal(c.spool_dir, "./spool");
     assert_int_equal(c.spool_max_bytes, 1ull << 30);
@@ -169,7 +170,7 @@ static void test_defaults(void **state)
         set_ok(&c, k->name, k->def);
         assert_ptr_equal(config_key_find(k->name), k);
     }
-    assert_int_equal(nkeys, 89);
+    assert_int_equal(nkeys, 90);
     config_free(&c);
     config_free(&c); /* twice is fine */
 }
@@ -244,6 +245,7 @@ static const kv_case_t kv_cases[] = {
     {"rspamd_timeout", "30", "0", "expected seconds from 1 to 600"},
     {"content_fallback", "accept", "discard", "expected tempfail or accept: discard"},
     {"content_memory_limit", "1g", "512", "too small (at least 1024 octets): 512"},
+    {"content_spill_limit", "0", "-1", "content_spill_limit"},
     {"spf_fail", "tempfail", "bounce", "expected accept, reject or tempfail: bounce"},
     {"spf_softfail", "reject", "tag", "expected accept, reject or tempfail: tag"},
     {"spf_neutral", "reject", "", "expected accept, reject or tempfail"},
