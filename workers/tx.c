@@ -206,7 +206,8 @@ static bool spill_start(tx_t *t, size_t cap)
         scanner_buf_free(w, NULL, cap, 0, fd);
         return false;
     }
-    memcpy(p, t->mbuf, t->mlen);
+    if (t->mlen)
+        memcpy(p, t->mbuf, t->mlen);
     free(t->mbuf);
     scanner_unhold(w, t->held);
     t->held = 0;
