@@ -1198,18 +1198,27 @@ static void push_content(tx_t *t)
         content_refused(t, &refusal);
 }
 
-/* The message passed (or goes on unscanned): to the Maildir, or DATA to
- * the downstream, whose 354 starts the push. */
+static void deliver_local(tx_t *t);
+
+/* A message kept here at its end: into the spool, or the Maildir. false:
+ * it goes to the downstream. */
+static bool deliver_here(tx_t *t)
+{
+    if (spool_mode(t))
+        deliver_spool(t);
+    else if (!relay_mode(t))
+        deliver_local(t);
+    else
+        return false;
+    return true;
+}
+
+/* The message passed (or goes on unscanned): to the spool or the Maildir,
+ * or DATA to the downstream, whose 354 starts the push. */
 static void forward_content(tx_t *t)
 {
-    if (spool_mode(t)) {
-        deliver_spool(t);
+    if (deliver_here(t))
         return;
-    }
-    if (!relay_mode(t)) {
-        deliver_local(t);
-        return;
-    }
     if (t->lstate != L_READY) {
         content_refused(t, t->lstate == L_GONE ? &t->gone : &down_reply);
         return;
@@ -1378,14 +1387,8 @@ void tx_data_end(tx_t *t, const smtp_event_t *ev)
         start_scan(t);
         return;
     }
-    if (spool_mode(t)) {
-        deliver_spool(t);
+    if (deliver_here(t))
         return;
-    }
-    if (!relay_mode(t)) {
-        deliver_local(t);
-        return;
-    }
     smtp_reply_t refusal;
     if (t->lstate != L_READY) {
         if (fallback(t))
