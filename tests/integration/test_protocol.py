@@ -9,6 +9,7 @@ counter (mxgate_protocol_violations_total{test}) and a log line
 pass cache.
 """
 import re
+import time
 import urllib.request
 
 import pytest
@@ -154,7 +155,17 @@ def test_a_client_that_failed_a_test_does_not_enter_the_pass_cache(sink, gateway
             m = re.search(r'^mxgate_dnsbl_lookups_total\{result="pass_cache"\} (\d+)$', _metrics(gw), re.M)
             return int(m.group(1))
 
+        def closed(n):                   # the pass is written at the session's close, after its 221
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if sum(1 for r in gw.log_records() if r.get("event") == "disconnect"
+                       and r.get("client") == "127.0.0.2") >= n:
+                    return
+                time.sleep(0.02)
+            raise AssertionError("session %d never closed:\n%s" % (n, gw.log_tail()))
+
         session("\n")                    # bare LF: counted (ignore), asked, not remembered
         session("\r\n")                  # asked again, passes, remembered
+        closed(2)
         session("\r\n")                  # from the pass cache
         assert pass_cached() == 1, gw.log_tail()
