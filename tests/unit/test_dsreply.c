@@ -20,6 +20,7 @@
 
 #include "dsreply.h"
 #include "testutil.h"
+#include "splits.h"
 
 /* ---- the driver: feeds pieces, prints a canonical log ---- */
 
@@ -143,37 +144,9 @@ static void assert_log(const tu_log_t *got, const char *want, const char *what)
  * (or, with want NULL, the whole feed's log). */
 static void check_splits(const char *in, size_t len, const char *want)
 {
-    tu_log_t whole = drive_whole(in, len);
+    tu_log_t whole = tu_check_splits(drive, in, len);
     if (want)
         assert_log(&whole, want, "whole");
-
-    size_t *cuts = malloc((len ? len : 1) * sizeof *cuts);
-    assert_non_null(cuts);
-    for (size_t i = 1; i < len; i++)
-        cuts[i - 1] = i;
-    tu_log_t bytes = drive(in, len, cuts, len ? len - 1 : 0);
-    assert_log(&bytes, whole.buf, "byte by byte");
-    tu_free_log(&bytes);
-
-    for (size_t i = 0; i <= len; i++) {
-        size_t one[1] = { i };
-        tu_log_t l = drive(in, len, one, 1);
-        if (strcmp(l.buf, whole.buf) != 0)
-            fail_msg("cut at %zu: got\n%s--- want\n%s", i, l.buf, whole.buf);
-        tu_free_log(&l);
-    }
-    if (len <= 80) {
-        for (size_t i = 1; i < len; i++) {
-            for (size_t j = i; j < len; j++) {
-                size_t two[2] = { i, j };
-                tu_log_t l = drive(in, len, two, 2);
-                if (strcmp(l.buf, whole.buf) != 0)
-                    fail_msg("cuts at %zu,%zu: got\n%s--- want\n%s", i, j, l.buf, whole.buf);
-                tu_free_log(&l);
-            }
-        }
-    }
-    free(cuts);
     tu_free_log(&whole);
 }
 
