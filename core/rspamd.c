@@ -55,6 +55,9 @@ enum state {
 _Static_assert(RSPAMD_LINE_MAX <= UINT16_MAX, "RSPAMD_LINE_MAX must fit _line_len");
 _Static_assert(RSPAMD_ARENA_MAX < INT32_MAX, "arena offsets");
 
+/* A name from one of the tables below; "?" outside it. */
+#define NAME_IN(table, i) ((unsigned)(i) < sizeof(table) / sizeof(table)[0] ? (table)[i] : "?")
+
 static const char *const err_names[] = {
     [RSPAMD_ERR_NONE] = "none",
     [RSPAMD_ERR_UNSAFE_VALUE] = "unsafe_value",
@@ -80,9 +83,7 @@ static const char *const err_names[] = {
 
 const char *rspamd_err_name(rspamd_err_t e)
 {
-    if ((unsigned)e >= sizeof err_names / sizeof err_names[0])
-        return "?";
-    return err_names[e];
+    return NAME_IN(err_names, e);
 }
 
 static const char *const action_names[] = {
@@ -96,9 +97,7 @@ static const char *const action_names[] = {
 
 const char *rspamd_action_name(rspamd_action_t a)
 {
-    if ((unsigned)a >= sizeof action_names / sizeof action_names[0])
-        return "?";
-    return action_names[a];
+    return NAME_IN(action_names, a);
 }
 
 static const char *const auth_names[] = {
@@ -109,9 +108,17 @@ static const char *const auth_names[] = {
 
 const char *rspamd_auth_name(rspamd_auth_t a)
 {
-    if ((unsigned)a >= sizeof auth_names / sizeof auth_names[0])
-        return "?";
-    return auth_names[a];
+    return NAME_IN(auth_names, a);
+}
+
+static const char *const policy_names[] = {
+    [RSPAMD_DMARC_POLICY_UNKNOWN] = "-", [RSPAMD_DMARC_POLICY_NONE] = "none",
+    [RSPAMD_DMARC_POLICY_QUARANTINE] = "quarantine", [RSPAMD_DMARC_POLICY_REJECT] = "reject",
+};
+
+const char *rspamd_dmarc_policy_name(rspamd_dmarc_policy_t p)
+{
+    return NAME_IN(policy_names, p);
 }
 
 /* ---- a bounded writer: counts past its end, so one pass can measure ---- */

@@ -280,6 +280,9 @@ typedef enum rspamd_dmarc_policy {
     RSPAMD_DMARC_POLICY_REJECT,      /* "reject" */
 } rspamd_dmarc_policy_t;
 
+/* "-", "none", "quarantine", "reject"; "?" outside the enum. */
+const char *rspamd_dmarc_policy_name(rspamd_dmarc_policy_t p);
+
 /* A header to add: name and value point into the verdict's arena. value may
  * hold folds (CRLF then SP or HTAB), never a bare CR or LF. */
 typedef struct rspamd_header {

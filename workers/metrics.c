@@ -6,6 +6,8 @@
  */
 #include "metrics.h"
 
+#include "rspamd.h"
+
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -89,6 +91,9 @@ static void histogram(out_t *o, const metrics_t *const *w, int n, const char *na
     put(o, "%s_sum %.6f\n", name, (double)sum(w, n, base + offsetof(mhist_t, sum_us)) / 1e6);
     put(o, "%s_count %llu\n", name, (unsigned long long)sum(w, n, base + offsetof(mhist_t, count)));
 }
+
+const char *const m_content_names[MCS_COUNT] = { "no_action",   "greylist", "add_header", "rewrite_subject",
+                                                 "soft_reject", "reject",   "error" };
 
 size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, const proc_metrics_t *proc)
 {
@@ -188,13 +193,11 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
         SUM(fleet_failopen));
     one(&o, "mxgate_rate_redis_disconnects_total", "counter",
         "Redis connections that failed, closed or timed out (each is retried with backoff).", SUM(fleet_disconnects));
-    static const char *const content_res[MCS_COUNT] = { "no_action",   "greylist", "add_header", "rewrite_subject",
-                                                        "soft_reject", "reject",   "error" };
     static const char *const content_err[MCE_COUNT] = { "connect", "timeout", "io", "http", "response", "request" };
     static const char *const content_fb[2] = { "tempfail", "accept" };
     labelled(&o, w, n, "mxgate_content_scans_total",
              "Messages scanned by the content stage, by rspamd's action, or error (the fallback decided).", "result",
-             content_res, MCS_COUNT, offsetof(metrics_t, content_scans), false);
+             m_content_names, MCS_COUNT, offsetof(metrics_t, content_scans), false);
     labelled(&o, w, n, "mxgate_content_errors_total",
              "Scans that failed: connect, timeout, io, http (an error status), response (unreadable), request "
              "(a value that cannot be sent).",
@@ -202,11 +205,11 @@ size_t metrics_render(char *buf, size_t cap, const metrics_t *const *w, int n, c
     labelled(&o, w, n, "mxgate_content_fallback_total", "Failed scans, by what content_fallback did with the message.",
              "action", content_fb, 2, offsetof(metrics_t, content_fallback), false);
     static const char *const auth_m[M_AUTH_METHODS] = { "dkim", "dmarc", "arc" };
-    static const char *const auth_r[M_AUTH_RESULTS] = { "pass", "fail", "temperror", "permerror", "none" };
     head(&o, "mxgate_content_auth_total", "counter", "DKIM, DMARC and ARC results rspamd reported, by method and result.");
     for (size_t i = 0; i < M_AUTH_METHODS; i++)
         for (size_t j = 0; j < M_AUTH_RESULTS; j++)
-            put(&o, "mxgate_content_auth_total{method=\"%s\",result=\"%s\"} %llu\n", auth_m[i], auth_r[j],
+            put(&o, "mxgate_content_auth_total{method=\"%s\",result=\"%s\"} %llu\n", auth_m[i],
+                rspamd_auth_name((rspamd_auth_t)(j + 1)),
                 (unsigned long long)sum(w, n, offsetof(metrics_t, content_auth) + (i * M_AUTH_RESULTS + j) * sizeof(mcount_t)));
     one(&o, "mxgate_content_held_bytes", "gauge", "Octets of messages held for the content scanner.",
         SUM(content_held));

@@ -112,6 +112,8 @@ enum m_fleet { MFL_TAKEN = 0, MFL_OVER, MFL_ERROR, MFL_COUNT };
  * failure; why a scan failed; what the fallback did. */
 enum m_content { MCS_NO_ACTION = 0, MCS_GREYLIST, MCS_ADD_HEADER, MCS_REWRITE_SUBJECT, MCS_SOFT_REJECT, MCS_REJECT,
                  MCS_ERROR, MCS_COUNT };
+/* "no_action", ..., "reject", "error": in /metrics and the tx log line. */
+extern const char *const m_content_names[MCS_COUNT];
 enum m_content_err { MCE_CONNECT = 0, MCE_TIMEOUT, MCE_IO, MCE_HTTP, MCE_RESPONSE, MCE_REQUEST, MCE_COUNT };
 /* rspamd's DKIM, DMARC and ARC results (rspamd_auth_t without "absent"). */
 #define M_AUTH_METHODS 3

@@ -1638,9 +1638,7 @@ static void log_tx(tx_t *t, enum tx_end how)
         lb_cstr(&b, "fallback", "spool"); /* relay-then-spool: the downstream could not take it */
     lb_cstr(&b, "spf", t->spf.status == SPF_DONE ? spf_result_name(t->spf.result) : t->spf.status ? "pending" : "-");
     if (t->c_result) {
-        static const char *const names[MCS_COUNT] = { "no_action",   "greylist", "add_header", "rewrite_subject",
-                                                      "soft_reject", "reject",   "error" };
-        lb_cstr(&b, "content", names[t->c_result - 1]);
+        lb_cstr(&b, "content", m_content_names[t->c_result - 1]);
         if (t->c_result - 1 == MCS_ERROR) {
             lb_cstr(&b, "content.error", scanner_status_name((enum scanner_status)t->c_error));
             lb_cstr(&b, "content.fallback", t->c_accepted ? "accept" : "tempfail");
@@ -1653,10 +1651,8 @@ static void log_tx(tx_t *t, enum tx_end how)
             for (int i = 0; i < 3; i++)
                 if (auth[i] != RSPAMD_AUTH_ABSENT)
                     lb_cstr(&b, keys[i], rspamd_auth_name((rspamd_auth_t)auth[i]));
-            if (t->dmarc == RSPAMD_AUTH_FAIL && t->dmarc_policy != RSPAMD_DMARC_POLICY_UNKNOWN) {
-                static const char *const pol[] = { "-", "none", "quarantine", "reject" };
-                lb_cstr(&b, "dmarc.policy", pol[t->dmarc_policy & 3]);
-            }
+            if (t->dmarc == RSPAMD_AUTH_FAIL && t->dmarc_policy != RSPAMD_DMARC_POLICY_UNKNOWN)
+                lb_cstr(&b, "dmarc.policy", rspamd_dmarc_policy_name((rspamd_dmarc_policy_t)t->dmarc_policy));
         }
     }
     if (t->env.dnsbl && t->env.dnsbl->status == DNSBL_DONE)

@@ -561,6 +561,7 @@ def test_dmarc_reject_policy_refused(sink, gateway, rspamd):
     assert data_commands(sink) == 0
     rec = tx_record(gw, s)
     assert rec["content"] == "reject" and rec["dmarc"] == "fail", rec
+    assert rec["dmarc.policy"] == "reject", rec
     assert rec["dkim"] == "none", rec
     mt = wait_metrics(gw, {auth("dmarc", "fail"): 1, scans("reject"): 1})
     assert mt[auth("dmarc", "fail")] == 1 and mt[scans("reject")] == 1, mt
