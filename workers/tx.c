@@ -1058,7 +1058,7 @@ static void start_scan(tx_t *t)
  * the fields it removes, and the Subject it rewrites. The trace block
  * (mxgate's own headers) is mbuf[mhead, mhead + hdr_len); the client's
  * message follows it. */
-#define EDIT_CUTS 64
+#define EDIT_CUTS 64 /* on the stack; a header with more lines gets them from the heap */
 #define XHDR_CAP (RSPAMD_ARENA_MAX + 16384)
 
 static _Thread_local char *scratch, *merged; /* freed with the cache, at the thread's end */
@@ -1069,7 +1069,7 @@ static bool apply_edits(tx_t *t, rspamd_verdict_t *v)
         return false;
     if (!merged && !(merged = malloc(RSPAMD_WIRE_LINE_MAX * 8)))
         return false;
-    msgedit_cut_t cuts[EDIT_CUTS];
+    msgedit_cut_t stack[EDIT_CUTS], *cuts = stack;
     size_t ncuts = 0;
     const char *trace = t->mbuf + t->mhead;
     size_t trace_len = t->hdr_len <= t->mlen - t->mhead ? t->hdr_len : 0;
@@ -1109,10 +1109,23 @@ static bool apply_edits(tx_t *t, rspamd_verdict_t *v)
     hlen += sublen;
     size_t body_off = t->mhead + trace_len;
     if (ndels) {
-        size_t k = msgedit_cuts(t->mbuf + body_off, t->mlen - body_off, dels, ndels, cuts + ncuts,
-                                EDIT_CUTS - ncuts);
-        if (k > EDIT_CUTS - ncuts)
+        /* A cut is at least a line: as many as the sender's header has
+         * lines can never overflow, however many fields it repeats. */
+        const char *h = t->mbuf + body_off;
+        size_t hend = msgedit_header_end(h, t->mlen - body_off), lines = 1;
+        for (const char *p = h; (p = memmem(p, (size_t)(h + hend - p), "\r\n", 2)); p += 2)
+            lines++;
+        if (ncuts + lines > EDIT_CUTS) {
+            if (!(cuts = malloc((ncuts + lines) * sizeof *cuts)))
+                return false;
+            memcpy(cuts, stack, ncuts * sizeof *cuts);
+        }
+        size_t k = msgedit_cuts(h, t->mlen - body_off, dels, ndels, cuts + ncuts, lines);
+        if (k == MSGEDIT_OVERFLOW) { /* cannot happen (above); refuse rather than keep a forged field */
+            if (cuts != stack)
+                free(cuts);
             return false;
+        }
         for (size_t i = 0; i < k; i++)
             cuts[ncuts + i].off += body_off;
         ncuts += k;
@@ -1126,6 +1139,8 @@ static bool apply_edits(tx_t *t, rspamd_verdict_t *v)
         out += keep_to - in;
     }
     t->mlen = out;
+    if (cuts != stack)
+        free(cuts);
     /* The headers lead the message in wire form: a line that begins with
      * '.' is stuffed (a field name may hold one); for the Maildir they are
      * written as they are. */
