@@ -51,6 +51,7 @@ struct scan_req {
     int buf_fd;             /* its file when spilled; -1 */
     /* the request: iov[0] the head, then the message around its stuffing dots */
     char *head;
+    size_t head_cap;
     struct iovec *iov;
     size_t niov, iov_cap, at; /* iov[at] is the next to send */
     struct msghdr msg;
@@ -207,11 +208,13 @@ static scan_req_t *req_new(scanner_t *s)
         s->spare = r->next_free;
         s->nspare--;
         char *head = r->head;
+        size_t head_cap = r->head_cap;
         struct iovec *iov = r->iov;
         size_t iov_cap = r->iov_cap;
         rspamd_resp_free(&r->resp);
         memset(r, 0, offsetof(scan_req_t, in));
         r->head = head;
+        r->head_cap = head_cap;
         r->iov = iov;
         r->iov_cap = iov_cap;
     } else if (!(r = calloc(1, sizeof *r))) {
@@ -242,8 +245,6 @@ static void req_release(worker_t *w, scan_req_t *r)
     s->free_idx[s->nfree_idx++] = r->idx;
     s->live--;
     if (s->nspare < KEEP_FREE) {
-        free(r->head); /* sized per request */
-        r->head = NULL;
         r->next_free = s->spare;
         s->spare = r;
         s->nspare++;
@@ -499,10 +500,13 @@ uint64_t scanner_start(worker_t *w, const scanner_owner_t *o, const mx_config_t 
         goto fail;
     }
     size_t plain, hcap = head_cap(env), hlen;
-    char *head = realloc(r->head, hcap);
-    if (!head)
-        goto fail;
-    r->head = head;
+    if (hcap > r->head_cap) { /* kept with the request for the next scan */
+        char *head = realloc(r->head, hcap);
+        if (!head)
+            goto fail;
+        r->head = head;
+        r->head_cap = hcap;
+    }
     if (!build_iov(r, buf + off, len, &plain) ||
         rspamd_request_head(r->head, hcap, &hlen, env, plain, NULL) != RSPAMD_ERR_NONE)
         goto fail;
