@@ -75,6 +75,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -642,6 +643,10 @@ class FakeRspamd:
       "badjson"   200 with a body that is not JSON
       "close"     closes without answering
       "stall"     answers nothing, keeps the connection open (until stop())
+      "unread"    reads nothing at all, keeps the connection open: a large
+                  request's send stays in flight (until stop())
+      "reset"     reads the request's head, then resets the connection
+                  (SO_LINGER 0) while the message is still being sent
 
     requests: [(method, path, [(name, value)], body)] in arrival order.
     """
@@ -717,6 +722,11 @@ class FakeRspamd:
         buf = b""
         deadline = time.monotonic() + 30
         try:
+            if self.mode == "unread":
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                while not self._stop.wait(0.1):
+                    pass
+                return
             while b"\r\n\r\n" not in buf:
                 if self._stop.is_set() or time.monotonic() > deadline:
                     return
@@ -728,6 +738,9 @@ class FakeRspamd:
                     return
                 buf += d
             head, _, body = buf.partition(b"\r\n\r\n")
+            if self.mode == "reset":
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return
             lines = head.decode("latin-1").split("\r\n")
             method, path = (lines[0].split(" ") + ["", ""])[:2]
             hdrs = [tuple(x.strip() for x in l.split(":", 1)) for l in lines[1:] if ":" in l]

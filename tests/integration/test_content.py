@@ -1013,3 +1013,103 @@ def test_spill_past_the_memory_budget(sink, gateway, rspamd):
     assert not sink.find(huge_id, accepted_only=False)
     mt = wait_metrics(gw, {"mxgate_content_spilled_bytes": 0})
     assert mt["mxgate_content_spilled_bytes"] == 0 and mt["mxgate_content_memory_full_total"] == 2, mt
+
+
+# ---------------------------------------------------------------- more steps where the scanner fails
+
+
+@pytest.mark.parametrize("mode,reason", [("unread", "timeout"), ("reset", "io")])
+def test_scanner_fails_while_the_message_is_being_sent(sink, gateway, mode, reason):
+    """A 3 MB message: rspamd that never reads it (the send stays in the
+    kernel until the deadline cancels it) or resets the connection in the
+    middle of it. The fallback answers; nothing reaches the downstream, and
+    the buffer the ring was sending is given back only after the send ended
+    (the ASan build poisons it while lent)."""
+    with FakeRspamd(mode) as fk:
+        gw = content_gw(gateway, sink, fk.url, rspamd_timeout=2)
+        s = new_sender("send-" + mode)
+        msg, mid = mail(s, body=(b"w" * 76 + b"\r\n") * (3 * 1024 * 1024 // 78))
+        t0 = time.monotonic()
+        res = deliver(gw, s, msg, timeout=30)
+        assert res.stage == "eod" and (res.final.code, res.final.esc) == (451, "4.3.0"), res
+        assert time.monotonic() - t0 < 15
+        rec = tx_record(gw, s)
+        assert rec["content"] == "error" and rec["content.error"] == reason, rec
+        assert not sink.find(mid, accepted_only=False) and data_commands(sink) == 0
+        mt = wait_metrics(gw, {errors(reason): 1, "mxgate_content_held_bytes": 0})
+        assert mt[errors(reason)] == 1 and mt["mxgate_content_held_bytes"] == 0, mt
+
+
+def test_many_forged_fields_all_removed(sink, gateway, rspamd):
+    """rspamd removes every X-Spam-Status; a sender that repeats it 300
+    times (more than the cuts kept on the stack) loses all 300."""
+    gw = content_gw(gateway, sink, rspamd.url)
+    s = new_sender("forged-many")
+    forged = tuple("X-Spam-Status: No, forged %d" % i for i in range(300))
+    msg, mid = mail(s, headers=forged)
+    res = deliver(gw, s, msg)
+    assert res.delivered, res
+    m = sink.wait_message(mid)
+    got = values(m.data, "X-Spam-Status")
+    assert len(got) == 1 and "forged" not in got[0], got[:5]
+    assert body_of(m.data) == body_of(msg)
+
+
+def test_downstream_gone_while_the_body_arrives(gateway, make_sink):
+    """The downstream took MAIL and RCPT, then went away while the client
+    was still sending the body to be held: the final dot gets 451 4.4.1 and
+    rspamd is never asked."""
+    sink = make_sink()
+    with FakeRspamd() as fk:
+        gw = content_gw(gateway, sink, fk.url)
+        with Client(gw.port) as c:
+            c.greet()
+            c.cmd("EHLO client.test")
+            assert c.cmd("MAIL FROM:<gone@src.test>").code == 250
+            assert c.cmd("RCPT TO:<%s>" % RCPT).code == 250
+            assert c.cmd("DATA").code == 354
+            c.send("Subject: x\r\n\r\nfirst half\r\n")
+            sink.stop()            # closes its connections
+            time.sleep(0.5)        # the pool sees the close
+            c.send("second half\r\n.\r\n")
+            r = c.reply()
+            assert (r.code, r.esc) == (451, "4.4.1"), r
+        assert fk.requests == []
+
+
+def test_reply_stream_byte_for_byte(sink, gateway, rspamd):
+    """A pipelined session through the content stage, the client's whole
+    reply stream compared with what it must be, byte for byte: a rejected
+    message, then a clean one, then QUIT."""
+    gw = content_gw(gateway, sink, rspamd.url)
+    s = new_sender("bytes")
+    spam, _ = mail(s, body=b"Spam follows.\r\n" + GTUBE + b"\r\n")
+    clean, _ = mail(s)
+    sock = socket.create_connection((HOST, gw.port), timeout=20)
+    try:
+        f = sock.makefile("rb")
+        greeting = f.readline()
+        sock.sendall(b"EHLO client.test\r\n")
+        ehlo = []
+        while True:
+            line = f.readline()
+            ehlo.append(line)
+            if line[3:4] == b" ":
+                break
+        env = ("MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n" % (s, RCPT)).encode()
+        sock.sendall(env)
+        got = [f.readline() for _ in range(3)]
+        sock.sendall(dot_stuff(spam) + b".\r\n" + env)
+        got += [f.readline() for _ in range(4)]
+        sock.sendall(dot_stuff(clean) + b".\r\nQUIT\r\n")
+        rest = f.read()
+    finally:
+        sock.close()
+    assert greeting.startswith(b"220 mx.test "), greeting
+    assert ehlo[0] == b"250-mx.test\r\n", ehlo
+    # MAIL and RCPT: the downstream's own replies; DATA: ours; the dot: rspamd's verdict
+    want = (b"250 2.1.0 ok\r\n" b"250 2.1.5 ok\r\n" b"354 End data with <CR><LF>.<CR><LF>\r\n"
+            b"554 5.7.1 Gtube pattern\r\n"
+            b"250 2.1.0 ok\r\n" b"250 2.1.5 ok\r\n" b"354 End data with <CR><LF>.<CR><LF>\r\n")
+    assert b"".join(got) == want, b"".join(got)
+    assert rest == b"250 2.0.0 ok queued\r\n221 2.0.0 Bye\r\n", rest   # the downstream's 250
