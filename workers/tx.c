@@ -115,7 +115,6 @@ struct tx {
     size_t mhead;              /* spool: room left at the start of mbuf for the record's head */
     bool local;                /* relay-then-spool: the downstream failed this transaction; answered here */
     /* the content stage (content_scanner) */
-    bool content;              /* this message is held and scanned before anything goes downstream */
     uint8_t cphase;            /* enum cphase */
     uint64_t scan_id;          /* the scan in flight (mbuf is the scanner's meanwhile) */
     size_t held;               /* octets of mbuf counted against content_memory_limit */
@@ -161,7 +160,7 @@ static bool content_on(const tx_t *t)
  * when the budget cannot take cap octets. */
 static bool count_mbuf(tx_t *t, size_t cap)
 {
-    if (!t->content || cap <= t->held)
+    if (!content_on(t) || cap <= t->held)
         return true;
     if (!scanner_hold(t->env.w, t->env.cfg, cap - t->held))
         return false;
@@ -189,7 +188,7 @@ static bool spill_start(tx_t *t, size_t cap)
 {
     worker_t *w = t->env.w;
     int dirfd = w->limits->spill_dirfd;
-    if (!t->content || recording(t) || !scanner_spill_hold(w, t->env.cfg, cap))
+    if (!content_on(t) || recording(t) || !scanner_spill_hold(w, t->env.cfg, cap))
         return false;
     char name[64];
     snprintf(name, sizeof name, "content-%s.tmp", t->id);
@@ -721,7 +720,6 @@ static void send_data(tx_t *t)
     } else if (!relay_mode(t) || (content_on(t) && t->lstate == L_READY)) {
         /* Held here: the Maildir, the spool, or the content stage (whose
          * DATA goes downstream only once the message passed). */
-        t->content = content_on(t);
         if (!start_local_body(t)) {
             answer_data(t, t->error == ERR_FULL ? &spool_full_reply : &oom_reply);
             t->error = ERR_NONE;
@@ -929,11 +927,11 @@ void tx_body(tx_t *t, slice_t b)
     t->size += b.len;
     if (t->dstate != D_BODY || t->error)
         return; /* drained: the failure is answered at the final dot */
-    if (!relay_mode(t) || recording(t) || t->content) {
+    if (!relay_mode(t) || recording(t) || content_on(t)) {
         if (t->mlen + b.len + SPOOL_ALIGN > t->mcap) { /* the spool record's padding: room kept at its end */
             size_t cap = t->mcap ? t->mcap : MAILDIR_FIRST;
             while (cap < t->mlen + b.len + SPOOL_ALIGN)
-                cap = t->content ? cap + cap / 2 : cap * 2; /* held while scanned: less slack */
+                cap = content_on(t) ? cap + cap / 2 : cap * 2; /* held while scanned: less slack */
             if (t->spill_fd >= 0) /* a file grows in place (mremap): by the megabyte */
                 cap = (t->mlen + b.len + SPOOL_ALIGN + SPILL_STEP - 1) / SPILL_STEP * SPILL_STEP;
             if (!grow_mbuf(t, cap))
@@ -941,7 +939,7 @@ void tx_body(tx_t *t, slice_t b)
         }
         memcpy(t->mbuf + t->mlen, b.ptr, b.len);
         t->mlen += b.len;
-        if (!relay_mode(t) || t->content)
+        if (!relay_mode(t) || content_on(t))
             return;
     }
     if (t->lstate != L_READY || !pool_body(t->env.w, t->lease, b.ptr, b.len)) {
@@ -958,7 +956,7 @@ void tx_body(tx_t *t, slice_t b)
 
 size_t tx_room(tx_t *t)
 {
-    if (t->dstate != D_BODY || t->error || t->lstate != L_READY || t->content)
+    if (t->dstate != D_BODY || t->error || t->lstate != L_READY || content_on(t))
         return SIZE_MAX;
     return pool_room(t->env.w, t->lease);
 }
@@ -1398,7 +1396,7 @@ void tx_data_end(tx_t *t, const smtp_event_t *ev)
         answer_eod(t, t->error == ERR_MEMORY ? &oom_reply : t->error == ERR_FULL ? &spool_full_reply : &down_reply);
         return;
     }
-    if (t->content) {
+    if (content_on(t)) {
         start_scan(t);
         return;
     }
