@@ -26,6 +26,16 @@ _ports_lock = threading.Lock()
 _ports_given = set()
 
 
+def parse_metrics(text):
+    """{'name{labels}': value} of a Prometheus text exposition."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on right now (bind to 0).
     Ports already handed out in this process are not handed out again."""

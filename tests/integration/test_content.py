@@ -36,7 +36,7 @@ import uuid
 import pytest
 
 from dnsserver import DnsServer, unbound_available
-from mxtest import BINARY, HOST, Client, dot_stuff, free_port, send_mail, transact
+from mxtest import BINARY, HOST, Client, dot_stuff, free_port, parse_metrics, send_mail, transact
 from rspamdserver import GTUBE, FakeRspamd, Rspamd, rspamd_available
 
 SIGNER = "signer.test"      # DKIM-signs with the key made for the run; DMARC p=reject
@@ -229,13 +229,7 @@ def tx_record(gw, sender, timeout=5.0):
 
 def metrics(gw):
     with urllib.request.urlopen("http://%s/metrics" % gw.opts["http_listen"], timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+        return parse_metrics(r.read().decode())
 
 
 def wait_metrics(gw, want, timeout=5.0):

@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from mxtest import HOST, Client, free_port, make_message, new_msgid, send_mail
+from mxtest import HOST, Client, free_port, make_message, new_msgid, parse_metrics, send_mail
 
 PROMTOOL = shutil.which("promtool")
 
@@ -55,12 +55,7 @@ def metrics(gw):
     """{'name{labels}': value} of one scrape."""
     status, text = get(gw, "/metrics")
     assert status == 200, text
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
+    return parse_metrics(text)
 
 
 def test_metrics_pass_promtool(sink, gateway):
